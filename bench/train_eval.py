@@ -1,0 +1,49 @@
+"""Run one meta-training + meta-test job through the CLI and record its wall time.
+
+    python bench/train_eval.py NAME -- fastadapt train ARGS...
+
+Writes bench/results/NAME.json with the command, the machine, the training and total wall time and
+the eval.json of the run; docs/RESULTS.md is written from these files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+
+def main() -> None:
+    name, sep, *command = sys.argv[1:]
+    assert sep == "--", __doc__
+    out_dir = Path(command[command.index("--out") + 1])
+    started = time.time()
+    subprocess.run(command, check=True)
+    total = time.time() - started
+    metrics = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line]
+    record = {
+        "name": name,
+        "command": shlex.join(command),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                   f"{torch.get_num_threads()} threads",
+        "train_wall_s": max(r.get("elapsed_s", 0) for r in metrics),
+        "total_wall_s": round(total, 1),
+        "eval": json.loads((out_dir / "eval.json").read_text()),
+    }
+    results = Path(__file__).parent / "results"
+    results.mkdir(exist_ok=True)
+    (results / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps(record, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""The interface every meta-learner implements.
+
+A meta-learner is an ``nn.Module`` holding all meta-parameters. Training calls :meth:`meta_loss` on a
+batch of tasks and steps an outer optimiser on the result; evaluation calls :meth:`predict`, which
+adapts to each task's support set and returns predictions for its query set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fastadapt.tasks.episodes import TaskBatch
+
+
+@dataclass
+class MetaOutput:
+    """``loss``: scalar meta-loss (mean over tasks); ``predictions``: query predictions,
+    (tasks, query, ways) logits or (tasks, query, out) regression outputs."""
+
+    loss: Tensor
+    predictions: Tensor
+
+
+def task_loss(predictions: Tensor, targets: Tensor) -> Tensor:
+    """Cross-entropy for integer class targets, mean squared error for real-valued targets."""
+    if targets.dtype in (torch.int64, torch.int32):
+        return F.cross_entropy(predictions.reshape(-1, predictions.shape[-1]), targets.reshape(-1))
+    return F.mse_loss(predictions, targets)
+
+
+def per_task_score(predictions: Tensor, targets: Tensor) -> Tensor:
+    """Accuracy per task for classification, mean squared error per task for regression."""
+    if targets.dtype in (torch.int64, torch.int32):
+        return (predictions.argmax(-1) == targets).float().mean(-1)
+    return (predictions - targets).square().flatten(1).mean(-1)
+
+
+class MetaLearner(nn.Module):
+    """Base class: subclasses implement :meth:`meta_loss` and :meth:`predict`."""
+
+    #: whether the method can handle regression tasks (``TaskBatch.ways is None``)
+    supports_regression: bool = True
+
+    def meta_loss(self, batch: TaskBatch) -> MetaOutput:
+        raise NotImplementedError
+
+    def predict(self, batch: TaskBatch) -> Tensor:
+        raise NotImplementedError

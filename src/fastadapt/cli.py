@@ -1,0 +1,161 @@
+"""``fastadapt``: meta-train, meta-test and inspect data from the command line.
+
+Examples::
+
+    fastadapt train --algorithm protonet --dataset omniglot --ways 5 --shots 1 --out runs/proto
+    fastadapt eval --checkpoint runs/proto/best.pt
+    fastadapt datasets
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from fastadapt.errors import FastAdaptError
+
+EPILOG = """\
+Defaults come from a preset for each (algorithm, dataset) pair, e.g. ProtoNet on Omniglot trains
+60-way episodes as in Snell et al.; MAML on Omniglot uses Finn et al.'s network and step sizes.
+Any option given on the command line overrides the preset. Data is found through --data-dir, then
+$FASTADAPT_DATA, then a shared/data folder beside this checkout.
+"""
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="folder holding the data sets (default: $FASTADAPT_DATA or ../shared/data)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastadapt", description="Meta-learning for PyTorch: train a model that adapts from a few examples.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="meta-train, then meta-test the best checkpoint",
+                       description="Meta-train on the training classes, keep the checkpoint that does best on the "
+                                   "validation classes, then report meta-test accuracy on the test classes.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("--algorithm", default="protonet", help="maml or protonet (default: protonet)")
+    t.add_argument("--dataset", default="omniglot", help="omniglot, folder or sinusoid (default: omniglot)")
+    g = t.add_argument_group("episodes")
+    g.add_argument("--ways", type=int, help="classes per test episode (N in N-way); default 5")
+    g.add_argument("--shots", type=int, help="labelled examples per class in the support set (K); default 1")
+    g.add_argument("--query", type=int, help="query examples per class in training episodes")
+    g.add_argument("--eval-query", type=int, help="query examples per class in validation/test episodes")
+    g.add_argument("--train-ways", type=int, help="classes per training episode (ProtoNet: default 60)")
+    g.add_argument("--split", help="class split: omniglot vinyals|maml|lake; folder: a folder with train/val/test.txt")
+    g.add_argument("--image-size", type=int, help="images are resized to this square size (default 28)")
+    g.add_argument("--channels", type=int, help="1 (grayscale) or 3 (RGB) for --dataset folder")
+    o = t.add_argument_group("optimisation")
+    o.add_argument("--meta-batch-size", type=int, help="tasks per outer update")
+    o.add_argument("--steps", type=int, help="outer updates (meta-training steps)")
+    o.add_argument("--lr", type=float, help="outer (Adam) learning rate")
+    o.add_argument("--lr-decay-every", type=int, help="multiply the outer lr by --lr-decay every N steps (0: never)")
+    o.add_argument("--lr-decay", type=float, help="outer lr decay factor (default 0.5)")
+    o.add_argument("--inner-lr", type=float, help="inner-loop SGD step size (MAML)")
+    o.add_argument("--inner-steps", type=int, help="inner-loop steps in training (MAML)")
+    o.add_argument("--eval-inner-steps", type=int, help="inner-loop steps at test time (MAML)")
+    o.add_argument("--first-order", action="store_true", default=None, help="first-order MAML: drop second derivatives")
+    o.add_argument("--strategy", help="inner loops as a per-task 'loop' or 'vmap' across tasks")
+    o.add_argument("--network", help="conv4 (max-pool), conv4-stride (MAML's Omniglot net) or mlp")
+    r = t.add_argument_group("run")
+    r.add_argument("--seed", type=int, help="seed of everything random (default 0)")
+    r.add_argument("--out", help="output folder for checkpoints, metrics and plots (default runs/<alg>-<data>)")
+    r.add_argument("--val-every", type=int, help="meta-validate every N steps")
+    r.add_argument("--val-episodes", type=int, help="validation episodes (default 200)")
+    r.add_argument("--test-episodes", type=int, help="meta-test episodes after training (default 600)")
+    r.add_argument("--resume", action="store_true", help="continue from <out>/last.pt exactly where it stopped")
+    _add_common(t)
+
+    e = sub.add_parser("eval", help="meta-test a checkpoint: accuracy mean and 95%% CI over >= 600 episodes")
+    e.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by train")
+    e.add_argument("--episodes", type=int, help="number of test episodes (default 600)")
+    e.add_argument("--eval-query", type=int, help="query examples per class")
+    e.add_argument("--eval-inner-steps", type=int, help="inner-loop steps at test time (MAML)")
+    e.add_argument("--out", help="folder for eval.json (default: the checkpoint's folder)")
+    _add_common(e)
+
+    d = sub.add_parser("datasets", help="list the data sets and where they are found")
+    d.add_argument("--data-dir", help="folder holding the data sets")
+
+    dl = sub.add_parser("download", help="download a data set (needs internet), checking its sha256")
+    dl.add_argument("name", help="omniglot")
+    dl.add_argument("--data-dir", help="where to put it (default: $FASTADAPT_DATA or ~/.cache/fastadapt/data)")
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from fastadapt.config import make_config
+    from fastadapt.evaluate import evaluate_checkpoint, format_result
+    from fastadapt.train import train
+
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "algorithm", "dataset", "resume", "quiet")}
+    overrides["out"] = args.out or f"runs/{args.algorithm}-{args.dataset}"
+    config = make_config(args.algorithm, args.dataset, **overrides)
+    result = train(config, resume=args.resume, progress=not args.quiet)
+    print(f"trained {result.step} steps; best validation score {result.best_val:.4f}; outputs in {result.out}")
+    evaluation = evaluate_checkpoint(result.out / "best.pt", progress=not args.quiet,
+                                     data_dir=config.data_dir, device=config.device)
+    print(format_result(evaluation))
+    print(f"wrote {result.out / 'eval.json'}, {result.out / 'metrics.jsonl'}, {result.out / 'learning_curve.png'}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from fastadapt.evaluate import evaluate_checkpoint, format_result
+
+    result = evaluate_checkpoint(
+        Path(args.checkpoint), episodes=args.episodes, out=args.out, progress=not args.quiet,
+        data_dir=args.data_dir, device=args.device, eval_query=args.eval_query,
+        eval_inner_steps=args.eval_inner_steps,
+    )
+    print(format_result(result))
+    print(json.dumps(result))
+
+
+def cmd_datasets(args: argparse.Namespace) -> None:
+    from fastadapt.datasets import DATASETS, resolve_data_dir
+
+    root = resolve_data_dir(args.data_dir)
+    print(f"data directory: {root}  (--data-dir, else $FASTADAPT_DATA, else shared/data, else ~/.cache)")
+    for info in DATASETS.values():
+        if info.name == "omniglot":
+            found = all((root / "omniglot" / f).is_file() for f in ("images_background.npz", "images_evaluation.npz"))
+            where = f"found in {root / 'omniglot'}" if found else "missing: fastadapt download omniglot"
+        elif info.name == "folder":
+            where = "pass --data-dir DIR"
+        else:
+            where = "generated"
+        print(f"  {info.name:<9} {info.kind:<15} {where}\n            {info.description}")
+
+
+def cmd_download(args: argparse.Namespace) -> None:
+    from fastadapt.datasets.download import download_omniglot
+    from fastadapt.datasets.paths import resolve_data_dir
+    from fastadapt.errors import ConfigError
+
+    if args.name != "omniglot":
+        raise ConfigError(f"no download for {args.name!r}; available: omniglot.")
+    print(f"Omniglot ready in {download_omniglot(resolve_data_dir(args.data_dir))}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        {"train": cmd_train, "eval": cmd_eval, "datasets": cmd_datasets, "download": cmd_download}[args.command](args)
+    except FastAdaptError as exc:
+        print(f"fastadapt: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fastadapt: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Data sets as few-shot task sources: what exists, where it is, and how to sample episodes from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fastadapt.datasets.paths import resolve_data_dir
+from fastadapt.datasets.sinusoid import SinusoidTasks
+from fastadapt.errors import DataError
+from fastadapt.tasks.samplers import ClassSplit, EpisodeSampler, TaskSource
+
+if TYPE_CHECKING:
+    from fastadapt.config import Config
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    kind: str  # "classification" or "regression"
+    description: str
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "omniglot": DatasetInfo(
+        "omniglot", "classification",
+        "1623 handwritten characters x 4 rotations, 20 drawings each, 28x28; reads <data-dir>/omniglot/",
+    ),
+    "folder": DatasetInfo(
+        "folder", "classification",
+        "your own images: --data-dir points at a folder with one sub-folder per class",
+    ),
+    "sinusoid": DatasetInfo(
+        "sinusoid", "regression", "y = A sin(x - phase), A~U[0.1,5], phase~U[0,pi], x~U[-5,5] (generated)"
+    ),
+}
+
+
+def load_splits(config: Config) -> dict[str, ClassSplit] | None:
+    """Train/val/test class splits for a classification data set (``None`` for generated regression)."""
+    if config.dataset == "omniglot":
+        from fastadapt.datasets.omniglot import load_omniglot
+
+        return load_omniglot(resolve_data_dir(config.data_dir), config.split, config.image_size)
+    if config.dataset == "folder":
+        from fastadapt.datasets.folder import load_image_folder
+
+        if not config.data_dir:
+            raise DataError("--dataset folder needs --data-dir pointing at a folder with one sub-folder per class.")
+        split = None if config.split == "vinyals" else config.split
+        return load_image_folder(Path(config.data_dir), config.image_size, config.channels, split, config.seed)
+    return None
+
+
+def task_source(
+    config: Config, splits: dict[str, ClassSplit] | None, part: str, ways: int, query: int, seed: int
+) -> TaskSource:
+    """A seeded episode sampler over the ``part`` ("train", "val" or "test") of the data."""
+    if config.dataset == "sinusoid":
+        # Generated tasks: the parts differ only by seed.
+        return SinusoidTasks(config.shots, query, seed=seed + {"train": 0, "val": 10_007, "test": 20_011}[part])
+    assert splits is not None
+    return EpisodeSampler(splits[part], ways, config.shots, query, seed=seed)
+
+
+__all__ = ["DATASETS", "DatasetInfo", "load_splits", "resolve_data_dir", "task_source"]

@@ -1,0 +1,120 @@
+"""Meta-test protocol: adapt on each of >= 600 unseen episodes, report mean and 95% confidence
+interval (1.96 * std / sqrt(n)) of the per-episode query accuracy (regression: MSE)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from fastadapt.algorithms import MetaLearner, build_algorithm, per_task_score
+from fastadapt.checkpoint import load_checkpoint
+from fastadapt.config import Config
+from fastadapt.datasets import DATASETS, load_splits, task_source
+from fastadapt.tasks.samplers import TaskSource
+
+#: Offset between the training seed and the seed of the meta-test episodes.
+TEST_SEED_OFFSET = 1_000_003
+
+
+def mean_ci95(scores: np.ndarray | list[float]) -> tuple[float, float]:
+    """Mean and half-width of the normal 95% confidence interval, 1.96 * std / sqrt(n)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if len(scores) == 0:
+        raise ValueError("no scores to summarise")
+    return float(scores.mean()), float(1.96 * scores.std() / math.sqrt(len(scores)))
+
+
+def evaluate(
+    learner: MetaLearner,
+    source: TaskSource,
+    episodes: int = 600,
+    device: str | torch.device = "cpu",
+    tasks_per_batch: int = 10,
+    progress: bool = False,
+    **predict_kwargs: Any,
+) -> np.ndarray:
+    """Per-episode scores (accuracy, or MSE for regression) of ``learner`` on ``episodes`` episodes."""
+    was_training = learner.training
+    learner.eval()
+    scores = []
+    bar = tqdm(total=episodes, desc="meta-test", unit="ep", disable=not progress, leave=False)
+    try:
+        with torch.no_grad():
+            remaining = episodes
+            while remaining > 0:
+                batch = source.sample(min(tasks_per_batch, remaining)).to(device)
+                predictions = learner.predict(batch, **predict_kwargs)
+                scores.append(per_task_score(predictions, batch.query_y).cpu())
+                remaining -= batch.num_tasks
+                bar.update(batch.num_tasks)
+    finally:
+        bar.close()
+        learner.train(was_training)
+    return torch.cat(scores).numpy()
+
+
+def summarise(config: Config, scores: np.ndarray, **extra: Any) -> dict[str, Any]:
+    """The eval.json record: what was evaluated and mean / CI of the metric."""
+    mean, ci95 = mean_ci95(scores)
+    regression = DATASETS[config.dataset].kind == "regression"
+    metric = "mse" if regression else "accuracy"
+    return {
+        "algorithm": config.algorithm,
+        "dataset": config.dataset,
+        "ways": None if regression else config.ways,
+        "shots": config.shots,
+        "query": config.eval_query_or_query,
+        "episodes": int(len(scores)),
+        f"{metric}_mean": mean,
+        f"{metric}_ci95": ci95,
+        **extra,
+    }
+
+
+def format_result(result: dict[str, Any]) -> str:
+    if "accuracy_mean" in result:
+        return (
+            f"{result['algorithm']} {result['dataset']} {result['ways']}-way {result['shots']}-shot: "
+            f"accuracy {100 * result['accuracy_mean']:.2f}% ± {100 * result['accuracy_ci95']:.2f}% "
+            f"(95% CI, {result['episodes']} episodes)"
+        )
+    return (
+        f"{result['algorithm']} {result['dataset']} {result['shots']}-shot: MSE {result['mse_mean']:.4f} "
+        f"± {result['mse_ci95']:.4f} (95% CI, {result['episodes']} tasks)"
+    )
+
+
+def load_learner(checkpoint: Path, **overrides: Any) -> tuple[MetaLearner, Config]:
+    """Rebuild a meta-learner from a checkpoint; ``overrides`` change run-time settings (e.g. data_dir)."""
+    state = load_checkpoint(checkpoint)
+    config = Config.from_dict({**state["config"], **{k: v for k, v in overrides.items() if v is not None}})
+    learner = build_algorithm(config)
+    learner.load_state_dict(state["model"])
+    return learner.to(config.device), config
+
+
+def evaluate_checkpoint(
+    checkpoint: Path,
+    episodes: int | None = None,
+    out: Path | None = None,
+    progress: bool = True,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Meta-test a checkpoint on the test split; writes ``eval.json`` into ``out`` (default: its folder)."""
+    learner, config = load_learner(checkpoint, **overrides)
+    episodes = episodes or config.test_episodes
+    splits = load_splits(config)
+    source = task_source(config, splits, "test", config.ways, config.eval_query_or_query,
+                         seed=config.seed + TEST_SEED_OFFSET)
+    scores = evaluate(learner, source, episodes, config.device, progress=progress)
+    result = summarise(config, scores, checkpoint=str(checkpoint))
+    out = Path(out) if out else Path(checkpoint).parent
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result

@@ -1,0 +1,193 @@
+"""Meta-training: outer Adam over meta-batches of episodes, periodic meta-validation keeping the best
+checkpoint, atomic checkpoints, exact resume, NaN guard, metrics file and learning-curve plot.
+
+The loop only sees :class:`~fastadapt.algorithms.MetaLearner.meta_loss`, so every method trains
+the same way. A meta-batch is one tensor batch of tasks; splitting it across torch.distributed ranks
+means sampling ``meta_batch_size / world_size`` tasks per rank and all-reducing the gradients before
+``optimizer.step()`` (one seed offset per rank), nothing else here changes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from fastadapt.algorithms import MetaLearner, build_algorithm, per_task_score
+from fastadapt.checkpoint import load_checkpoint, save_checkpoint
+from fastadapt.config import Config
+from fastadapt.datasets import DATASETS, load_splits, task_source
+from fastadapt.errors import TrainingDiverged
+from fastadapt.evaluate import evaluate, mean_ci95
+
+#: Seed offset of the fixed validation episodes (the same episodes at every validation).
+VAL_SEED_OFFSET = 500_009
+LOG_EVERY = 50
+
+
+@dataclass
+class TrainResult:
+    learner: MetaLearner
+    config: Config
+    step: int
+    best_val: float | None
+    out: Path
+
+
+def _higher_is_better(config: Config) -> bool:
+    return DATASETS[config.dataset].kind == "classification"
+
+
+def _append_metrics(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop records written after the checkpoint so the file matches an uninterrupted run."""
+    if path.is_file():
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+
+def train(config: Config, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Meta-train ``config`` into ``config.out`` (``last.pt``, ``best.pt``, ``metrics.jsonl``,
+    ``learning_curve.png``). With ``resume``, continue from ``last.pt`` exactly where it stopped."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(config.device)
+    torch.manual_seed(config.seed)
+
+    splits = load_splits(config)
+    train_tasks = task_source(config, splits, "train", config.train_ways_or_ways, config.query, config.seed)
+    learner = build_algorithm(config).to(device)
+    optimizer = torch.optim.Adam(learner.parameters(), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.StepLR(
+        optimizer, step_size=config.lr_decay_every or 10**12, gamma=config.lr_decay
+    )
+    step, best_val = 0, None
+    metrics_path = out / "metrics.jsonl"
+
+    if resume and (out / "last.pt").is_file():
+        state = load_checkpoint(out / "last.pt", expected=config)
+        learner.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        train_tasks.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        step, best_val = state["step"], state["best_val"]
+        _truncate_metrics(metrics_path, step)
+    else:
+        metrics_path.unlink(missing_ok=True)
+
+    def checkpoint_state() -> dict[str, Any]:
+        return {
+            "config": config.to_dict(),
+            "step": step,
+            "best_val": best_val,
+            "model": learner.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "sampler": train_tasks.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    val_tasks_seed = config.seed + VAL_SEED_OFFSET
+    metric_name = "acc" if _higher_is_better(config) else "mse"
+    window_loss, window_score, window_n = 0.0, 0.0, 0
+    started = time.time()
+    bar = tqdm(total=config.steps, initial=step, desc=f"{config.algorithm} {config.dataset}",
+               unit="step", disable=not progress, dynamic_ncols=True)
+    learner.train()
+    try:
+        while step < config.steps:
+            batch = train_tasks.sample(config.meta_batch_size).to(device)
+            output = learner.meta_loss(batch)
+            if not torch.isfinite(output.loss):
+                raise TrainingDiverged(
+                    f"meta-loss became {output.loss.item()} at step {step + 1}; training stopped and the last "
+                    f"good checkpoint is kept in {out}. Lower --lr or --inner-lr, then --resume or start again."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            output.loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+
+            window_loss += output.loss.item()
+            window_score += per_task_score(output.predictions.detach(), batch.query_y).mean().item()
+            window_n += 1
+            if step % LOG_EVERY == 0 or step == config.steps:
+                record = {"step": step, "loss": window_loss / window_n, f"train_{metric_name}": window_score / window_n,
+                          "lr": scheduler.get_last_lr()[0], "elapsed_s": round(time.time() - started, 2)}
+                _append_metrics(metrics_path, record)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", **{metric_name: f"{record[f'train_{metric_name}']:.3f}"})
+                window_loss, window_score, window_n = 0.0, 0.0, 0
+            bar.update(1)
+
+            if step % config.val_every == 0 or step == config.steps:
+                # Validation must not consume the training random state (exact resume).
+                with torch.random.fork_rng(devices=[]):
+                    val_source = task_source(config, splits, "val", config.ways, config.eval_query_or_query,
+                                             val_tasks_seed)
+                    val_mean, val_ci = mean_ci95(evaluate(learner, val_source, config.val_episodes, device))
+                improved = best_val is None or (val_mean > best_val if _higher_is_better(config) else val_mean < best_val)
+                if improved:
+                    best_val = val_mean
+                _append_metrics(metrics_path, {"step": step, f"val_{metric_name}": val_mean, f"val_{metric_name}_ci95": val_ci})
+                bar.write(f"step {step}: val {metric_name} {val_mean:.4f} ± {val_ci:.4f}" + (" (best)" if improved else ""))
+                state = checkpoint_state()
+                if improved:
+                    save_checkpoint(out / "best.pt", state)
+                save_checkpoint(out / "last.pt", state)
+    except KeyboardInterrupt:
+        save_checkpoint(out / "last.pt", checkpoint_state())
+        bar.write(f"interrupted at step {step}; continue with --resume (checkpoint {out / 'last.pt'})")
+        raise
+    finally:
+        bar.close()
+    plot_learning_curve(metrics_path, out / "learning_curve.png")
+    return TrainResult(learner, config, step, best_val, out)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+
+
+def plot_learning_curve(metrics_path: Path, png_path: Path) -> None:
+    """Training loss, and training/validation score, against meta-training step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(metrics_path) if Path(metrics_path).is_file() else []
+    if not records:
+        return
+    fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(10, 3.8))
+    train = [r for r in records if "loss" in r]
+    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train])
+    ax_loss.set(xlabel="meta-training step", ylabel="meta-loss (query)", title="training loss")
+    if any(math.isfinite(r["loss"]) and r["loss"] > 0 for r in train):
+        ax_loss.set_yscale("log")
+    for prefix in ("train", "val"):
+        for metric in ("acc", "mse"):
+            key = f"{prefix}_{metric}"
+            pts = [r for r in records if key in r]
+            if pts:
+                ax_score.plot([r["step"] for r in pts], [r[key] for r in pts], marker="o" if prefix == "val" else None,
+                              label=f"{prefix} {'accuracy' if metric == 'acc' else 'MSE'}")
+    ax_score.set(xlabel="meta-training step", title="query score")
+    ax_score.legend()
+    ax_score.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = png_path.with_name(f".{png_path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(png_path)
