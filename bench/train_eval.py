@@ -34,7 +34,7 @@ def main() -> None:
         "command": shlex.join(command),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                   f"{torch.get_num_threads()} threads",
+        f"{torch.get_num_threads()} threads",
         "train_wall_s": max(r.get("elapsed_s", 0) for r in metrics),
         "total_wall_s": round(total, 1),
         "eval": json.loads((out_dir / "eval.json").read_text()),

@@ -32,16 +32,26 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="fastadapt", description="Meta-learning for PyTorch: train a model that adapts from a few examples.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="fastadapt",
+        description="Meta-learning for PyTorch: train a model that adapts from a few examples.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    t = sub.add_parser("train", help="meta-train, then meta-test the best checkpoint",
-                       description="Meta-train on the training classes, keep the checkpoint that does best on the "
-                                   "validation classes, then report meta-test accuracy on the test classes.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("--algorithm", default="protonet", help="maml or protonet (default: protonet)")
+    t = sub.add_parser(
+        "train",
+        help="meta-train, then meta-test the best checkpoint",
+        description="Meta-train on the training classes, keep the checkpoint that does best on the "
+        "validation classes, then report meta-test accuracy on the test classes.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    t.add_argument(
+        "--algorithm",
+        default="protonet",
+        help="maml, anil, metasgd, reptile, protonet, matching or relation (default: protonet)",
+    )
     t.add_argument("--dataset", default="omniglot", help="omniglot, folder or sinusoid (default: omniglot)")
     g = t.add_argument_group("episodes")
     g.add_argument("--ways", type=int, help="classes per test episode (N in N-way); default 5")
@@ -49,20 +59,29 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--query", type=int, help="query examples per class in training episodes")
     g.add_argument("--eval-query", type=int, help="query examples per class in validation/test episodes")
     g.add_argument("--train-ways", type=int, help="classes per training episode (ProtoNet: default 60)")
+    g.add_argument("--train-shots", type=int, help="support examples per class in training episodes (Reptile: 15)")
     g.add_argument("--split", help="class split: omniglot vinyals|maml|lake; folder: a folder with train/val/test.txt")
     g.add_argument("--image-size", type=int, help="images are resized to this square size (default 28)")
     g.add_argument("--channels", type=int, help="1 (grayscale) or 3 (RGB) for --dataset folder")
     o = t.add_argument_group("optimisation")
     o.add_argument("--meta-batch-size", type=int, help="tasks per outer update")
     o.add_argument("--steps", type=int, help="outer updates (meta-training steps)")
-    o.add_argument("--lr", type=float, help="outer (Adam) learning rate")
+    o.add_argument("--lr", type=float, help="outer learning rate (Reptile: epsilon)")
+    o.add_argument("--outer-optimizer", help="adam (default) or sgd")
+    o.add_argument("--lr-schedule", help="step (decay by --lr-decay every --lr-decay-every steps) or linear (to 0)")
     o.add_argument("--lr-decay-every", type=int, help="multiply the outer lr by --lr-decay every N steps (0: never)")
     o.add_argument("--lr-decay", type=float, help="outer lr decay factor (default 0.5)")
-    o.add_argument("--inner-lr", type=float, help="inner-loop SGD step size (MAML)")
-    o.add_argument("--inner-steps", type=int, help="inner-loop steps in training (MAML)")
-    o.add_argument("--eval-inner-steps", type=int, help="inner-loop steps at test time (MAML)")
-    o.add_argument("--first-order", action="store_true", default=None, help="first-order MAML: drop second derivatives")
+    o.add_argument("--inner-lr", type=float, help="inner-loop step size (gradient-based methods)")
+    o.add_argument("--inner-steps", type=int, help="inner-loop steps in training (gradient-based methods)")
+    o.add_argument("--eval-inner-steps", type=int, help="inner-loop steps at test time (gradient-based methods)")
+    o.add_argument(
+        "--first-order", action="store_true", default=None, help="MAML/Meta-SGD/ANIL: drop second derivatives"
+    )
     o.add_argument("--strategy", help="inner loops as a per-task 'loop' or 'vmap' across tasks")
+    o.add_argument("--inner-optimizer", help="Reptile's inner optimiser: sgd or adam")
+    o.add_argument("--inner-batch-size", type=int, help="Reptile: support mini-batch per inner step (default: all)")
+    o.add_argument("--eval-inner-batch-size", type=int, help="Reptile: support mini-batch per test-time step")
+    o.add_argument("--fce", action="store_true", default=None, help="Matching Networks: full context embeddings")
     o.add_argument("--network", help="conv4 (max-pool), conv4-stride (MAML's Omniglot net) or mlp")
     r = t.add_argument_group("run")
     r.add_argument("--seed", type=int, help="seed of everything random (default 0)")
@@ -100,8 +119,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     config = make_config(args.algorithm, args.dataset, **overrides)
     result = train(config, resume=args.resume, progress=not args.quiet)
     print(f"trained {result.step} steps; best validation score {result.best_val:.4f}; outputs in {result.out}")
-    evaluation = evaluate_checkpoint(result.out / "best.pt", progress=not args.quiet,
-                                     data_dir=config.data_dir, device=config.device)
+    evaluation = evaluate_checkpoint(
+        result.out / "best.pt", progress=not args.quiet, data_dir=config.data_dir, device=config.device
+    )
     print(format_result(evaluation))
     print(f"wrote {result.out / 'eval.json'}, {result.out / 'metrics.jsonl'}, {result.out / 'learning_curve.png'}")
 
@@ -110,8 +130,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from fastadapt.evaluate import evaluate_checkpoint, format_result
 
     result = evaluate_checkpoint(
-        Path(args.checkpoint), episodes=args.episodes, out=args.out, progress=not args.quiet,
-        data_dir=args.data_dir, device=args.device, eval_query=args.eval_query,
+        Path(args.checkpoint),
+        episodes=args.episodes,
+        out=args.out,
+        progress=not args.quiet,
+        data_dir=args.data_dir,
+        device=args.device,
+        eval_query=args.eval_query,
         eval_inner_steps=args.eval_inner_steps,
     )
     print(format_result(result))

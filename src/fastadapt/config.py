@@ -18,6 +18,7 @@ class Config:
     shots: int = 1
     query: int = 15
     train_ways: int | None = None
+    train_shots: int | None = None
     eval_query: int | None = None
     meta_batch_size: int = 1
     # Optimisation-based methods.
@@ -26,7 +27,16 @@ class Config:
     eval_inner_steps: int | None = None
     first_order: bool = False
     strategy: str = "loop"
-    # Outer optimiser (Adam) and schedule: lr * lr_decay every lr_decay_every steps (0 = constant).
+    # Reptile's own inner optimiser, and mini-batches of the support set (None: the whole set).
+    inner_optimizer: str = "sgd"
+    inner_batch_size: int | None = None
+    eval_inner_batch_size: int | None = None
+    # Matching Networks: full context embeddings.
+    fce: bool = False
+    # Outer optimiser (Adam or SGD) and schedule: "step" multiplies lr by lr_decay every lr_decay_every
+    # steps (0 = constant); "linear" decays it linearly to 0 over `steps` (Reptile's epsilon).
+    outer_optimizer: str = "adam"
+    lr_schedule: str = "step"
     lr: float = 1e-3
     lr_decay: float = 0.5
     lr_decay_every: int = 0
@@ -49,6 +59,10 @@ class Config:
         return self.train_ways or self.ways
 
     @property
+    def train_shots_or_shots(self) -> int:
+        return self.train_shots or self.shots
+
+    @property
     def eval_query_or_query(self) -> int:
         return self.eval_query or self.query
 
@@ -61,30 +75,57 @@ class Config:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+OUTER_OPTIMIZERS = ("adam", "sgd")
+LR_SCHEDULES = ("step", "linear")
+
 #: Settings that may differ between a checkpoint and the run resuming it.
 RUN_ONLY_FIELDS = frozenset({"steps", "out", "device", "data_dir", "test_episodes", "strategy", "val_every"})
 
+# fmt: off
 PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # Snell et al. 2017: train with more ways (60) and 5 queries, Adam 1e-3 halved every 2000 episodes.
-    ("protonet", "omniglot"): dict(
-        network="conv4", train_ways=60, query=5, eval_query=15, meta_batch_size=1,
-        lr=1e-3, lr_decay_every=2000, steps=5000, val_every=500,
-    ),
+    ("protonet", "omniglot"): dict(network="conv4", train_ways=60, query=5, eval_query=15, meta_batch_size=1,
+                                   lr=1e-3, lr_decay_every=2000, steps=5000, val_every=500),
     ("protonet", "folder"): dict(network="conv4", query=5, eval_query=15, steps=5000),
+    # Vinyals et al. 2016 train on episodes shaped like the test ones; the paper gives no optimiser
+    # settings, so Adam 1e-3 halved every 2000 episodes as for ProtoNet. No FCE on Omniglot (as in the paper).
+    ("matching", "omniglot"): dict(network="conv4", query=5, eval_query=15, meta_batch_size=1, lr=1e-3,
+                                   lr_decay_every=2000, steps=5000, val_every=500),
+    # Sung et al. 2018, Omniglot 5-way 1-shot: 19 queries per class, Adam 1e-3 halved every 100k episodes
+    # (1M episodes in the paper; steps here is a CPU-sized budget).
+    ("relation", "omniglot"): dict(network="conv4", query=19, eval_query=15, meta_batch_size=1, lr=1e-3,
+                                   lr_decay_every=100000, steps=20000, val_every=1000),
     # Finn et al. 2017, Omniglot: stride-2 Conv-4, meta-batch 32, one inner step of 0.4, one query per
     # class in training; 3 inner steps at test.
-    ("maml", "omniglot"): dict(
-        network="conv4-stride", query=1, eval_query=15, meta_batch_size=32, inner_lr=0.4,
-        inner_steps=1, eval_inner_steps=3, lr=1e-3, steps=20000, val_every=1000, val_episodes=300,
-    ),
+    ("maml", "omniglot"): dict(network="conv4-stride", query=1, eval_query=15, meta_batch_size=32, inner_lr=0.4,
+                               inner_steps=1, eval_inner_steps=3, lr=1e-3, steps=20000, val_every=1000,
+                               val_episodes=300),
     ("maml", "folder"): dict(network="conv4", query=5, eval_query=15, meta_batch_size=4, inner_lr=0.01,
                              inner_steps=5, eval_inner_steps=10),
     # Finn et al. 2017, sinusoid: K=10, one inner step of 0.01, meta-batch 25, 70k iterations.
-    ("maml", "sinusoid"): dict(
-        network="mlp", shots=10, query=10, eval_query=100, meta_batch_size=25, inner_lr=0.01,
-        inner_steps=1, eval_inner_steps=1, lr=1e-3, steps=70000, val_every=5000, val_episodes=300,
-    ),
+    ("maml", "sinusoid"): dict(network="mlp", shots=10, query=10, eval_query=100, meta_batch_size=25,
+                               inner_lr=0.01, inner_steps=1, eval_inner_steps=1, lr=1e-3, steps=70000,
+                               val_every=5000, val_episodes=300),
+    # Reptile (Nichol et al. 2018, the authors' 5-way 1-shot Omniglot command): Adam inner loop (lr 1e-3,
+    # beta1 0) on mini-batches of 25 of 15 training shots, 3 steps; 10 tasks per outer step; outer SGD
+    # with epsilon 1 decayed linearly to 0; 5 full-batch steps at test.
+    ("reptile", "omniglot"): dict(network="conv4-stride", query=1, eval_query=15, meta_batch_size=10,
+                                  inner_optimizer="adam", inner_lr=1e-3, inner_steps=3, inner_batch_size=25,
+                                  eval_inner_steps=5, train_shots=15, outer_optimizer="sgd", lr=1.0,
+                                  lr_schedule="linear", steps=100000, val_every=2000, val_episodes=300),
+    # Reptile's sine demo: SGD 0.02 on 50 points in batches of 10 (5 steps), one task per outer step,
+    # epsilon 0.1 decayed linearly, 30k steps; at test 32 full-batch steps on the support set.
+    ("reptile", "sinusoid"): dict(network="mlp", shots=10, train_shots=50, query=10, eval_query=100,
+                                  meta_batch_size=1, inner_optimizer="sgd", inner_lr=0.02, inner_steps=5,
+                                  inner_batch_size=10, eval_inner_steps=32, outer_optimizer="sgd", lr=0.1,
+                                  lr_schedule="linear", steps=30000, val_every=5000, val_episodes=300),
 }
+# fmt: on
+# ANIL (Raghu et al. 2020) uses MAML's hyper-parameters; Meta-SGD (Li et al. 2017) MAML's set-up with one
+# adaptation step at test as well as in training.
+for _dataset in ("omniglot", "sinusoid"):
+    PRESETS[("anil", _dataset)] = PRESETS[("maml", _dataset)]
+    PRESETS[("metasgd", _dataset)] = {**PRESETS[("maml", _dataset)], "eval_inner_steps": 1}
 
 
 def make_config(algorithm: str = "protonet", dataset: str = "omniglot", **overrides: Any) -> Config:
@@ -114,7 +155,7 @@ def validate(config: Config) -> None:
     if DATASETS[config.dataset].kind == "regression" and not ALGORITHMS[config.algorithm].supports_regression:
         raise ConfigError(
             f"{config.algorithm} is a classification method and {config.dataset} is a regression data set; "
-            f"use --algorithm maml for regression."
+            f"use one of the gradient-based methods (anil, maml, metasgd, reptile) for regression."
         )
     positive = ("ways", "shots", "query", "meta_batch_size", "steps", "val_every", "val_episodes", "test_episodes")
     for name in positive:
@@ -122,6 +163,21 @@ def validate(config: Config) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(config, name)}).")
     if config.inner_steps < 0:
         raise ConfigError(f"--inner-steps must be >= 0 (got {config.inner_steps}).")
+    from fastadapt.algorithms.optimization.reptile import INNER_OPTIMIZERS
+
+    if config.inner_optimizer not in INNER_OPTIMIZERS:
+        raise ConfigError(
+            f"unknown --inner-optimizer {config.inner_optimizer!r}; choose one of: {', '.join(INNER_OPTIMIZERS)}."
+        )
+    if config.outer_optimizer not in OUTER_OPTIMIZERS:
+        raise ConfigError(
+            f"unknown --outer-optimizer {config.outer_optimizer!r}; choose one of: {', '.join(OUTER_OPTIMIZERS)}."
+        )
+    if config.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"unknown --lr-schedule {config.lr_schedule!r}; choose one of: {', '.join(LR_SCHEDULES)}.")
+    for name in ("inner_batch_size", "eval_inner_batch_size", "train_shots", "train_ways", "eval_query"):
+        if getattr(config, name) is not None and getattr(config, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(config, name)}).")
     if config.strategy not in STRATEGIES:
         raise ConfigError(f"unknown --strategy {config.strategy!r}; choose one of: {', '.join(STRATEGIES)}.")
     if config.lr <= 0:

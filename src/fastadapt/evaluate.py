@@ -110,8 +110,7 @@ def evaluate_checkpoint(
     learner, config = load_learner(checkpoint, **overrides)
     episodes = episodes or config.test_episodes
     splits = load_splits(config)
-    source = task_source(config, splits, "test", config.ways, config.eval_query_or_query,
-                         seed=config.seed + TEST_SEED_OFFSET)
+    source = task_source(config, splits, "test", seed=config.seed + TEST_SEED_OFFSET)
     scores = evaluate(learner, source, episodes, config.device, progress=progress)
     result = summarise(config, scores, checkpoint=str(checkpoint))
     out = Path(out) if out else Path(checkpoint).parent

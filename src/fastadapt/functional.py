@@ -40,9 +40,7 @@ def sgd_step(params: Params, grads: Params, lr: float | Mapping[str, Tensor]) ->
     return {k: p - lr * grads[k] for k, p in params.items()}
 
 
-def gradients(
-    loss_fn: Callable[[Params], Tensor], params: Params, *, create_graph: bool, vectorised: bool
-) -> Params:
+def gradients(loss_fn: Callable[[Params], Tensor], params: Params, *, create_graph: bool, vectorised: bool) -> Params:
     """d loss / d params. Under ``vmap`` this must be ``torch.func.grad``; in a plain loop
     ``torch.autograd.grad`` is cheaper. ``create_graph=False`` cuts the gradient out of the graph
     (first-order approximation)."""

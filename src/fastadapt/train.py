@@ -1,4 +1,5 @@
-"""Meta-training: outer Adam over meta-batches of episodes, periodic meta-validation keeping the best
+"""Meta-training: an outer optimiser (Adam by default)
+over meta-batches of episodes, periodic meta-validation keeping the best
 checkpoint, atomic checkpoints, exact resume, NaN guard, metrics file and learning-curve plot.
 
 The loop only sees :class:`~fastadapt.algorithms.MetaLearner.meta_loss`, so every method trains
@@ -56,6 +57,21 @@ def _truncate_metrics(path: Path, step: int) -> None:
         path.write_text("".join(line + "\n" for line in kept))
 
 
+def outer_optimizer(
+    learner: MetaLearner, config: Config
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The outer-loop optimiser (Adam, or SGD for Reptile's epsilon) and its learning-rate schedule."""
+    if config.outer_optimizer == "sgd":
+        optimizer = torch.optim.SGD(learner.parameters(), lr=config.lr)
+    else:
+        optimizer = torch.optim.Adam(learner.parameters(), lr=config.lr)
+    if config.lr_schedule == "linear":
+        total = config.steps
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / total))
+    decay_every = config.lr_decay_every or 10**12
+    return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=decay_every, gamma=config.lr_decay)
+
+
 def train(config: Config, resume: bool = False, progress: bool = True) -> TrainResult:
     """Meta-train ``config`` into ``config.out`` (``last.pt``, ``best.pt``, ``metrics.jsonl``,
     ``learning_curve.png``). With ``resume``, continue from ``last.pt`` exactly where it stopped."""
@@ -65,13 +81,15 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> TrainR
     torch.manual_seed(config.seed)
 
     splits = load_splits(config)
-    train_tasks = task_source(config, splits, "train", config.train_ways_or_ways, config.query, config.seed)
+    train_tasks = task_source(config, splits, "train", config.seed)
+    for part in ("val", "test"):  # fail now, not at the first validation, if their episodes cannot be drawn
+        task_source(config, splits, part, config.seed)
     learner = build_algorithm(config).to(device)
-    optimizer = torch.optim.Adam(learner.parameters(), lr=config.lr)
-    scheduler = torch.optim.lr_scheduler.StepLR(
-        optimizer, step_size=config.lr_decay_every or 10**12, gamma=config.lr_decay
-    )
+    optimizer, scheduler = outer_optimizer(learner, config)
     step, best_val = 0, None
+    # Training loss/score summed since the last metrics record; checkpointed so that a resumed run
+    # writes the same records as an uninterrupted one.
+    window = {"loss": 0.0, "score": 0.0, "n": 0}
     metrics_path = out / "metrics.jsonl"
 
     if resume and (out / "last.pt").is_file():
@@ -82,6 +100,7 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> TrainR
         train_tasks.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
         step, best_val = state["step"], state["best_val"]
+        window = dict(state.get("window", window))
         _truncate_metrics(metrics_path, step)
     else:
         metrics_path.unlink(missing_ok=True)
@@ -96,17 +115,31 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> TrainR
             "scheduler": scheduler.state_dict(),
             "sampler": train_tasks.state_dict(),
             "torch_rng": torch.get_rng_state(),
+            "window": dict(window),
         }
 
     val_tasks_seed = config.seed + VAL_SEED_OFFSET
     metric_name = "acc" if _higher_is_better(config) else "mse"
-    window_loss, window_score, window_n = 0.0, 0.0, 0
+    # Random states and buffers (batch-norm statistics) before the step in progress, to redo it after an
+    # interrupt; parameters and optimiser state only change in optimizer.step().
+    step_start = None
     started = time.time()
-    bar = tqdm(total=config.steps, initial=step, desc=f"{config.algorithm} {config.dataset}",
-               unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=config.steps,
+        initial=step,
+        desc=f"{config.algorithm} {config.dataset}",
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     learner.train()
     try:
         while step < config.steps:
+            step_start = (
+                train_tasks.state_dict(),
+                torch.get_rng_state(),
+                {k: b.detach().clone() for k, b in learner.named_buffers()},
+            )
             batch = train_tasks.sample(config.meta_batch_size).to(device)
             output = learner.meta_loss(batch)
             if not torch.isfinite(output.loss):
@@ -119,35 +152,50 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> TrainR
             optimizer.step()
             scheduler.step()
             step += 1
+            step_start = None
 
-            window_loss += output.loss.item()
-            window_score += per_task_score(output.predictions.detach(), batch.query_y).mean().item()
-            window_n += 1
+            window["loss"] += output.loss.item()
+            window["score"] += per_task_score(output.predictions.detach(), batch.query_y).mean().item()
+            window["n"] += 1
             if step % LOG_EVERY == 0 or step == config.steps:
-                record = {"step": step, "loss": window_loss / window_n, f"train_{metric_name}": window_score / window_n,
-                          "lr": scheduler.get_last_lr()[0], "elapsed_s": round(time.time() - started, 2)}
+                record = {
+                    "step": step,
+                    "loss": window["loss"] / window["n"],
+                    f"train_{metric_name}": window["score"] / window["n"],
+                    "lr": scheduler.get_last_lr()[0],
+                    "elapsed_s": round(time.time() - started, 2),
+                }
                 _append_metrics(metrics_path, record)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", **{metric_name: f"{record[f'train_{metric_name}']:.3f}"})
-                window_loss, window_score, window_n = 0.0, 0.0, 0
+                window = {"loss": 0.0, "score": 0.0, "n": 0}
             bar.update(1)
 
             if step % config.val_every == 0 or step == config.steps:
                 # Validation must not consume the training random state (exact resume).
                 with torch.random.fork_rng(devices=[]):
-                    val_source = task_source(config, splits, "val", config.ways, config.eval_query_or_query,
-                                             val_tasks_seed)
+                    val_source = task_source(config, splits, "val", val_tasks_seed)
                     val_mean, val_ci = mean_ci95(evaluate(learner, val_source, config.val_episodes, device))
-                improved = best_val is None or (val_mean > best_val if _higher_is_better(config) else val_mean < best_val)
+                improved = best_val is None or (
+                    val_mean > best_val if _higher_is_better(config) else val_mean < best_val
+                )
                 if improved:
                     best_val = val_mean
-                _append_metrics(metrics_path, {"step": step, f"val_{metric_name}": val_mean, f"val_{metric_name}_ci95": val_ci})
-                bar.write(f"step {step}: val {metric_name} {val_mean:.4f} ± {val_ci:.4f}" + (" (best)" if improved else ""))
+                _append_metrics(
+                    metrics_path, {"step": step, f"val_{metric_name}": val_mean, f"val_{metric_name}_ci95": val_ci}
+                )
+                bar.write(
+                    f"step {step}: val {metric_name} {val_mean:.4f} ± {val_ci:.4f}" + (" (best)" if improved else "")
+                )
                 state = checkpoint_state()
                 if improved:
                     save_checkpoint(out / "best.pt", state)
                 save_checkpoint(out / "last.pt", state)
     except KeyboardInterrupt:
-        save_checkpoint(out / "last.pt", checkpoint_state())
+        state = checkpoint_state()
+        if step_start is not None:  # interrupted before the step's update: resume redoes the same step
+            state["sampler"], state["torch_rng"], buffers = step_start
+            state["model"].update({k: b for k, b in buffers.items() if k in state["model"]})
+        save_checkpoint(out / "last.pt", state)
         bar.write(f"interrupted at step {step}; continue with --resume (checkpoint {out / 'last.pt'})")
         raise
     finally:
@@ -181,8 +229,12 @@ def plot_learning_curve(metrics_path: Path, png_path: Path) -> None:
             key = f"{prefix}_{metric}"
             pts = [r for r in records if key in r]
             if pts:
-                ax_score.plot([r["step"] for r in pts], [r[key] for r in pts], marker="o" if prefix == "val" else None,
-                              label=f"{prefix} {'accuracy' if metric == 'acc' else 'MSE'}")
+                ax_score.plot(
+                    [r["step"] for r in pts],
+                    [r[key] for r in pts],
+                    marker="o" if prefix == "val" else None,
+                    label=f"{prefix} {'accuracy' if metric == 'acc' else 'MSE'}",
+                )
     ax_score.set(xlabel="meta-training step", title="query score")
     ax_score.legend()
     ax_score.grid(alpha=0.3)

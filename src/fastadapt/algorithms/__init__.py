@@ -5,25 +5,46 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from fastadapt.algorithms.base import MetaLearner, MetaOutput, per_task_score, task_loss
+from fastadapt.algorithms.metric.matching import MatchingNet
 from fastadapt.algorithms.metric.protonet import ProtoNet
+from fastadapt.algorithms.metric.relation import RelationNet
+from fastadapt.algorithms.optimization.anil import ANIL
 from fastadapt.algorithms.optimization.maml import MAML
+from fastadapt.algorithms.optimization.metasgd import MetaSGD
+from fastadapt.algorithms.optimization.reptile import Reptile
+from fastadapt.errors import ConfigError
 from fastadapt.nets import MLP, Conv4, Conv4Stride
+from fastadapt.nets.relation import relation_networks
 
 if TYPE_CHECKING:
     from fastadapt.config import Config
 
-ALGORITHMS: dict[str, type[MetaLearner]] = {"maml": MAML, "protonet": ProtoNet}
+ALGORITHMS: dict[str, type[MetaLearner]] = {
+    "anil": ANIL,
+    "maml": MAML,
+    "matching": MatchingNet,
+    "metasgd": MetaSGD,
+    "protonet": ProtoNet,
+    "relation": RelationNet,
+    "reptile": Reptile,
+}
+#: Methods that adapt the network's weights per task; their networks use per-episode batch statistics.
+GRADIENT_BASED = ("anil", "maml", "metasgd", "reptile")
 NETWORKS = ("conv4", "conv4-stride", "mlp")
 
 
-def build_network(config: Config, num_outputs: int | None):
+def build_network(config: Config, num_outputs: int | None) -> nn.Module:
     """The backbone named by ``config.network``; ``num_outputs=None`` gives an embedding network."""
-    from fastadapt.errors import ConfigError
-
-    episode_norm = "episode" if config.algorithm == "maml" else "running"
+    episode_norm = "episode" if config.algorithm in GRADIENT_BASED else "running"
     if config.network == "conv4":
+        if config.image_size < 16:  # four 2x2 max-pools need at least 16 pixels
+            raise ConfigError(
+                f"--network conv4 halves the image four times and needs --image-size of at least 16 "
+                f"(got {config.image_size}); use a larger --image-size or --network conv4-stride."
+            )
         return Conv4(config.channels, 64, num_outputs, norm=episode_norm, image_size=config.image_size)
     if config.network == "conv4-stride":
         return Conv4Stride(config.channels, 64, num_outputs or 64, norm=episode_norm)
@@ -32,31 +53,70 @@ def build_network(config: Config, num_outputs: int | None):
     raise ConfigError(f"unknown network {config.network!r}; choose one of: {', '.join(NETWORKS)}.")
 
 
+def _channels_last(module: nn.Module) -> nn.Module:
+    return module.to(memory_format=torch.channels_last)
+
+
 def build_algorithm(config: Config) -> MetaLearner:
     """The meta-learner (with its network) that ``config`` describes."""
     from fastadapt.datasets import DATASETS
 
     regression = DATASETS[config.dataset].kind == "regression"
     if config.algorithm == "protonet":
-        return ProtoNet(build_network(config, None).to(memory_format=torch.channels_last))
-    if config.algorithm == "maml":
+        return ProtoNet(_channels_last(build_network(config, None)))
+    if config.algorithm == "matching":
+        encoder = _channels_last(build_network(config, None))
+        return MatchingNet(encoder, getattr(encoder, "out_features", 64), fce=config.fce)
+    if config.algorithm == "relation":
+        if config.image_size < 22:
+            raise ConfigError(
+                f"relation networks need --image-size of at least 22 (got {config.image_size}); "
+                "use a larger --image-size."
+            )
+        embedding, relation = relation_networks(config.channels, config.image_size)
+        return RelationNet(_channels_last(embedding), _channels_last(relation))
+    if config.algorithm in GRADIENT_BASED:
         if config.train_ways and config.train_ways != config.ways:
-            from fastadapt.errors import ConfigError
-
-            raise ConfigError("MAML's classifier head has one output per way: --train-ways must equal --ways.")
+            raise ConfigError(
+                f"{config.algorithm}'s classifier head has one output per way: --train-ways must equal --ways."
+            )
         model = build_network(config, 1 if regression else config.ways)
-        return MAML(
-            model,
+        common = dict(
             inner_lr=config.inner_lr,
             inner_steps=config.inner_steps,
-            first_order=config.first_order,
             eval_inner_steps=config.eval_inner_steps,
             strategy=config.strategy,
         )
+        if config.algorithm == "reptile":
+            return Reptile(
+                model,
+                inner_optimizer=config.inner_optimizer,
+                inner_batch_size=config.inner_batch_size,
+                eval_inner_batch_size=config.eval_inner_batch_size,
+                **common,
+            )
+        if config.algorithm == "anil":
+            # Conv4/Conv4Stride call their classifier "head"; an MLP is an nn.Sequential ending in it.
+            head = f"{len(model) - 1}." if config.network == "mlp" else "head."
+            return ANIL(model, first_order=config.first_order, head=head, **common)
+        return ALGORITHMS[config.algorithm](model, first_order=config.first_order, **common)
     raise KeyError(config.algorithm)
 
 
 __all__ = [
-    "ALGORITHMS", "MAML", "MetaLearner", "MetaOutput", "ProtoNet", "build_algorithm", "build_network",
-    "per_task_score", "task_loss",
+    "ALGORITHMS",
+    "ANIL",
+    "GRADIENT_BASED",
+    "MetaSGD",
+    "Reptile",
+    "MAML",
+    "MatchingNet",
+    "MetaLearner",
+    "MetaOutput",
+    "ProtoNet",
+    "RelationNet",
+    "build_algorithm",
+    "build_network",
+    "per_task_score",
+    "task_loss",
 ]

@@ -24,11 +24,13 @@ class DatasetInfo:
 
 DATASETS: dict[str, DatasetInfo] = {
     "omniglot": DatasetInfo(
-        "omniglot", "classification",
+        "omniglot",
+        "classification",
         "1623 handwritten characters x 4 rotations, 20 drawings each, 28x28; reads <data-dir>/omniglot/",
     ),
     "folder": DatasetInfo(
-        "folder", "classification",
+        "folder",
+        "classification",
         "your own images: --data-dir points at a folder with one sub-folder per class",
     ),
     "sinusoid": DatasetInfo(
@@ -53,15 +55,18 @@ def load_splits(config: Config) -> dict[str, ClassSplit] | None:
     return None
 
 
-def task_source(
-    config: Config, splits: dict[str, ClassSplit] | None, part: str, ways: int, query: int, seed: int
-) -> TaskSource:
-    """A seeded episode sampler over the ``part`` ("train", "val" or "test") of the data."""
+def task_source(config: Config, splits: dict[str, ClassSplit] | None, part: str, seed: int) -> TaskSource:
+    """A seeded episode sampler over the ``part`` ("train", "val" or "test") of the data, shaped as
+    ``config`` says: training episodes use train_ways/train_shots/query, the others ways/shots/eval_query."""
+    if part == "train":
+        ways, shots, query = config.train_ways_or_ways, config.train_shots_or_shots, config.query
+    else:
+        ways, shots, query = config.ways, config.shots, config.eval_query_or_query
     if config.dataset == "sinusoid":
         # Generated tasks: the parts differ only by seed.
-        return SinusoidTasks(config.shots, query, seed=seed + {"train": 0, "val": 10_007, "test": 20_011}[part])
+        return SinusoidTasks(shots, query, seed=seed + {"train": 0, "val": 10_007, "test": 20_011}[part])
     assert splits is not None
-    return EpisodeSampler(splits[part], ways, config.shots, query, seed=seed)
+    return EpisodeSampler(splits[part], ways, shots, query, seed=seed)
 
 
 __all__ = ["DATASETS", "DatasetInfo", "load_splits", "resolve_data_dir", "task_source"]

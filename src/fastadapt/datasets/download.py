@@ -170,8 +170,7 @@ def download_file(
 def _network_error(url: str, dest: Path, reason: str, stale: bool) -> DataError:
     note = f" (the existing {dest} does not match its checksum)" if stale else ""
     return DataError(
-        f"could not download {url}: {reason}{note}; check your connection or place the files by hand "
-        f"in {dest.parent}."
+        f"could not download {url}: {reason}{note}; check your connection or place the files by hand in {dest.parent}."
     )
 
 
@@ -181,9 +180,7 @@ def _decode_png(data: bytes, name: str, zip_path: Path) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as img:
             gray = np.asarray(img.convert("L"))
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(
-            f"cannot decode {name} in {zip_path} ({exc}); delete the zip and download it again."
-        ) from exc
+        raise DataError(f"cannot decode {name} in {zip_path} ({exc}); delete the zip and download it again.") from exc
     if gray.shape != (IMAGE_SIZE, IMAGE_SIZE):
         raise DataError(
             f"{name} in {zip_path} is {gray.shape[1]}x{gray.shape[0]}, not {IMAGE_SIZE}x{IMAGE_SIZE}; "
@@ -198,9 +195,7 @@ def convert_omniglot_zip(zip_path: Path, out_npz: Path) -> None:
     try:
         archive = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise DataError(
-            f"{zip_path} is not a readable zip ({exc}); delete it and download it again."
-        ) from exc
+        raise DataError(f"{zip_path} is not a readable zip ({exc}); delete it and download it again.") from exc
     with archive:
         entries: list[tuple[str, str, str, str]] = []  # (alphabet, character, filename, member)
         for member in archive.namelist():

@@ -57,8 +57,7 @@ def list_classes(root: Path) -> dict[str, list[Path]]:
         )
         if not files:
             raise DataError(
-                f"class folder {d} holds no images ({' '.join(IMAGE_SUFFIXES)}); "
-                f"add images to it or remove the folder."
+                f"class folder {d} holds no images ({' '.join(IMAGE_SUFFIXES)}); add images to it or remove the folder."
             )
         classes[d.name] = files
     return classes
@@ -73,9 +72,7 @@ def _load_image(path: Path, image_size: int, mode: str) -> np.ndarray:
             im = im.convert(mode).resize((image_size, image_size), Image.BILINEAR)
             return np.asarray(im, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise DataError(
-            f"cannot read image {path} ({type(exc).__name__}: {exc}); remove or replace the file."
-        ) from exc
+        raise DataError(f"cannot read image {path} ({type(exc).__name__}: {exc}); remove or replace the file.") from exc
 
 
 def random_class_split(
@@ -137,8 +134,7 @@ def read_split_files(split_dir: Path, names: list[str]) -> dict[str, list[str]]:
                 )
             if name in seen:
                 raise DataError(
-                    f"class {name!r} is listed in both {seen[name]} and {path}; a class may be in "
-                    f"only one split."
+                    f"class {name!r} is listed in both {seen[name]} and {path}; a class may be in only one split."
                 )
             seen[name] = path
             listed.append(name)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,7 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as d:
             arrays = {k: d[k] for k in ("images", "alphabet", "character")}
-    except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError) as exc:
+    except (zipfile.BadZipFile, zlib.error, OSError, ValueError, KeyError, EOFError) as exc:
         raise DataError(
             f"Omniglot file {path} is corrupt or truncated ({type(exc).__name__}: {exc}). "
             f"Delete it and fetch it again with `fastadapt download omniglot`."
@@ -83,7 +84,7 @@ def load_characters(data_dir: Path, image_size: int = 28) -> tuple[np.ndarray, l
         try:
             with np.load(cached, allow_pickle=False) as d:
                 return d["images"], list(d["names"]), list(d["sets"])
-        except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError):
+        except (zipfile.BadZipFile, zlib.error, OSError, ValueError, KeyError, EOFError):
             cached.unlink(missing_ok=True)
     images, names, sets = [], [], []
     for path, set_name in zip(paths, ("background", "evaluation")):

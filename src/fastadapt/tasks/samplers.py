@@ -64,9 +64,7 @@ class EpisodeSampler:
             )
         needed = shots + query
         if needed > split.min_examples_per_class:
-            small = [
-                split.class_names[c] for c, ix in enumerate(split.class_indices) if len(ix) < needed
-            ]
+            small = [split.class_names[c] for c, ix in enumerate(split.class_indices) if len(ix) < needed]
             raise DataError(
                 f"shots + query = {shots} + {query} = {needed} examples per class, but the {split.name} "
                 f"split has classes with only {split.min_examples_per_class} (e.g. {small[0]!r}, "

@@ -15,7 +15,6 @@ the Hessian-vector terms. Inner loops run per task or vectorised across tasks (`
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from fastadapt.algorithms.base import MetaLearner, MetaOutput, task_loss
@@ -41,6 +40,10 @@ class MAML(MetaLearner):
         self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
         self.strategy = strategy
 
+    def inner_learning_rate(self) -> float | dict[str, Tensor]:
+        """alpha of eq. (1): a fixed scalar here; Meta-SGD learns one per parameter."""
+        return self.inner_lr
+
     def adapt(
         self, support_x: Tensor, support_y: Tensor, steps: int, first_order: bool, vectorised: bool = False
     ) -> Params:
@@ -50,7 +53,7 @@ class MAML(MetaLearner):
             support_loss,
             parameters_of(self.model),
             steps,
-            self.inner_lr,
+            self.inner_learning_rate(),
             first_order=first_order,
             vectorised=vectorised,
         )
@@ -61,9 +64,7 @@ class MAML(MetaLearner):
             predictions = call(self.model, fast, query_x)
             return task_loss(predictions, query_y), predictions
 
-        return map_tasks(
-            one_task, (batch.support_x, batch.support_y, batch.query_x, batch.query_y), self.strategy
-        )
+        return map_tasks(one_task, (batch.support_x, batch.support_y, batch.query_x, batch.query_y), self.strategy)
 
     def meta_loss(self, batch: TaskBatch) -> MetaOutput:
         query_losses, predictions = self._adapted_query(batch, self.inner_steps, self.first_order)

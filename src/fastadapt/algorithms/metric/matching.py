@@ -1,0 +1,107 @@
+"""Matching Networks (Vinyals, Blundell, Lillicrap, Kavukcuoglu & Wierstra, NeurIPS 2016).
+
+A query is labelled by attention over the support set, eqs. (1)-(2)::
+
+    y_hat = sum_i a(x_hat, x_i) y_i,        a(x_hat, x_i) = softmax_i(c(f(x_hat), g(x_i)))
+
+with c the cosine similarity and y_i one-hot labels, so y_hat is a distribution over the task's classes.
+The predictions are its logarithm, log y_hat (clamped away from 0), and the loss is their negative
+log-likelihood.
+
+Without full context embeddings, f = g = the encoder. With ``fce=True`` (appendix A):
+
+- g embeds each support example in the context of the whole support set with a bidirectional LSTM over
+  the encoder outputs g'(x_i), A.2: ``g(x_i, S) = h_fwd_i + h_bwd_i + g'(x_i)``;
+- f reads the support set with an attention LSTM run for K steps on the query embedding f'(x_hat), A.1::
+
+      h_hat_k, c_k = LSTM(f'(x_hat), [h_{k-1}, r_{k-1}], c_{k-1})
+      h_k = h_hat_k + f'(x_hat)
+      r_{k-1} = sum_i softmax_i(h_{k-1}^T g(x_i)) g(x_i)
+
+  starting from h_0 = c_0 = 0, and f(x_hat, S) = h_K.
+
+f' and g' are the same encoder. All tasks of a meta-batch go through the encoder in one pass and through
+the LSTMs as one batch (tasks as the LSTM batch, the support set as its sequence).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fastadapt.algorithms.base import MetaLearner, MetaOutput
+from fastadapt.algorithms.metric.common import embed_episodes
+from fastadapt.tasks.episodes import TaskBatch
+
+#: Probabilities are clamped to this before the logarithm, so a class with no attention gives a finite loss.
+MIN_PROBABILITY = 1e-8
+
+
+def cosine_attention(query: Tensor, support: Tensor) -> Tensor:
+    """a(x_hat, x_i) of eq. (2): (tasks, q, dim), (tasks, n, dim) -> (tasks, q, n), rows sum to 1."""
+    similarity = F.normalize(query, dim=-1) @ F.normalize(support, dim=-1).transpose(1, 2)
+    return similarity.softmax(-1)
+
+
+def label_log_probabilities(attention: Tensor, support_y: Tensor, ways: int) -> Tensor:
+    """log y_hat of eq. (1): attention (tasks, q, n), labels (tasks, n) -> (tasks, q, ways)."""
+    one_hot = F.one_hot(support_y, ways).to(attention.dtype)
+    return (attention @ one_hot).clamp_min(MIN_PROBABILITY).log()
+
+
+class AttentionLSTM(nn.Module):
+    """f of appendix A.1: an LSTM whose recurrent input is [h_{k-1}, r_{k-1}] (2 * dim) while its state
+    h, c has ``dim`` units, so its gates are one linear map of [f'(x_hat), h_{k-1}, r_{k-1}]."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.gates = nn.Linear(3 * dim, 4 * dim)
+
+    def forward(self, query: Tensor, support: Tensor, steps: int) -> Tensor:
+        """query f'(x_hat): (tasks, q, dim); support g(x_i): (tasks, n, dim) -> f(x_hat, S): (tasks, q, dim)."""
+        h = torch.zeros_like(query)
+        c = torch.zeros_like(query)
+        for _ in range(steps):
+            read = (h @ support.transpose(1, 2)).softmax(-1) @ support  # r_{k-1}
+            i, f, g, o = self.gates(torch.cat([query, h, read], -1)).chunk(4, -1)
+            c = f.sigmoid() * c + i.sigmoid() * g.tanh()
+            h = o.sigmoid() * c.tanh() + query  # h_k = h_hat_k + f'(x_hat)
+        return h
+
+
+class MatchingNet(MetaLearner):
+    supports_regression = False
+
+    def __init__(self, encoder: nn.Module, embedding_dim: int, fce: bool = False, fce_steps: int = 5) -> None:
+        """``embedding_dim``: size of the encoder's (flattened) output, the LSTMs' width with ``fce``.
+        ``fce_steps``: K, the attention LSTM's processing steps (the paper does not give its value)."""
+        super().__init__()
+        if fce and fce_steps < 1:
+            raise ValueError(f"fce_steps must be at least 1, not {fce_steps}")
+        self.encoder = encoder
+        self.embedding_dim = embedding_dim
+        self.fce = fce
+        self.fce_steps = fce_steps
+        self.support_lstm = nn.LSTM(embedding_dim, embedding_dim, batch_first=True, bidirectional=True) if fce else None
+        self.query_lstm = AttentionLSTM(embedding_dim) if fce else None
+
+    def embed(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
+        """g(x_i, S) for the support set and f(x_hat, S) for the queries: (tasks, n, dim), (tasks, q, dim)."""
+        support, query = embed_episodes(self.encoder, batch)
+        support, query = support.flatten(2), query.flatten(2)
+        if not self.fce:
+            return support, query
+        forward, backward = self.support_lstm(support)[0].chunk(2, -1)
+        support = forward + backward + support  # A.2
+        return support, self.query_lstm(query, support, self.fce_steps)  # A.1
+
+    def predict(self, batch: TaskBatch) -> Tensor:
+        """log y_hat, (tasks, query, ways); its argmax is the predicted class."""
+        support, query = self.embed(batch)
+        return label_log_probabilities(cosine_attention(query, support), batch.support_y, batch.ways)
+
+    def meta_loss(self, batch: TaskBatch) -> MetaOutput:
+        log_probs = self.predict(batch)
+        loss = F.nll_loss(log_probs.reshape(-1, batch.ways), batch.query_y.reshape(-1))
+        return MetaOutput(loss, log_probs)

@@ -1,0 +1,98 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastadapt.algorithms.optimization.maml import MAML
+from fastadapt.algorithms.optimization.metasgd import MetaSGD
+from fastadapt.datasets.sinusoid import SinusoidTasks
+from fastadapt.functional import call, parameters_of
+from fastadapt.nets import MLP, Conv4Stride
+from fastadapt.tasks.episodes import TaskBatch
+
+
+def image_batch(tasks=3, ways=3, shots=2, query=2, size=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(ways)
+    return TaskBatch(
+        torch.randn(tasks, ways * shots, 1, size, size, generator=g, dtype=torch.float64),
+        labels.repeat_interleave(shots).repeat(tasks, 1),
+        torch.randn(tasks, ways * query, 1, size, size, generator=g, dtype=torch.float64),
+        labels.repeat_interleave(query).repeat(tasks, 1),
+        ways,
+    )
+
+
+def theta_grads(learner, batch):
+    learner.zero_grad()
+    learner.meta_loss(batch).loss.backward()
+    return [p.grad.clone() for p in learner.model.parameters()]
+
+
+def relative_error(a, b):
+    num = torch.sqrt(sum((x - y).square().sum() for x, y in zip(a, b)))
+    return (num / torch.sqrt(sum(x.square().sum() for x in a))).item()
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+def test_learning_rates_get_gradients_and_constant_alpha_gives_mamls_meta_gradient(strategy, first_order):
+    torch.manual_seed(0)
+    model = Conv4Stride(1, 8, 3).double()
+    batch = image_batch()
+    metasgd = MetaSGD(model, inner_lr=0.3, inner_steps=2, first_order=first_order, strategy=strategy)
+    got = theta_grads(metasgd, batch)
+    for name, alpha in metasgd.inner_lrs.items():
+        assert alpha.shape == parameters_of(model)[name.replace("-", ".")].shape
+        assert alpha.grad is not None and alpha.grad.abs().sum() > 0, name
+    expected = theta_grads(MAML(model, inner_lr=0.3, inner_steps=2, first_order=first_order), batch)
+    assert relative_error(expected, got) < 1e-10
+
+
+def test_one_step_learning_rate_gradient_matches_closed_form():
+    """For one inner step, dL_query(theta - alpha o g) / d alpha = -g o grad L_query(theta')."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    g = torch.Generator().manual_seed(2)
+    batch = TaskBatch(
+        torch.randn(2, 6, 3, generator=g, dtype=torch.float64),
+        torch.randint(0, 2, (2, 6), generator=g),
+        torch.randn(2, 4, 3, generator=g, dtype=torch.float64),
+        torch.randint(0, 2, (2, 4), generator=g),
+        2,
+    )
+    learner = MetaSGD(model, inner_lr=0.5, inner_steps=1)
+    with torch.no_grad():  # a non-constant alpha
+        for alpha in learner.inner_lrs.values():
+            alpha.uniform_(0.1, 0.9)
+    learner.meta_loss(batch).loss.backward()
+    theta, alphas = parameters_of(model), learner.inner_learning_rate()
+    expected = {k: torch.zeros_like(v) for k, v in theta.items()}
+    for i in range(batch.num_tasks):
+        support = F.cross_entropy(call(model, theta, batch.support_x[i]), batch.support_y[i])
+        grads = dict(zip(theta, torch.autograd.grad(support, list(theta.values()))))
+        fast = {k: (theta[k] - alphas[k] * grads[k]).detach().requires_grad_() for k in theta}
+        query = F.cross_entropy(call(model, fast, batch.query_x[i]), batch.query_y[i])
+        for k, q in zip(fast, torch.autograd.grad(query, list(fast.values()))):
+            expected[k] -= grads[k] * q / batch.num_tasks
+    for k in theta:
+        torch.testing.assert_close(alphas[k].grad, expected[k])
+
+
+def test_metasgd_meta_training_lowers_post_adaptation_loss_on_sinusoids():
+    torch.manual_seed(0)
+    learner = MetaSGD(MLP(1, (40, 40), 1), inner_lr=0.01, inner_steps=1, strategy="vmap")
+    optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
+    tasks = SinusoidTasks(shots=10, query=10, seed=0)
+    held_out = SinusoidTasks(shots=10, query=50, seed=1).sample(100)
+
+    def held_out_mse():
+        return (learner.predict(held_out) - held_out.query_y).square().mean().item()
+
+    before = held_out_mse()
+    for _ in range(300):
+        loss = learner.meta_loss(tasks.sample(25)).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert held_out_mse() < 0.5 * before  # measured: 4.08 -> 1.00 (MAML with these settings: 2.48)

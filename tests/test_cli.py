@@ -1,0 +1,353 @@
+"""The ``fastadapt`` command line, in-process: tiny end-to-end runs, and one clear error line (exit code 2,
+no traceback) for every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fastadapt.algorithms import ALGORITHMS
+from fastadapt.cli import main
+from fastadapt.datasets import resolve_data_dir
+
+ACCURACY_KEYS = {"algorithm", "dataset", "ways", "shots", "episodes", "accuracy_mean", "accuracy_ci95"}
+MSE_KEYS = {"algorithm", "dataset", "ways", "shots", "episodes", "mse_mean", "mse_ci95"}
+
+
+def make_image_folder(root: Path, classes: int = 20, per_class: int = 6, size: int = 8) -> Path:
+    """``classes`` folders of ``per_class`` random 8x8 grayscale PNGs (split at random: 13/3/4 classes)."""
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        d = root / f"class{c:02d}"
+        d.mkdir(parents=True)
+        for k in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(d / f"{k}.png")
+    return root
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny tensors: extra intra-op threads only cost time, a lot of it on a busy machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("data") / "images")
+
+
+def protonet_args(folder: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        "--algorithm",
+        "protonet",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        str(folder),
+        "--image-size",
+        "16",
+        "--ways",
+        "3",
+        "--shots",
+        "1",
+        "--query",
+        "2",
+        "--eval-query",
+        "3",
+        "--steps",
+        "4",
+        "--val-every",
+        "2",
+        "--val-episodes",
+        "4",
+        "--test-episodes",
+        "6",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def maml_args(out: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        "--algorithm",
+        "maml",
+        "--dataset",
+        "sinusoid",
+        "--shots",
+        "5",
+        "--query",
+        "5",
+        "--eval-query",
+        "5",
+        "--meta-batch-size",
+        "2",
+        "--steps",
+        "3",
+        "--val-every",
+        "3",
+        "--val-episodes",
+        "4",
+        "--test-episodes",
+        "6",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def run_ok(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "Traceback" not in out + err
+    return out
+
+
+def run_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
+    """Run ``argv``, check exit code 2 and exactly one 'fastadapt: error:' line on stderr; return it."""
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 2, (out, err)
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("fastadapt: error: "), err
+    assert "Traceback" not in out + err
+    return lines[0]
+
+
+# --- end to end ---------------------------------------------------------------------------------
+
+
+def test_protonet_train_then_eval_on_folder(folder: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "proto"
+    stdout = run_ok(capsys, protonet_args(folder, out, "--quiet"))
+    assert "trained 4 steps" in stdout and "3-way 1-shot" in stdout
+    for name in ("best.pt", "last.pt", "eval.json", "metrics.jsonl", "learning_curve.png"):
+        assert (out / name).is_file(), name
+    result = json.loads((out / "eval.json").read_text())
+    assert ACCURACY_KEYS <= set(result)
+    assert result["algorithm"] == "protonet" and result["dataset"] == "folder"
+    assert result["ways"] == 3 and result["shots"] == 1 and result["episodes"] == 6
+    assert 0.0 <= result["accuracy_mean"] <= 1.0 and result["accuracy_ci95"] >= 0.0
+
+    # eval --checkpoint: another number of episodes, another output folder; seeded, so repeatable.
+    stdout = run_ok(
+        capsys,
+        ["eval", "--checkpoint", str(out / "best.pt"), "--episodes", "5", "--out", str(tmp_path / "e1"), "--quiet"],
+    )
+    first = json.loads((tmp_path / "e1" / "eval.json").read_text())
+    assert json.loads(stdout.strip().splitlines()[-1]) == first
+    assert ACCURACY_KEYS <= set(first) and first["episodes"] == 5 and first["ways"] == 3
+    run_ok(
+        capsys,
+        ["eval", "--checkpoint", str(out / "best.pt"), "--episodes", "5", "--out", str(tmp_path / "e2"), "--quiet"],
+    )
+    second = json.loads((tmp_path / "e2" / "eval.json").read_text())
+    assert second["accuracy_mean"] == first["accuracy_mean"]
+    # Without --out, eval.json goes beside the checkpoint.
+    run_ok(capsys, ["eval", "--checkpoint", str(out / "last.pt"), "--episodes", "3"])
+    assert json.loads((out / "eval.json").read_text())["episodes"] == 3
+
+    # --resume of a finished run with more steps continues it.
+    stdout = run_ok(capsys, protonet_args(folder, out, "--quiet", "--resume", "--steps", "6"))
+    assert "trained 6 steps" in stdout
+
+
+@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+def test_maml_train_then_eval_on_sinusoid(tmp_path: Path, capsys, strategy: str) -> None:
+    out = tmp_path / strategy
+    stdout = run_ok(capsys, maml_args(out, "--strategy", strategy, "--quiet"))
+    assert "MSE" in stdout
+    result = json.loads((out / "eval.json").read_text())
+    assert MSE_KEYS <= set(result) and "accuracy_mean" not in result
+    assert result["algorithm"] == "maml" and result["dataset"] == "sinusoid"
+    assert result["ways"] is None and result["shots"] == 5 and result["episodes"] == 6
+    assert result["mse_mean"] > 0 and result["mse_ci95"] >= 0
+
+    run_ok(
+        capsys,
+        [
+            "eval",
+            "--checkpoint",
+            str(out / "best.pt"),
+            "--episodes",
+            "4",
+            "--eval-inner-steps",
+            "2",
+            "--out",
+            str(tmp_path / "e"),
+            "--quiet",
+        ],
+    )
+    again = json.loads((tmp_path / "e" / "eval.json").read_text())
+    assert MSE_KEYS <= set(again) and again["episodes"] == 4
+
+
+def test_loop_and_vmap_strategies_train_the_same_model(tmp_path: Path, capsys) -> None:
+    for strategy in ("loop", "vmap"):
+        run_ok(capsys, maml_args(tmp_path / strategy, "--strategy", strategy, "--quiet"))
+    loop = json.loads((tmp_path / "loop" / "eval.json").read_text())
+    vmap = json.loads((tmp_path / "vmap" / "eval.json").read_text())
+    assert vmap["mse_mean"] == pytest.approx(loop["mse_mean"], rel=1e-4)
+
+
+def test_datasets_lists_the_three_data_sets(tmp_path: Path, capsys) -> None:
+    stdout = run_ok(capsys, ["datasets", "--data-dir", str(tmp_path)])
+    assert str(tmp_path) in stdout
+    # One "  name  kind  where" line per data set, each followed by an indented description.
+    names = [line.split()[0] for line in stdout.splitlines()[1:] if re.match(r"  \S", line)]
+    assert names == ["omniglot", "folder", "sinusoid"]
+    assert "missing: fastadapt download omniglot" in stdout  # nothing in tmp_path
+    root = resolve_data_dir()
+    if (root / "omniglot" / "images_background.npz").is_file():
+        assert "found in" in run_ok(capsys, ["datasets"])
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["eval", "--help"], ["datasets", "-h"]])
+def test_help_exits_zero(capsys, argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: fastadapt")
+    if argv[0] == "train":
+        assert "--inner-lr" in out and "--resume" in out
+
+
+def test_console_script_entry_point() -> None:
+    exe = Path(sys.executable).with_name("fastadapt")
+    assert exe.is_file(), "the fastadapt console script is not installed in this environment"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0 and "usage: fastadapt" in done.stdout and "train" in done.stdout
+    # Errors leave through the script with exit status 2 and one line.
+    done = subprocess.run(
+        [str(exe), "train", "--algorithm", "wizardry"], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert done.returncode == 2
+    expected = f"fastadapt: error: unknown algorithm 'wizardry'; choose one of: {', '.join(sorted(ALGORITHMS))}."
+    assert done.stderr.splitlines() == [expected]
+
+
+# --- bad input: exit code 2, one line ------------------------------------------------------------
+
+
+def test_unknown_algorithm(capsys, tmp_path: Path) -> None:
+    argv = ["train", "--algorithm", "wizardry", "--dataset", "sinusoid", "--out", str(tmp_path)]
+    line = run_error(capsys, argv)
+    assert "wizardry" in line and all(name in line for name in ALGORITHMS)
+
+
+def test_unknown_dataset(capsys, tmp_path: Path) -> None:
+    line = run_error(capsys, ["train", "--dataset", "mnist", "--out", str(tmp_path)])
+    assert "mnist" in line and "omniglot" in line and "sinusoid" in line
+
+
+def test_protonet_on_sinusoid(capsys, tmp_path: Path) -> None:
+    argv = ["train", "--algorithm", "protonet", "--dataset", "sinusoid", "--out", str(tmp_path)]
+    line = run_error(capsys, argv)
+    assert "regression" in line and "maml" in line
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--ways", "5"], "--ways"),  # the validation split has only 3 classes
+        (["--ways", "14"], "--ways"),  # the training split has only 13
+        (["--ways", "1"], "--ways"),
+        (["--shots", "3", "--query", "4"], "--shots/--query"),  # 7 > 6 images per class
+        (["--eval-query", "6"], "--shots/--query"),  # 1 + 6 > 6 in validation/test episodes
+        (["--image-size", "8"], "--image-size"),  # too small for Conv-4's four poolings
+        (["--strategy", "threads"], "--strategy"),
+        (["--steps", "0"], "--steps"),
+    ],
+)
+def test_impossible_settings_fail_before_training(folder: Path, tmp_path: Path, capsys, extra, needle):
+    out = tmp_path / "run"
+    line = run_error(capsys, protonet_args(folder, out, *extra))
+    assert needle in line
+    assert not (out / "last.pt").exists(), "the error came only after training"
+
+
+def test_maml_train_ways_must_equal_ways(folder: Path, tmp_path: Path, capsys) -> None:
+    argv = protonet_args(folder, tmp_path, "--train-ways", "4")
+    argv[argv.index("protonet")] = "maml"
+    assert "--train-ways" in run_error(capsys, argv)
+
+
+def test_missing_folder_data_dir(tmp_path: Path, capsys) -> None:
+    line = run_error(capsys, protonet_args(tmp_path / "nowhere", tmp_path / "run"))
+    assert "not found" in line and str(tmp_path / "nowhere") in line
+
+
+def test_missing_omniglot_says_how_to_get_it(tmp_path: Path, capsys) -> None:
+    line = run_error(
+        capsys,
+        ["train", "--dataset", "omniglot", "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "run")],
+    )
+    assert "fastadapt download omniglot" in line
+
+
+def test_corrupt_omniglot_file(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FASTADAPT_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "data" / "omniglot"
+    root.mkdir(parents=True)
+    images = np.zeros((20, 105, 105), np.uint8)
+    names = np.array(["A"] * 20)
+    np.savez_compressed(root / "images_background.npz", images=images, alphabet=names, character=names)
+    (root / "images_evaluation.npz").write_bytes((root / "images_background.npz").read_bytes()[:300])
+    line = run_error(
+        capsys, ["train", "--dataset", "omniglot", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "run")]
+    )
+    assert "corrupt" in line and "images_evaluation.npz" in line
+
+
+def test_corrupt_image_in_folder(tmp_path: Path, capsys) -> None:
+    data = make_image_folder(tmp_path / "images")
+    (data / "class03" / "2.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    line = run_error(capsys, protonet_args(data, tmp_path / "run"))
+    assert "2.png" in line
+
+
+def test_resume_into_other_configuration(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    run_ok(capsys, maml_args(out, "--quiet"))
+    before = (out / "last.pt").read_bytes()
+    line = run_error(capsys, maml_args(out, "--resume", "--inner-lr", "0.5"))
+    assert "different configuration" in line and "inner_lr" in line and "--out" in line
+    assert (out / "last.pt").read_bytes() == before
+
+
+def test_corrupt_checkpoint_for_eval(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    run_ok(capsys, maml_args(out, "--quiet", "--steps", "1", "--val-every", "1"))
+    data = (out / "best.pt").read_bytes()
+    (out / "best.pt").write_bytes(data[: len(data) // 3])
+    line = run_error(capsys, ["eval", "--checkpoint", str(out / "best.pt")])
+    assert "corrupt" in line and "best.pt" in line
+    (out / "best.pt").write_bytes(b"")
+    assert "corrupt" in run_error(capsys, ["eval", "--checkpoint", str(out / "best.pt")])
+
+
+def test_missing_checkpoint_for_eval(tmp_path: Path, capsys) -> None:
+    line = run_error(capsys, ["eval", "--checkpoint", str(tmp_path / "nope.pt")])
+    assert "not found" in line
+
+
+def test_unknown_download(capsys) -> None:
+    assert "omniglot" in run_error(capsys, ["download", "imagenet"])
