@@ -77,7 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument(
         "--first-order", action="store_true", default=None, help="MAML/Meta-SGD/ANIL: drop second derivatives"
     )
-    o.add_argument("--strategy", help="inner loops as a per-task 'loop' or 'vmap' across tasks")
+    o.add_argument(
+        "--strategy",
+        help="inner loops as a per-task 'loop', 'vmap' across tasks, or 'auto' (default: time both, keep the faster)",
+    )
     o.add_argument("--inner-optimizer", help="Reptile's inner optimiser: sgd or adam")
     o.add_argument("--inner-batch-size", type=int, help="Reptile: support mini-batch per inner step (default: all)")
     o.add_argument("--eval-inner-batch-size", type=int, help="Reptile: support mini-batch per test-time step")

@@ -26,7 +26,8 @@ class Config:
     inner_steps: int = 1
     eval_inner_steps: int | None = None
     first_order: bool = False
-    strategy: str = "loop"
+    # Inner loops per task ("loop"), vectorised ("vmap"), or the faster of the two measured at the start.
+    strategy: str = "auto"
     # Reptile's own inner optimiser, and mini-batches of the support set (None: the whole set).
     inner_optimizer: str = "sgd"
     inner_batch_size: int | None = None

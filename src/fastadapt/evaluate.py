@@ -96,6 +96,8 @@ def load_learner(checkpoint: Path, **overrides: Any) -> tuple[MetaLearner, Confi
     config = Config.from_dict({**state["config"], **{k: v for k, v in overrides.items() if v is not None}})
     learner = build_algorithm(config)
     learner.load_state_dict(state["model"])
+    if getattr(learner, "strategy", None) == "auto" and state.get("strategy") in ("loop", "vmap"):
+        learner.strategy = state["strategy"]  # what training measured as faster
     return learner.to(config.device), config
 
 

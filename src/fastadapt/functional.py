@@ -19,8 +19,9 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 Params = dict[str, Tensor]
-Strategy = Literal["loop", "vmap"]
-STRATEGIES: tuple[str, ...] = ("loop", "vmap")
+Strategy = Literal["loop", "vmap", "auto"]
+#: "auto" runs as "loop" until :func:`fastadapt.strategy.choose_strategy` has measured both.
+STRATEGIES: tuple[str, ...] = ("auto", "loop", "vmap")
 
 
 def parameters_of(module: nn.Module) -> Params:
@@ -77,7 +78,7 @@ def map_tasks(
     ``per_task``) and stack its tuple of outputs along a new task dimension."""
     if strategy == "vmap":
         return vmap(lambda *args: fn(*args, vectorised=True), randomness="different")(*per_task)
-    if strategy != "loop":
+    if strategy not in ("loop", "auto"):
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
     outputs = [fn(*(t[i] for t in per_task), vectorised=False) for i in range(per_task[0].shape[0])]
     return tuple(torch.stack(column) for column in zip(*outputs))

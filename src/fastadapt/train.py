@@ -26,6 +26,7 @@ from fastadapt.config import Config
 from fastadapt.datasets import DATASETS, load_splits, task_source
 from fastadapt.errors import TrainingDiverged
 from fastadapt.evaluate import evaluate, mean_ci95
+from fastadapt.strategy import choose_strategy
 
 #: Seed offset of the fixed validation episodes (the same episodes at every validation).
 VAL_SEED_OFFSET = 500_009
@@ -101,9 +102,20 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> TrainR
         torch.set_rng_state(state["torch_rng"])
         step, best_val = state["step"], state["best_val"]
         window = dict(state.get("window", window))
+        if config.strategy == "auto" and state.get("strategy") in ("loop", "vmap"):
+            learner.strategy = state["strategy"]  # keep the measured choice: resume stays exact
         _truncate_metrics(metrics_path, step)
     else:
         metrics_path.unlink(missing_ok=True)
+    if getattr(learner, "strategy", None) == "auto":
+        # Measure on the first training batch, then rewind the sampler so training draws it again.
+        sampler_state = train_tasks.state_dict()
+        probe = train_tasks.sample(config.meta_batch_size).to(device)
+        train_tasks.load_state_dict(sampler_state)
+        measured = choose_strategy(learner, probe)
+        if progress:
+            timings = ", ".join(f"{k} {v:.3f}s" for k, v in measured["seconds"].items())
+            print(f"strategy auto: {measured['strategy']} (one training step: {timings})")
 
     def checkpoint_state() -> dict[str, Any]:
         return {
@@ -116,6 +128,7 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> TrainR
             "sampler": train_tasks.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "window": dict(window),
+            "strategy": getattr(learner, "strategy", None),
         }
 
     val_tasks_seed = config.seed + VAL_SEED_OFFSET

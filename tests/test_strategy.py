@@ -1,0 +1,50 @@
+import torch
+
+from fastadapt.algorithms import MAML, ProtoNet
+from fastadapt.config import make_config
+from fastadapt.datasets.sinusoid import SinusoidTasks
+from fastadapt.nets import MLP
+from fastadapt.strategy import choose_strategy
+from fastadapt.train import train
+
+
+def test_choose_strategy_measures_both_and_changes_no_parameter():
+    torch.manual_seed(0)
+    learner = MAML(MLP(1, (8,), 1), inner_lr=0.01, strategy="auto")
+    before = {k: v.clone() for k, v in learner.state_dict().items()}
+    rng = torch.get_rng_state()
+    measured = choose_strategy(learner, SinusoidTasks(5, 5, seed=0).sample(4), trials=1)
+    assert set(measured["seconds"]) == {"loop", "vmap"}
+    assert learner.strategy == measured["strategy"] == min(measured["seconds"], key=measured["seconds"].get)
+    assert all(torch.equal(before[k], v) for k, v in learner.state_dict().items())
+    assert all(p.grad is None for p in learner.parameters())
+    assert torch.equal(rng, torch.get_rng_state())
+
+
+def test_fixed_strategies_and_methods_without_one_are_left_alone():
+    learner = MAML(MLP(1, (8,), 1), strategy="vmap")
+    assert choose_strategy(learner, SinusoidTasks(5, 5).sample(2)) == {}
+    assert learner.strategy == "vmap"
+    assert choose_strategy(ProtoNet(torch.nn.Identity()), None) == {}
+
+
+def test_auto_training_records_its_choice_in_the_checkpoint(tmp_path):
+    config = make_config(
+        "maml", "sinusoid", steps=3, val_every=3, val_episodes=2, meta_batch_size=2, strategy="auto", out=str(tmp_path)
+    )
+    result = train(config, progress=False)
+    assert result.learner.strategy in ("loop", "vmap")
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["strategy"] == result.learner.strategy
+
+
+def test_resume_keeps_the_measured_choice(tmp_path, monkeypatch):
+    config = make_config(
+        "maml", "sinusoid", steps=2, val_every=2, val_episodes=2, meta_batch_size=2, strategy="auto", out=str(tmp_path)
+    )
+    first = train(config, progress=False).learner.strategy
+    other = {"loop": "vmap", "vmap": "loop"}[first]
+    # Were it measured again, the other strategy would win; the resumed run must keep the saved one.
+    monkeypatch.setattr("fastadapt.strategy.time_strategies", lambda *a, **k: {first: 9.0, other: 1.0})
+    resumed = train(make_config(**{**config.to_dict(), "steps": 4}), resume=True, progress=False)
+    assert resumed.learner.strategy == first
