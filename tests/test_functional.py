@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import image_batch
 from torch import nn
 from torch.func import functional_call
 
@@ -29,18 +30,6 @@ def reference_maml_grad(model, batch, inner_lr, steps, first_order=False):
     return torch.autograd.grad(total / batch.num_tasks, theta)
 
 
-def random_batch(tasks=3, ways=3, shots=2, query=2, size=12, dtype=torch.float64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(ways)
-    return TaskBatch(
-        torch.randn(tasks, ways * shots, 1, size, size, generator=g, dtype=dtype),
-        labels.repeat_interleave(shots).repeat(tasks, 1),
-        torch.randn(tasks, ways * query, 1, size, size, generator=g, dtype=dtype),
-        labels.repeat_interleave(query).repeat(tasks, 1),
-        ways,
-    )
-
-
 def max_relative_error(a, b):
     num = torch.sqrt(sum((x - y).square().sum() for x, y in zip(a, b)))
     den = torch.sqrt(sum(x.square().sum() for x in a))
@@ -58,7 +47,7 @@ def maml_grad(learner, batch):
 def test_second_order_meta_gradient_matches_plain_autograd_loop(strategy, net):
     torch.manual_seed(0)
     model = (Conv4Stride(1, 8, 3) if net == "stride" else Conv4(1, 8, 3, norm="episode", image_size=16)).double()
-    batch = random_batch(size=16 if net == "pool" else 12)
+    batch = image_batch(size=16 if net == "pool" else 12)
     learner = MAML(model, inner_lr=0.3, inner_steps=2, strategy=strategy)
     expected = reference_maml_grad(model, batch, 0.3, 2)
     assert max_relative_error(expected, maml_grad(learner, batch)) < 1e-10
@@ -67,7 +56,7 @@ def test_second_order_meta_gradient_matches_plain_autograd_loop(strategy, net):
 def test_vmap_and_loop_agree_in_float32():
     torch.manual_seed(1)
     model = Conv4Stride(1, 16, 5)
-    batch = random_batch(tasks=4, ways=5, shots=1, query=1, size=28, dtype=torch.float32)
+    batch = image_batch(tasks=4, ways=5, shots=1, query=1, size=28, dtype=torch.float32)
     loop = maml_grad(MAML(model, 0.4, 1, strategy="loop"), batch)
     vmapped = maml_grad(MAML(model, 0.4, 1, strategy="vmap"), batch)
     assert max_relative_error(loop, vmapped) < 1e-4
@@ -112,7 +101,7 @@ def test_first_order_drops_the_second_order_term(strategy):
     """FOMAML's meta-gradient is the query gradient at the adapted weights, nothing more."""
     torch.manual_seed(3)
     model = Conv4Stride(1, 8, 3).double()
-    batch = random_batch()
+    batch = image_batch()
     learner = MAML(model, inner_lr=0.3, inner_steps=2, first_order=True, strategy=strategy)
     got = maml_grad(learner, batch)
     expected = [torch.zeros_like(p) for p in model.parameters()]

@@ -246,7 +246,8 @@ def plot_learning_curve(metrics_path: Path, png_path: Path) -> None:
                     [r["step"] for r in pts],
                     [r[key] for r in pts],
                     marker="o" if prefix == "val" else None,
-                    label=f"{prefix} {'accuracy' if metric == 'acc' else 'MSE'}",
+                    label=f"{prefix} {'accuracy' if metric == 'acc' else 'MSE'}"
+                    + (" (training episodes)" if prefix == "train" else " (test-shaped episodes)"),
                 )
     ax_score.set(xlabel="meta-training step", title="query score")
     ax_score.legend()
