@@ -275,6 +275,12 @@ def test_protonet_on_sinusoid(capsys, tmp_path: Path) -> None:
         (["--image-size", "8"], "--image-size"),  # too small for Conv-4's four poolings
         (["--strategy", "threads"], "--strategy"),
         (["--steps", "0"], "--steps"),
+        (["--device", "tpu9"], "--device"),
+        pytest.param(
+            ["--device", "cuda"],
+            "no CUDA device",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present"),
+        ),
     ],
 )
 def test_impossible_settings_fail_before_training(folder: Path, tmp_path: Path, capsys, extra, needle):

@@ -181,8 +181,29 @@ def validate(config: Config) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(config, name)}).")
     if config.strategy not in STRATEGIES:
         raise ConfigError(f"unknown --strategy {config.strategy!r}; choose one of: {', '.join(STRATEGIES)}.")
+    check_device(config.device)
     if config.lr <= 0:
         raise ConfigError(f"--lr must be positive (got {config.lr}).")
+
+
+def check_device(device: str) -> None:
+    """Refuse a device this torch cannot use, before any work starts."""
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown --device {device!r}; use cpu, cuda or cuda:N.") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"--device {device} asked for a GPU but torch {torch.__version__} sees no CUDA device; use --device cpu."
+        )
+    if (
+        kind == "cuda"
+        and torch.device(device).index is not None
+        and torch.device(device).index >= torch.cuda.device_count()
+    ):
+        raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here.")
 
 
 def config_differences(saved: Config, current: Config) -> list[str]:

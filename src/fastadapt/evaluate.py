@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from fastadapt.algorithms import MetaLearner, build_algorithm, per_task_score
 from fastadapt.checkpoint import load_checkpoint
-from fastadapt.config import Config
+from fastadapt.config import Config, check_device
 from fastadapt.datasets import DATASETS, load_splits, task_source
 from fastadapt.tasks.samplers import TaskSource
 
@@ -94,6 +94,7 @@ def load_learner(checkpoint: Path, **overrides: Any) -> tuple[MetaLearner, Confi
     """Rebuild a meta-learner from a checkpoint; ``overrides`` change run-time settings (e.g. data_dir)."""
     state = load_checkpoint(checkpoint)
     config = Config.from_dict({**state["config"], **{k: v for k, v in overrides.items() if v is not None}})
+    check_device(config.device)
     learner = build_algorithm(config)
     learner.load_state_dict(state["model"])
     if getattr(learner, "strategy", None) == "auto" and state.get("strategy") in ("loop", "vmap"):
