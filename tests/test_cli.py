@@ -159,6 +159,27 @@ def test_protonet_train_then_eval_on_folder(folder: Path, tmp_path: Path, capsys
     )
     second = json.loads((tmp_path / "e2" / "eval.json").read_text())
     assert second["accuracy_mean"] == first["accuracy_mean"]
+    # Another episode shape than trained (metric methods): 2-way 2-shot.
+    stdout = run_ok(
+        capsys,
+        [
+            "eval",
+            "--checkpoint",
+            str(out / "best.pt"),
+            "--episodes",
+            "4",
+            "--ways",
+            "2",
+            "--shots",
+            "2",
+            "--out",
+            str(tmp_path / "e3"),
+            "--quiet",
+        ],
+    )
+    assert "2-way 2-shot" in stdout
+    reshaped = json.loads((tmp_path / "e3" / "eval.json").read_text())
+    assert reshaped["ways"] == 2 and reshaped["shots"] == 2
     # Without --out, eval.json goes beside the checkpoint.
     run_ok(capsys, ["eval", "--checkpoint", str(out / "last.pt"), "--episodes", "3"])
     assert json.loads((out / "eval.json").read_text())["episodes"] == 3
@@ -288,6 +309,14 @@ def test_impossible_settings_fail_before_training(folder: Path, tmp_path: Path, 
     line = run_error(capsys, protonet_args(folder, out, *extra))
     assert needle in line
     assert not (out / "last.pt").exists(), "the error came only after training"
+
+
+def test_maml_checkpoint_cannot_be_evaluated_with_other_ways(folder: Path, tmp_path: Path, capsys) -> None:
+    argv = protonet_args(folder, tmp_path, "--quiet")
+    argv[argv.index("protonet")] = "maml"
+    run_ok(capsys, argv)
+    line = run_error(capsys, ["eval", "--checkpoint", str(tmp_path / "best.pt"), "--ways", "2"])
+    assert "3-way classifier head" in line and "--ways 3" in line
 
 
 def test_maml_train_ways_must_equal_ways(folder: Path, tmp_path: Path, capsys) -> None:

@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="meta-test a checkpoint: accuracy mean and 95%% CI over >= 600 episodes")
     e.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by train")
     e.add_argument("--episodes", type=int, help="number of test episodes (default 600)")
+    e.add_argument("--ways", type=int, help="classes per test episode (default: as trained)")
+    e.add_argument("--shots", type=int, help="support examples per class (default: as trained)")
     e.add_argument("--eval-query", type=int, help="query examples per class")
     e.add_argument("--eval-inner-steps", type=int, help="inner-loop steps at test time (MAML)")
     e.add_argument("--out", help="folder for eval.json (default: the checkpoint's folder)")
@@ -140,6 +142,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         data_dir=args.data_dir,
         device=args.device,
         eval_query=args.eval_query,
+        ways=args.ways,
+        shots=args.shots,
         eval_inner_steps=args.eval_inner_steps,
     )
     print(format_result(result))

@@ -12,10 +12,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fastadapt.algorithms import MetaLearner, build_algorithm, per_task_score
+from fastadapt.algorithms import GRADIENT_BASED, MetaLearner, build_algorithm, per_task_score
 from fastadapt.checkpoint import load_checkpoint
 from fastadapt.config import Config, check_device
 from fastadapt.datasets import DATASETS, load_splits, task_source
+from fastadapt.errors import ConfigError
 from fastadapt.tasks.samplers import TaskSource
 
 #: Offset between the training seed and the seed of the meta-test episodes.
@@ -93,8 +94,15 @@ def format_result(result: dict[str, Any]) -> str:
 def load_learner(checkpoint: Path, **overrides: Any) -> tuple[MetaLearner, Config]:
     """Rebuild a meta-learner from a checkpoint; ``overrides`` change run-time settings (e.g. data_dir)."""
     state = load_checkpoint(checkpoint)
+    saved = Config.from_dict(state["config"])
     config = Config.from_dict({**state["config"], **{k: v for k, v in overrides.items() if v is not None}})
     check_device(config.device)
+    if config.algorithm in GRADIENT_BASED and DATASETS[config.dataset].kind == "classification":
+        if config.ways != saved.ways:
+            raise ConfigError(
+                f"{checkpoint} is a {config.algorithm} model with a {saved.ways}-way classifier head; "
+                f"evaluate it with --ways {saved.ways}."
+            )
     learner = build_algorithm(config)
     learner.load_state_dict(state["model"])
     if getattr(learner, "strategy", None) == "auto" and state.get("strategy") in ("loop", "vmap"):
