@@ -29,6 +29,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,7 +276,7 @@ def _npz_ok(path: Path) -> bool:
     try:
         with np.load(path, allow_pickle=False) as d:
             return set(_NPZ_KEYS) <= set(d.files)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error):
         return False
 
 
