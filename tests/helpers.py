@@ -9,17 +9,30 @@ from fastadapt.datasets.sinusoid import SinusoidTasks
 from fastadapt.tasks.episodes import TaskBatch
 
 
-def image_batch(tasks=3, ways=3, shots=2, query=2, size=12, dtype=torch.float64, seed=0) -> TaskBatch:
-    """Random one-channel images with labels laid out class by class."""
+def random_batch(
+    tasks=3, ways=3, shots=2, query=2, shape=(1, 12, 12), dtype=torch.float64, seed=0, uniform=False
+) -> TaskBatch:
+    """Random examples of ``shape`` (normal, or uniform in [0, 1)) with labels laid out class by class."""
     g = torch.Generator().manual_seed(seed)
+    draw = torch.rand if uniform else torch.randn
     labels = torch.arange(ways)
     return TaskBatch(
-        torch.randn(tasks, ways * shots, 1, size, size, generator=g, dtype=dtype),
+        draw(tasks, ways * shots, *shape, generator=g, dtype=dtype),
         labels.repeat_interleave(shots).repeat(tasks, 1),
-        torch.randn(tasks, ways * query, 1, size, size, generator=g, dtype=dtype),
+        draw(tasks, ways * query, *shape, generator=g, dtype=dtype),
         labels.repeat_interleave(query).repeat(tasks, 1),
         ways,
     )
+
+
+def image_batch(tasks=3, ways=3, shots=2, query=2, size=12, dtype=torch.float64, seed=0, uniform=False) -> TaskBatch:
+    """One-channel size x size images."""
+    return random_batch(tasks, ways, shots, query, (1, size, size), dtype, seed, uniform)
+
+
+def vector_batch(tasks=2, ways=4, shots=3, query=2, dim=6, seed=0) -> TaskBatch:
+    """Feature vectors of ``dim`` values."""
+    return random_batch(tasks, ways, shots, query, (dim,), seed=seed)
 
 
 def sinusoid_mse_before_and_after(

@@ -1,19 +1,8 @@
 import torch
+from helpers import vector_batch
 
 from fastadapt.algorithms.metric.matching import MatchingNet
 from fastadapt.tasks.episodes import TaskBatch
-
-
-def make_batch(tasks=2, ways=3, shots=2, query=2, dim=6, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(ways)
-    return TaskBatch(
-        torch.randn(tasks, ways * shots, dim, generator=g, dtype=torch.float64),
-        labels.repeat_interleave(shots).repeat(tasks, 1),
-        torch.randn(tasks, ways * query, dim, generator=g, dtype=torch.float64),
-        labels.repeat_interleave(query).repeat(tasks, 1),
-        ways,
-    )
 
 
 def naive_log_probs(embed, batch):
@@ -69,7 +58,7 @@ def naive_fce_embeddings(learner, support_x, query_x):
 def test_batched_attention_equals_naive_per_episode_computation():
     torch.manual_seed(0)
     encoder = torch.nn.Linear(6, 5).double()
-    batch = make_batch()
+    batch = vector_batch(ways=3, shots=2)
     log_probs = MatchingNet(encoder, 5).predict(batch)
     torch.testing.assert_close(log_probs, naive_log_probs(encoder, batch))
     torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(2, 6, dtype=torch.float64))
@@ -89,7 +78,7 @@ def test_batched_attention_equals_naive_with_a_conv_encoder_on_images():
 def test_batched_fce_equals_naive_per_episode_computation():
     torch.manual_seed(0)
     learner = MatchingNet(torch.nn.Linear(6, 4), 4, fce=True, fce_steps=3).double()
-    batch = make_batch()
+    batch = vector_batch(ways=3, shots=2)
     support, query = learner.embed(batch)
     for t in range(batch.num_tasks):
         g, f = naive_fce_embeddings(learner, batch.support_x[t], batch.query_x[t])
@@ -100,7 +89,7 @@ def test_batched_fce_equals_naive_per_episode_computation():
 def test_prediction_is_invariant_to_support_order():
     torch.manual_seed(0)
     learner = MatchingNet(torch.nn.Linear(6, 5).double(), 5)
-    batch = make_batch()
+    batch = vector_batch(ways=3, shots=2)
     perm = torch.randperm(batch.support_x.shape[1])
     shuffled = TaskBatch(batch.support_x[:, perm], batch.support_y[:, perm], batch.query_x, batch.query_y, batch.ways)
     torch.testing.assert_close(learner.predict(batch), learner.predict(shuffled))
@@ -110,7 +99,7 @@ def test_fce_changes_embeddings_and_its_lstms_get_gradients():
     torch.manual_seed(0)
     encoder = torch.nn.Linear(6, 4).double()
     plain, fce = MatchingNet(encoder, 4), MatchingNet(encoder, 4, fce=True, fce_steps=2).double()
-    batch = make_batch()
+    batch = vector_batch(ways=3, shots=2)
     for a, b in zip(plain.embed(batch), fce.embed(batch)):
         assert a.shape == b.shape and not torch.allclose(a, b)
     output = fce.meta_loss(batch)
@@ -124,7 +113,7 @@ def test_fce_changes_embeddings_and_its_lstms_get_gradients():
 def test_meta_loss_is_nll_of_predictions():
     torch.manual_seed(0)
     learner = MatchingNet(torch.nn.Linear(6, 5).double(), 5)
-    batch = make_batch()
+    batch = vector_batch(ways=3, shots=2)
     output = learner.meta_loss(batch)
     expected = -output.predictions.gather(-1, batch.query_y.unsqueeze(-1)).mean()
     torch.testing.assert_close(output.loss, expected)
@@ -134,7 +123,7 @@ def test_adam_steps_lower_the_meta_loss():
     for fce in (False, True):
         torch.manual_seed(0)
         learner = MatchingNet(torch.nn.Linear(6, 8), 8, fce=fce, fce_steps=2).double()
-        batch = make_batch(ways=4, shots=2, query=3, seed=1)
+        batch = vector_batch(ways=4, shots=2, query=3, seed=1)
         optimizer = torch.optim.Adam(learner.parameters(), lr=1e-2)
         losses = []
         for _ in range(30):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import sinusoid_mse_before_and_after
+from helpers import image_batch, sinusoid_mse_before_and_after
 from torch import nn
 
 from fastadapt.algorithms.optimization.maml import MAML
@@ -9,18 +9,6 @@ from fastadapt.algorithms.optimization.metasgd import MetaSGD
 from fastadapt.functional import call, parameters_of
 from fastadapt.nets import MLP, Conv4Stride
 from fastadapt.tasks.episodes import TaskBatch
-
-
-def image_batch(tasks=3, ways=3, shots=2, query=2, size=12, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(ways)
-    return TaskBatch(
-        torch.randn(tasks, ways * shots, 1, size, size, generator=g, dtype=torch.float64),
-        labels.repeat_interleave(shots).repeat(tasks, 1),
-        torch.randn(tasks, ways * query, 1, size, size, generator=g, dtype=torch.float64),
-        labels.repeat_interleave(query).repeat(tasks, 1),
-        ways,
-    )
 
 
 def theta_grads(learner, batch):

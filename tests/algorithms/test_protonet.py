@@ -1,4 +1,5 @@
 import torch
+from helpers import vector_batch
 
 from fastadapt.algorithms import ProtoNet
 from fastadapt.algorithms.metric.protonet import prototypes, squared_euclidean
@@ -14,29 +15,17 @@ def naive_logits(embed, batch):
     return torch.stack(out)
 
 
-def make_batch(tasks=2, ways=4, shots=3, query=2, dim=6, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(ways)
-    return TaskBatch(
-        torch.randn(tasks, ways * shots, dim, generator=g, dtype=torch.float64),
-        labels.repeat_interleave(shots).repeat(tasks, 1),
-        torch.randn(tasks, ways * query, dim, generator=g, dtype=torch.float64),
-        labels.repeat_interleave(query).repeat(tasks, 1),
-        ways,
-    )
-
-
 def test_batched_distances_equal_naive_per_episode_computation():
     torch.manual_seed(0)
     encoder = torch.nn.Linear(6, 5).double()
-    batch = make_batch()
+    batch = vector_batch()
     torch.testing.assert_close(ProtoNet(encoder).predict(batch), naive_logits(encoder, batch))
 
 
 def test_prediction_is_invariant_to_support_order():
     torch.manual_seed(0)
     learner = ProtoNet(torch.nn.Linear(6, 5).double())
-    batch = make_batch()
+    batch = vector_batch()
     perm = torch.randperm(batch.support_x.shape[1])
     shuffled = TaskBatch(batch.support_x[:, perm], batch.support_y[:, perm], batch.query_x, batch.query_y, batch.ways)
     torch.testing.assert_close(learner.predict(batch), learner.predict(shuffled))
@@ -53,5 +42,5 @@ def test_prototypes_are_class_means_and_distance_is_squared_euclidean():
 def test_cosine_distance_option():
     torch.manual_seed(0)
     learner = ProtoNet(torch.nn.Linear(6, 5).double(), distance="cosine")
-    logits = learner.predict(make_batch())
+    logits = learner.predict(vector_batch())
     assert logits.abs().max() <= 1 + 1e-9

@@ -1,21 +1,10 @@
 import pytest
 import torch
+from helpers import image_batch
 
 from fastadapt.algorithms.metric.relation import RelationNet
 from fastadapt.nets.relation import RelationEmbedding, RelationModule, relation_networks
 from fastadapt.tasks.episodes import TaskBatch
-
-
-def make_batch(tasks=2, ways=3, shots=2, query=2, side=28, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(ways)
-    return TaskBatch(
-        torch.rand(tasks, ways * shots, 1, side, side, generator=g, dtype=torch.float64),
-        labels.repeat_interleave(shots).repeat(tasks, 1),
-        torch.rand(tasks, ways * query, 1, side, side, generator=g, dtype=torch.float64),
-        labels.repeat_interleave(query).repeat(tasks, 1),
-        ways,
-    )
 
 
 def tiny_relation_net(hidden=4):
@@ -40,7 +29,7 @@ def naive_scores(learner, batch):
 
 def test_batched_scores_equal_naive_per_pair_computation():
     learner = tiny_relation_net().eval()  # running BatchNorm statistics: each pair scored on its own
-    batch = make_batch()
+    batch = image_batch(tasks=2, size=28, uniform=True)
     with torch.no_grad():
         torch.testing.assert_close(learner.predict(batch), naive_scores(learner, batch))
 
@@ -60,7 +49,7 @@ def test_batched_scores_equal_naive_with_a_linear_embedding():
 
 def test_scores_are_in_unit_interval_and_loss_is_mse_to_one_hot():
     learner = tiny_relation_net()
-    batch = make_batch()
+    batch = image_batch(tasks=2, size=28, uniform=True)
     output = learner.meta_loss(batch)
     assert output.predictions.shape == (2, 6, 3)
     assert output.predictions.min() >= 0 and output.predictions.max() <= 1
@@ -70,7 +59,7 @@ def test_scores_are_in_unit_interval_and_loss_is_mse_to_one_hot():
 
 def test_prediction_is_invariant_to_support_order():
     learner = tiny_relation_net().eval()
-    batch = make_batch()
+    batch = image_batch(tasks=2, size=28, uniform=True)
     perm = torch.randperm(batch.support_x.shape[1], generator=torch.Generator().manual_seed(1))
     shuffled = TaskBatch(batch.support_x[:, perm], batch.support_y[:, perm], batch.query_x, batch.query_y, batch.ways)
     with torch.no_grad():
@@ -79,7 +68,7 @@ def test_prediction_is_invariant_to_support_order():
 
 def test_adam_steps_lower_the_meta_loss():
     learner = tiny_relation_net(hidden=8)
-    batch = make_batch(seed=1)
+    batch = image_batch(tasks=2, seed=1, size=28, uniform=True)
     optimizer = torch.optim.Adam(learner.parameters(), lr=1e-2)
     losses = []
     for _ in range(15):
