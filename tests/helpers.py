@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
+from PIL import Image
 
 from fastadapt.algorithms import MetaLearner
 from fastadapt.datasets.sinusoid import SinusoidTasks
@@ -52,3 +56,14 @@ def sinusoid_mse_before_and_after(
         loss.backward()
         optimizer.step()
     return before, held_out_mse()
+
+
+def make_image_folder(root: Path, classes: int = 20, per_class: int = 6, size: int = 8) -> Path:
+    """``classes`` folders of ``per_class`` random grayscale PNGs (the default random split: 13/3/4 classes)."""
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        d = root / f"class{c:02d}"
+        d.mkdir(parents=True)
+        for k in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(d / f"{k}.png")
+    return root

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers import make_image_folder
 
 from fastadapt.algorithms import ALGORITHMS
 from fastadapt.cli import main
@@ -21,26 +21,6 @@ from fastadapt.datasets import resolve_data_dir
 
 ACCURACY_KEYS = {"algorithm", "dataset", "ways", "shots", "episodes", "accuracy_mean", "accuracy_ci95"}
 MSE_KEYS = {"algorithm", "dataset", "ways", "shots", "episodes", "mse_mean", "mse_ci95"}
-
-
-def make_image_folder(root: Path, classes: int = 20, per_class: int = 6, size: int = 8) -> Path:
-    """``classes`` folders of ``per_class`` random 8x8 grayscale PNGs (split at random: 13/3/4 classes)."""
-    rng = np.random.default_rng(0)
-    for c in range(classes):
-        d = root / f"class{c:02d}"
-        d.mkdir(parents=True)
-        for k in range(per_class):
-            Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(d / f"{k}.png")
-    return root
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny tensors: extra intra-op threads only cost time, a lot of it on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers import make_image_folder
 
 import fastadapt.checkpoint as checkpoint_module
 import fastadapt.train as train_module
@@ -23,32 +22,12 @@ from fastadapt.errors import ConfigError, DataError, TrainingDiverged
 from fastadapt.train import read_metrics, train
 
 
-def make_image_folder(root: Path, classes: int = 20, per_class: int = 6, size: int = 16) -> Path:
-    """``classes`` folders of ``per_class`` random grayscale PNGs (a random split gives 13/3/4 classes)."""
-    rng = np.random.default_rng(0)
-    for c in range(classes):
-        d = root / f"class{c:02d}"
-        d.mkdir(parents=True)
-        for k in range(per_class):
-            Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(d / f"{k}.png")
-    return root
-
-
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_image_folder(tmp_path_factory.mktemp("data") / "images")
+    return make_image_folder(tmp_path_factory.mktemp("data") / "images", size=16)
 
 
 REAL_PLOT = train_module.plot_learning_curve
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny tensors: extra intra-op threads only cost time, a lot of it on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)
