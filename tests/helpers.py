@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -67,3 +68,21 @@ def make_image_folder(root: Path, classes: int = 20, per_class: int = 6, size: i
         for k in range(per_class):
             Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(d / f"{k}.png")
     return root
+
+
+def meta_gradient(learner: MetaLearner, batch: TaskBatch) -> dict[str, torch.Tensor]:
+    """d meta_loss / d theta for the learner's network, by parameter name (in parameter order)."""
+    learner.zero_grad()
+    learner.meta_loss(batch).loss.backward()
+    return {k: p.grad.clone() for k, p in learner.model.named_parameters()}
+
+
+def relative_error(
+    a: Mapping[str, torch.Tensor] | Sequence[torch.Tensor], b: Mapping[str, torch.Tensor] | Sequence[torch.Tensor]
+) -> float:
+    """||a - b|| / ||a|| over all tensors, given as dicts or sequences in the same parameter order."""
+    a = list(a.values()) if isinstance(a, Mapping) else list(a)
+    b = list(b.values()) if isinstance(b, Mapping) else list(b)
+    assert len(a) == len(b)
+    num = torch.sqrt(sum((x - y).square().sum() for x, y in zip(a, b)))
+    return (num / torch.sqrt(sum(x.square().sum() for x in a))).item()

@@ -1,7 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import image_batch, sinusoid_mse_before_and_after
+from helpers import image_batch, meta_gradient, relative_error, sinusoid_mse_before_and_after
 from torch import nn
 from torch.func import functional_call
 
@@ -28,17 +28,6 @@ def reference_anil_grads(model, batch, inner_lr, steps, first_order):
     return dict(zip(theta, torch.autograd.grad(total, list(theta.values()))))
 
 
-def meta_grads(learner, batch):
-    learner.zero_grad()
-    learner.meta_loss(batch).loss.backward()
-    return {k: p.grad.clone() for k, p in learner.model.named_parameters()}
-
-
-def relative_error(a, b):
-    num = torch.sqrt(sum((a[k] - b[k]).square().sum() for k in a))
-    return (num / torch.sqrt(sum(x.square().sum() for x in a.values()))).item()
-
-
 def test_inner_loop_leaves_the_body_untouched():
     torch.manual_seed(0)
     model = Conv4Stride(1, 8, 3).double()
@@ -62,7 +51,7 @@ def test_meta_gradient_matches_plain_autograd_through_the_features(strategy, fir
     model = Conv4Stride(1, 8, 3).double()
     batch = image_batch()
     learner = ANIL(model, inner_lr=0.3, inner_steps=2, first_order=first_order, strategy=strategy)
-    got = meta_grads(learner, batch)
+    got = meta_gradient(learner, batch)
     expected = reference_anil_grads(model, batch, 0.3, 2, first_order)
     assert relative_error(expected, got) < 1e-10
     body = {k: v for k, v in got.items() if not k.startswith("head.")}
@@ -73,8 +62,8 @@ def test_vmap_and_loop_agree_in_float32():
     torch.manual_seed(2)
     model = Conv4Stride(1, 16, 5)
     batch = image_batch(tasks=4, ways=5, shots=1, query=1, size=28, dtype=torch.float32)
-    loop = meta_grads(ANIL(model, 0.4, 2, strategy="loop"), batch)
-    vmapped = meta_grads(ANIL(model, 0.4, 2, strategy="vmap"), batch)
+    loop = meta_gradient(ANIL(model, 0.4, 2, strategy="loop"), batch)
+    vmapped = meta_gradient(ANIL(model, 0.4, 2, strategy="vmap"), batch)
     assert relative_error(loop, vmapped) < 1e-4
     torch.testing.assert_close(
         ANIL(model, 0.4, 2, strategy="loop").predict(batch), ANIL(model, 0.4, 2, strategy="vmap").predict(batch)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import image_batch, sinusoid_mse_before_and_after
+from helpers import image_batch, meta_gradient, relative_error, sinusoid_mse_before_and_after
 from torch import nn
 
 from fastadapt.algorithms.optimization.maml import MAML
@@ -11,17 +11,6 @@ from fastadapt.nets import MLP, Conv4Stride
 from fastadapt.tasks.episodes import TaskBatch
 
 
-def theta_grads(learner, batch):
-    learner.zero_grad()
-    learner.meta_loss(batch).loss.backward()
-    return [p.grad.clone() for p in learner.model.parameters()]
-
-
-def relative_error(a, b):
-    num = torch.sqrt(sum((x - y).square().sum() for x, y in zip(a, b)))
-    return (num / torch.sqrt(sum(x.square().sum() for x in a))).item()
-
-
 @pytest.mark.parametrize("first_order", [False, True])
 @pytest.mark.parametrize("strategy", ["loop", "vmap"])
 def test_learning_rates_get_gradients_and_constant_alpha_gives_mamls_meta_gradient(strategy, first_order):
@@ -29,11 +18,11 @@ def test_learning_rates_get_gradients_and_constant_alpha_gives_mamls_meta_gradie
     model = Conv4Stride(1, 8, 3).double()
     batch = image_batch()
     metasgd = MetaSGD(model, inner_lr=0.3, inner_steps=2, first_order=first_order, strategy=strategy)
-    got = theta_grads(metasgd, batch)
+    got = meta_gradient(metasgd, batch)
     for name, alpha in metasgd.inner_lrs.items():
         assert alpha.shape == parameters_of(model)[name.replace("-", ".")].shape
         assert alpha.grad is not None and alpha.grad.abs().sum() > 0, name
-    expected = theta_grads(MAML(model, inner_lr=0.3, inner_steps=2, first_order=first_order), batch)
+    expected = meta_gradient(MAML(model, inner_lr=0.3, inner_steps=2, first_order=first_order), batch)
     assert relative_error(expected, got) < 1e-10
 
 
