@@ -38,6 +38,10 @@ def fast_training(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(train_module, "plot_learning_curve", lambda metrics, png: None)
 
 
+#: The run length and schedule both tiny configurations share (8 steps, validation every 4).
+TINY_RUN = dict(steps=8, val_every=4, val_episodes=4, test_episodes=4, lr=1e-2, lr_decay_every=3)
+
+
 def protonet_config(folder: Path, out: Path, **overrides: Any) -> Config:
     settings = dict(
         data_dir=str(folder),
@@ -47,15 +51,9 @@ def protonet_config(folder: Path, out: Path, **overrides: Any) -> Config:
         query=2,
         eval_query=2,
         meta_batch_size=2,
-        steps=8,
-        val_every=4,
-        val_episodes=4,
-        test_episodes=4,
-        lr=1e-2,
-        lr_decay_every=3,
         out=str(out),
     )
-    return make_config("protonet", "folder", **{**settings, **overrides})
+    return make_config("protonet", "folder", **{**TINY_RUN, **settings, **overrides})
 
 
 def maml_config(out: Path, **overrides: Any) -> Config:
@@ -64,18 +62,12 @@ def maml_config(out: Path, **overrides: Any) -> Config:
         query=5,
         eval_query=5,
         meta_batch_size=3,
-        steps=8,
-        val_every=4,
-        val_episodes=4,
-        test_episodes=4,
-        lr=1e-2,
-        lr_decay_every=3,
         inner_steps=2,
         # A fixed strategy: "auto" picks by timing, and loop and vmap differ in the last bits of a float.
         strategy="loop",
         out=str(out),
     )
-    return make_config("maml", "sinusoid", **{**settings, **overrides})
+    return make_config("maml", "sinusoid", **{**TINY_RUN, **settings, **overrides})
 
 
 @pytest.fixture(params=["protonet", "maml"])
