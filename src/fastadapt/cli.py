@@ -85,7 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--inner-batch-size", type=int, help="Reptile: support mini-batch per inner step (default: all)")
     o.add_argument("--eval-inner-batch-size", type=int, help="Reptile: support mini-batch per test-time step")
     o.add_argument("--fce", action="store_true", default=None, help="Matching Networks: full context embeddings")
-    o.add_argument("--network", help="conv4 (max-pool), conv4-stride (MAML's Omniglot net) or mlp")
+    o.add_argument(
+        "--network",
+        help="conv4 (max-pool, 64 filters), conv4-32 (32 filters, mini-ImageNet MAML/Meta-LSTM learner), "
+        "conv4-stride (MAML's Omniglot net), resnet12 (TADAM/MetaOptNet, 64-160-320-640) or mlp",
+    )
     r = t.add_argument_group("run")
     r.add_argument("--seed", type=int, help="seed of everything random (default 0)")
     r.add_argument("--out", help="output folder for checkpoints, metrics and plots (default runs/<alg>-<data>)")

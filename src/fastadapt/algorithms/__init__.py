@@ -16,7 +16,7 @@ from fastadapt.algorithms.optimization.maml import MAML
 from fastadapt.algorithms.optimization.metasgd import MetaSGD
 from fastadapt.algorithms.optimization.reptile import Reptile
 from fastadapt.errors import ConfigError
-from fastadapt.nets import MLP, Conv4, Conv4Stride
+from fastadapt.nets import MLP, Conv4, Conv4Stride, ResNet12
 from fastadapt.nets.relation import relation_networks
 
 if TYPE_CHECKING:
@@ -33,19 +33,24 @@ ALGORITHMS: dict[str, type[MetaLearner]] = {
 }
 #: Methods that adapt the network's weights per task; their networks use per-episode batch statistics.
 GRADIENT_BASED = ("anil", "maml", "metasgd", "reptile")
-NETWORKS = ("conv4", "conv4-stride", "mlp")
+NETWORKS = ("conv4", "conv4-32", "conv4-stride", "mlp", "resnet12")
 
 
 def build_network(config: Config, num_outputs: int | None) -> nn.Module:
     """The backbone named by ``config.network``; ``num_outputs=None`` gives an embedding network."""
     episode_norm = "episode" if config.algorithm in GRADIENT_BASED else "running"
-    if config.network == "conv4":
-        if config.image_size < 16:  # four 2x2 max-pools need at least 16 pixels
-            raise ConfigError(
-                f"--network conv4 halves the image four times and needs --image-size of at least 16 "
-                f"(got {config.image_size}); use a larger --image-size or --network conv4-stride."
-            )
-        return Conv4(config.channels, 64, num_outputs, norm=episode_norm, image_size=config.image_size)
+    if config.network in ("conv4", "conv4-32", "resnet12") and config.image_size < 16:
+        # four 2x2 max-pools need at least 16 pixels
+        raise ConfigError(
+            f"--network {config.network} halves the image four times and needs --image-size of at least 16 "
+            f"(got {config.image_size}); use a larger --image-size or --network conv4-stride."
+        )
+    if config.network in ("conv4", "conv4-32"):
+        # conv4-32: 32 filters, the learner of Ravi & Larochelle and of MAML on mini-ImageNet.
+        hidden = 32 if config.network == "conv4-32" else 64
+        return Conv4(config.channels, hidden, num_outputs, norm=episode_norm, image_size=config.image_size)
+    if config.network == "resnet12":
+        return ResNet12(config.channels, num_classes=num_outputs, norm=episode_norm)
     if config.network == "conv4-stride":
         return Conv4Stride(config.channels, 64, num_outputs or 64, norm=episode_norm)
     if config.network == "mlp":
