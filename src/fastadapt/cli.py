@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--algorithm",
         default="protonet",
-        help="maml, anil, metasgd, reptile, protonet, matching or relation (default: protonet)",
+        help="maml, maml++, anil, metasgd, reptile, protonet, matching or relation (default: protonet)",
     )
     t.add_argument("--dataset", default="omniglot", help="omniglot, folder or sinusoid (default: omniglot)")
     g = t.add_argument_group("episodes")
@@ -68,9 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--steps", type=int, help="outer updates (meta-training steps)")
     o.add_argument("--lr", type=float, help="outer learning rate (Reptile: epsilon)")
     o.add_argument("--outer-optimizer", help="adam (default) or sgd")
-    o.add_argument("--lr-schedule", help="step (decay by --lr-decay every --lr-decay-every steps) or linear (to 0)")
+    o.add_argument(
+        "--lr-schedule",
+        help="step (decay by --lr-decay every --lr-decay-every steps), linear (to 0) or cosine (to --lr-min)",
+    )
     o.add_argument("--lr-decay-every", type=int, help="multiply the outer lr by --lr-decay every N steps (0: never)")
     o.add_argument("--lr-decay", type=float, help="outer lr decay factor (default 0.5)")
+    o.add_argument("--lr-min", type=float, help="--lr-schedule cosine: the outer lr it anneals to (default 0)")
     o.add_argument("--inner-lr", type=float, help="inner-loop step size (gradient-based methods)")
     o.add_argument("--inner-steps", type=int, help="inner-loop steps in training (gradient-based methods)")
     o.add_argument("--eval-inner-steps", type=int, help="inner-loop steps at test time (gradient-based methods)")
@@ -80,6 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument(
         "--strategy",
         help="inner loops as a per-task 'loop', 'vmap' across tasks, or 'auto' (default: time both, keep the faster)",
+    )
+    m = t.add_argument_group("MAML++ switches (Antoniou et al. 2019; --algorithm maml++ turns them all on)")
+    switch = dict(action=argparse.BooleanOptionalAction, default=None)
+    m.add_argument("--multi-step-loss", **switch, help="meta-loss on the query set after every inner step (MSL)")
+    m.add_argument(
+        "--multi-step-loss-steps", type=int, help="outer steps over which MSL's weights anneal to the last step"
+    )
+    m.add_argument("--per-step-lr", **switch, help="learned inner learning rate per layer and step (LSLR)")
+    m.add_argument("--per-step-bn", **switch, help="batch-norm weights and biases per inner step (BNWB)")
+    m.add_argument(
+        "--first-order-steps", type=int, help="first order for the first N outer steps, then second (DOA; 0: off)"
     )
     o.add_argument("--inner-optimizer", help="Reptile's inner optimiser: sgd or adam")
     o.add_argument("--inner-batch-size", type=int, help="Reptile: support mini-batch per inner step (default: all)")

@@ -26,6 +26,14 @@ class Config:
     inner_steps: int = 1
     eval_inner_steps: int | None = None
     first_order: bool = False
+    # MAML++ switches (Antoniou et al. 2019; maml/maml++ only): multi-step loss annealed over
+    # multi_step_loss_steps outer steps, per-layer per-step inner learning rates, per-step batch-norm
+    # weights and biases, first order for the first first_order_steps outer steps (derivative-order annealing).
+    multi_step_loss: bool = False
+    multi_step_loss_steps: int = 0
+    per_step_lr: bool = False
+    per_step_bn: bool = False
+    first_order_steps: int = 0
     # Inner loops per task ("loop"), vectorised ("vmap"), or the faster of the two measured at the start.
     strategy: str = "auto"
     # Reptile's own inner optimiser, and mini-batches of the support set (None: the whole set).
@@ -35,12 +43,14 @@ class Config:
     # Matching Networks: full context embeddings.
     fce: bool = False
     # Outer optimiser (Adam or SGD) and schedule: "step" multiplies lr by lr_decay every lr_decay_every
-    # steps (0 = constant); "linear" decays it linearly to 0 over `steps` (Reptile's epsilon).
+    # steps (0 = constant); "linear" decays it linearly to 0 over `steps` (Reptile's epsilon); "cosine"
+    # anneals it from lr to lr_min over `steps` (MAML++).
     outer_optimizer: str = "adam"
     lr_schedule: str = "step"
     lr: float = 1e-3
     lr_decay: float = 0.5
     lr_decay_every: int = 0
+    lr_min: float = 0.0
     steps: int = 2000
     val_every: int = 500
     val_episodes: int = 200
@@ -77,7 +87,7 @@ class Config:
 
 
 OUTER_OPTIMIZERS = ("adam", "sgd")
-LR_SCHEDULES = ("step", "linear")
+LR_SCHEDULES = ("step", "linear", "cosine")
 
 #: Settings that may differ between a checkpoint and the run resuming it.
 RUN_ONLY_FIELDS = frozenset({"steps", "out", "device", "data_dir", "test_episodes", "strategy", "val_every"})
@@ -121,6 +131,26 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
                                   inner_batch_size=10, eval_inner_steps=32, outer_optimizer="sgd", lr=0.1,
                                   lr_schedule="linear", steps=30000, val_every=5000, val_episodes=300),
 }
+# fmt: on
+# MAML++ (Antoniou et al. 2019; the authors' Omniglot 5-way 1-shot configuration): max-pool Conv-4, 5 inner
+# steps (also at test) of initial size 0.1, meta-batch 8, one query per class, Adam 1e-3 cosine-annealed to
+# 1e-5 over 100 epochs of 500 steps, multi-step loss annealed over the first 10 epochs, per-step learning
+# rates and batch-norm weights, first order for the first 50 epochs (the paper's derivative-order annealing).
+# fmt: off
+PRESETS[("maml++", "omniglot")] = dict(
+    network="conv4", query=1, eval_query=15, meta_batch_size=8, inner_lr=0.1, inner_steps=5, eval_inner_steps=5,
+    lr=1e-3, lr_schedule="cosine", lr_min=1e-5, steps=50000, val_every=500, val_episodes=300,
+    multi_step_loss=True, multi_step_loss_steps=5000, per_step_lr=True, per_step_bn=True, first_order_steps=25000,
+)
+PRESETS[("maml++", "folder")] = {**PRESETS[("maml", "folder")], **{
+    k: PRESETS[("maml++", "omniglot")][k]
+    for k in ("lr_schedule", "lr_min", "multi_step_loss", "multi_step_loss_steps", "per_step_lr", "per_step_bn")
+}}
+# The sinusoid MLP has no batch norm: the other switches on MAML's sinusoid setting.
+PRESETS[("maml++", "sinusoid")] = dict(
+    PRESETS[("maml", "sinusoid")], inner_steps=5, eval_inner_steps=5, lr_schedule="cosine", lr_min=1e-5,
+    multi_step_loss=True, multi_step_loss_steps=5000, per_step_lr=True, first_order_steps=35000,
+)
 # fmt: on
 # ANIL (Raghu et al. 2020) uses MAML's hyper-parameters; Meta-SGD (Li et al. 2017) MAML's set-up with one
 # adaptation step at test as well as in training.
@@ -184,6 +214,29 @@ def validate(config: Config) -> None:
     check_device(config.device)
     if config.lr <= 0:
         raise ConfigError(f"--lr must be positive (got {config.lr}).")
+    validate_maml_plus_plus(config)
+
+
+MAML_PLUS_PLUS_SWITCHES = ("multi_step_loss", "per_step_lr", "per_step_bn", "first_order_steps")
+
+
+def validate_maml_plus_plus(config: Config) -> None:
+    """MAML++'s switches: only on MAML, with the inner steps and schedules they need."""
+    switched_on = [name for name in MAML_PLUS_PLUS_SWITCHES if getattr(config, name)]
+    if switched_on and config.algorithm not in ("maml", "maml++"):
+        flags = ", ".join(f"--{name.replace('_', '-')}" for name in switched_on)
+        raise ConfigError(f"{flags}: MAML++ switches apply to --algorithm maml or maml++, not {config.algorithm}.")
+    for name in ("multi_step_loss_steps", "first_order_steps"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(config, name)}).")
+    if config.multi_step_loss and config.multi_step_loss_steps < 1:
+        raise ConfigError("--multi-step-loss anneals over --multi-step-loss-steps outer steps; give at least 1.")
+    if (config.multi_step_loss or config.per_step_lr or config.per_step_bn) and config.inner_steps < 1:
+        raise ConfigError("the multi-step loss and per-step settings need --inner-steps of at least 1.")
+    if config.per_step_bn and config.network == "mlp":
+        raise ConfigError("--per-step-bn needs a network with batch norm; --network mlp has none.")
+    if not 0 <= config.lr_min < config.lr:
+        raise ConfigError(f"--lr-min must be >= 0 and below --lr (got {config.lr_min} and {config.lr}).")
 
 
 def check_device(device: str) -> None:

@@ -29,6 +29,11 @@ def parameters_of(module: nn.Module) -> Params:
     return {name: p for name, p in module.named_parameters() if p.requires_grad}
 
 
+def parameter_key(name: str) -> str:
+    """A parameter name usable as a module attribute or ``ParameterDict`` key (which may not contain dots)."""
+    return name.replace(".", "-")
+
+
 def call(module: nn.Module, params: Mapping[str, Tensor], *inputs: Tensor) -> Tensor:
     """Run ``module`` with ``params`` in place of its own parameters (buffers stay the module's)."""
     return functional_call(module, dict(params), inputs)
@@ -69,6 +74,28 @@ def inner_sgd(
             grads = gradients(loss_fn, params, create_graph=not first_order, vectorised=vectorised)
             params = sgd_step(params, grads, lr)
     return params
+
+
+def inner_sgd_trajectory(
+    loss_at_step: Callable[[Params, int], Tensor],
+    params: Params,
+    steps: int,
+    lr_at_step: Callable[[int], float | Mapping[str, Tensor]],
+    *,
+    first_order: bool = False,
+    vectorised: bool = False,
+) -> list[Params]:
+    """:func:`inner_sgd` where the loss and the step size may depend on the step index (MAML++'s per-step
+    batch-norm weights and learning rates). Returns every iterate, ``[params, theta_1, ..., theta_steps]``,
+    for losses on the intermediate weights (MAML++'s multi-step loss)."""
+    trajectory = [params]
+    with torch.enable_grad():
+        for step in range(steps):
+            step_loss = lambda p, step=step: loss_at_step(p, step)
+            grads = gradients(step_loss, params, create_graph=not first_order, vectorised=vectorised)
+            params = sgd_step(params, grads, lr_at_step(step))
+            trajectory.append(params)
+    return trajectory
 
 
 def map_tasks(

@@ -69,6 +69,10 @@ def outer_optimizer(
     if config.lr_schedule == "linear":
         total = config.steps
         return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / total))
+    if config.lr_schedule == "cosine":  # MAML++: lr_min + (lr - lr_min) * (1 + cos(pi * step / steps)) / 2
+        return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=config.steps, eta_min=config.lr_min
+        )
     decay_every = config.lr_decay_every or 10**12
     return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=decay_every, gamma=config.lr_decay)
 
@@ -154,6 +158,8 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> TrainR
                 {k: b.detach().clone() for k, b in learner.named_buffers()},
             )
             batch = train_tasks.sample(config.meta_batch_size).to(device)
+            if hasattr(learner, "training_step"):  # MAML++'s annealing schedules follow the outer step
+                learner.training_step = step
             output = learner.meta_loss(batch)
             if not torch.isfinite(output.loss):
                 raise TrainingDiverged(

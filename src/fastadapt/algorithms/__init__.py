@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 ALGORITHMS: dict[str, type[MetaLearner]] = {
     "anil": ANIL,
     "maml": MAML,
+    # MAML with the MAML++ switches of Antoniou et al. 2019 on (see its preset in config.py).
+    "maml++": MAML,
     "matching": MatchingNet,
     "metasgd": MetaSGD,
     "protonet": ProtoNet,
@@ -32,7 +34,7 @@ ALGORITHMS: dict[str, type[MetaLearner]] = {
     "reptile": Reptile,
 }
 #: Methods that adapt the network's weights per task; their networks use per-episode batch statistics.
-GRADIENT_BASED = ("anil", "maml", "metasgd", "reptile")
+GRADIENT_BASED = ("anil", "maml", "maml++", "metasgd", "reptile")
 NETWORKS = ("conv4", "conv4-32", "conv4-stride", "mlp", "resnet12")
 
 
@@ -104,6 +106,17 @@ def build_algorithm(config: Config) -> MetaLearner:
             # Conv4/Conv4Stride call their classifier "head"; an MLP is an nn.Sequential ending in it.
             head = f"{len(model) - 1}." if config.network == "mlp" else "head."
             return ANIL(model, first_order=config.first_order, head=head, **common)
+        if config.algorithm in ("maml", "maml++"):
+            return MAML(
+                model,
+                first_order=config.first_order,
+                multi_step_loss=config.multi_step_loss,
+                multi_step_loss_steps=config.multi_step_loss_steps,
+                per_step_lr=config.per_step_lr,
+                per_step_bn=config.per_step_bn,
+                first_order_steps=config.first_order_steps,
+                **common,
+            )
         return ALGORITHMS[config.algorithm](model, first_order=config.first_order, **common)
     raise KeyError(config.algorithm)
 

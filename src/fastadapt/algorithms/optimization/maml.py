@@ -1,4 +1,5 @@
-"""MAML: Model-Agnostic Meta-Learning (Finn, Abbeel & Levine, ICML 2017).
+"""MAML: Model-Agnostic Meta-Learning (Finn, Abbeel & Levine, ICML 2017), with the MAML++ switches of
+Antoniou, Edwards & Storkey, "How to train your MAML" (ICLR 2019).
 
 Inner loop, eq. (1), for each task T_i from the shared initialisation theta::
 
@@ -11,15 +12,74 @@ Outer loop, eq. (3), on the query sets::
 The meta-gradient flows through the inner updates (second order). ``first_order=True`` is the
 paper's first-order approximation (FOMAML): the inner gradients are treated as constants, which drops
 the Hessian-vector terms. Inner loops run per task or vectorised across tasks (``strategy``).
+
+MAML++ (Antoniou et al. 2019, section 4), each a switch that is off by default; all off is plain MAML:
+
+- ``multi_step_loss`` (MSL): the meta-loss is ``sum_j v_j L^query(f_{theta_i^(j)})`` over the weights after
+  every inner step j = 1..N, not only the last. The importance weights v start uniform (1/N) and are
+  annealed linearly over ``multi_step_loss_steps`` outer steps towards the last step (earlier steps down
+  to 0.03/N each, the last up to 1 - (N-1) * 0.03/N), as in the authors' code; afterwards only the last
+  step's loss counts. The paper anneals per epoch of 500 outer steps; here the progress is per step.
+- ``per_step_lr`` (LSLR, "learning per-layer per-step learning rates"): alpha becomes one learned scalar
+  for every parameter tensor and every inner step, initialised to ``inner_lr`` and meta-learned with
+  theta. For an evaluation with more inner steps than in training the last step's rates are reused.
+- ``per_step_bn`` (BNWB, "per-step batch normalisation weights and biases"): every batch-norm layer gets
+  one weight and bias vector per inner step (initialised from the layer's own); the forward pass of inner
+  step j (and the query pass after step j's update) uses set j. As in the authors' code (their
+  ``enable_inner_loop_optimizable_bn_params: false``) these are meta-learned but not adapted in the inner
+  loop, so the layer's own weight and bias are unused and frozen. Per-step running statistics (BNRS) are
+  not kept: our batch norm normalises with the statistics of the batch it is given (MAML's reference
+  code), and the authors' code, which collects per-step running statistics, also normalises with batch
+  statistics (``F.batch_norm(..., training=True)``), so collecting them would not change any output.
+- ``first_order_steps`` (DOA, "derivative-order annealing"): the first ``first_order_steps`` outer steps
+  use the first-order approximation, then second order (the paper: first order for 50 epochs).
+- Cosine annealing of the outer learning rate (CA) is the trainer's ``lr_schedule="cosine"``
+  (:func:`fastadapt.train.outer_optimizer`), not part of the learner.
+
+The trainer sets :attr:`MAML.training_step` before each outer step; the MSL and DOA schedules read it.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from fastadapt.algorithms.base import MetaLearner, MetaOutput, task_loss
-from fastadapt.functional import Params, Strategy, call, inner_sgd, map_tasks, parameters_of
+from fastadapt.errors import ConfigError
+from fastadapt.functional import (
+    Params,
+    Strategy,
+    call,
+    inner_sgd_trajectory,
+    map_tasks,
+    parameter_key,
+    parameters_of,
+)
+from fastadapt.nets.layers import EpisodeBatchNorm2d
 from fastadapt.tasks.episodes import TaskBatch
+
+#: MAML++'s floor on the weight of each non-final step's query loss, times the number of steps.
+MSL_MIN_CONTRIBUTION = 0.03
+
+
+def multi_step_loss_weights(steps: int, progress: float) -> list[float]:
+    """MSL importance weights v_1..v_N after ``progress`` (0 to 1) of the annealing: uniform at 0, each
+    earlier step decayed linearly to 0.03/N and the last grown to 1 - (N-1) * 0.03/N at 1; they sum to 1."""
+    progress = min(max(progress, 0.0), 1.0)
+    floor = MSL_MIN_CONTRIBUTION / steps
+    earlier = [max(1.0 / steps - progress / steps, floor)] * (steps - 1)
+    last = min(1.0 / steps + progress * (steps - 1) / steps, 1.0 - (steps - 1) * floor)
+    return [*earlier, last]
+
+
+def batch_norm_layers(model: nn.Module) -> list[str]:
+    """Names of the model's batch-norm layers that have a weight and a bias."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, (EpisodeBatchNorm2d, _BatchNorm)) and getattr(module, "weight", None) is not None
+    ]
 
 
 class MAML(MetaLearner):
@@ -31,6 +91,12 @@ class MAML(MetaLearner):
         first_order: bool = False,
         eval_inner_steps: int | None = None,
         strategy: Strategy = "loop",
+        *,
+        multi_step_loss: bool = False,
+        multi_step_loss_steps: int = 0,
+        per_step_lr: bool = False,
+        per_step_bn: bool = False,
+        first_order_steps: int = 0,
     ) -> None:
         super().__init__()
         self.model = model
@@ -39,35 +105,128 @@ class MAML(MetaLearner):
         self.first_order = first_order
         self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
         self.strategy = strategy
+        self.multi_step_loss = multi_step_loss
+        self.multi_step_loss_steps = multi_step_loss_steps
+        self.per_step_lr = per_step_lr
+        self.per_step_bn = per_step_bn
+        self.first_order_steps = first_order_steps
+        #: The outer step in progress (set by the trainer before each meta_loss); MSL and DOA read it.
+        self.training_step = 0
+        if (multi_step_loss or per_step_lr or per_step_bn) and inner_steps < 1:
+            raise ConfigError("MAML++'s multi-step loss and per-step settings need --inner-steps of at least 1.")
+        if multi_step_loss and multi_step_loss_steps < 1:
+            raise ConfigError(
+                f"the multi-step loss anneals over --multi-step-loss-steps outer steps, which must be at least 1 "
+                f"(got {multi_step_loss_steps})."
+            )
+        if per_step_bn:
+            layers = batch_norm_layers(model)
+            if not layers:
+                raise ConfigError(
+                    "--per-step-bn needs a network with batch-norm layers (conv4, conv4-stride); this one has none."
+                )
+            own = dict(model.named_parameters())
+            names = [f"{layer}.{kind}" for layer in layers for kind in ("weight", "bias")]
+            self.step_bn_names = names
+            #: BNWB: one row per inner step for every batch-norm weight and bias, shape (inner_steps, C).
+            self.step_bn_params = nn.ParameterDict(
+                {parameter_key(n): nn.Parameter(own[n].detach().clone().expand(inner_steps, -1).clone()) for n in names}
+            )
+            for n in names:  # replaced by the per-step rows; frozen so that no optimiser or inner loop sees them
+                own[n].requires_grad_(False)
+        if per_step_lr:
+            #: LSLR: one learning rate per parameter tensor and inner step, shape (inner_steps,).
+            self.step_lrs = nn.ParameterDict(
+                {
+                    parameter_key(n): nn.Parameter(torch.full((inner_steps,), float(inner_lr), dtype=p.dtype))
+                    for n, p in parameters_of(model).items()
+                }
+            )
 
     def inner_learning_rate(self) -> float | dict[str, Tensor]:
         """alpha of eq. (1): a fixed scalar here; Meta-SGD learns one per parameter."""
         return self.inner_lr
 
-    def adapt(
+    def step_learning_rate(self, step: int) -> float | dict[str, Tensor]:
+        """alpha for inner step ``step`` (0-based): per parameter tensor and step with LSLR."""
+        if not self.per_step_lr:
+            return self.inner_learning_rate()
+        row = min(step, self.inner_steps - 1)
+        return {name: self.step_lrs[parameter_key(name)][row] for name in parameters_of(self.model)}
+
+    def network(self, params: Params, x: Tensor, step: int) -> Tensor:
+        """The network with weights ``params`` on ``x`` in inner step ``step`` (0-based; with BNWB, the
+        step picks the batch-norm weights: the last set for steps beyond the training steps)."""
+        if self.per_step_bn:
+            row = min(step, self.inner_steps - 1)
+            params = {**params, **{n: self.step_bn_params[parameter_key(n)][row] for n in self.step_bn_names}}
+        return call(self.model, params, x)
+
+    def adapt_trajectory(
         self, support_x: Tensor, support_y: Tensor, steps: int, first_order: bool, vectorised: bool = False
-    ) -> Params:
-        """theta'_i: ``steps`` gradient steps on one task's support loss (eq. 1)."""
-        support_loss = lambda params: task_loss(call(self.model, params, support_x), support_y)
-        return inner_sgd(
+    ) -> list[Params]:
+        """[theta, theta_i^(1), ..., theta_i^(steps)]: the weights after every inner step (eq. 1)."""
+        support_loss = lambda params, step: task_loss(self.network(params, support_x, step), support_y)
+        return inner_sgd_trajectory(
             support_loss,
             parameters_of(self.model),
             steps,
-            self.inner_learning_rate(),
+            self.step_learning_rate,
             first_order=first_order,
             vectorised=vectorised,
         )
 
+    def adapt(
+        self, support_x: Tensor, support_y: Tensor, steps: int, first_order: bool, vectorised: bool = False
+    ) -> Params:
+        """theta'_i: ``steps`` gradient steps on one task's support loss (eq. 1)."""
+        return self.adapt_trajectory(support_x, support_y, steps, first_order, vectorised)[-1]
+
+    def _query_pass(self, params: Params, query_x: Tensor, steps_done: int) -> Tensor:
+        # MAML++'s code scores the query set after step j's update with step j's batch-norm weights.
+        return self.network(params, query_x, max(steps_done - 1, 0))
+
     def _adapted_query(self, batch: TaskBatch, steps: int, first_order: bool) -> tuple[Tensor, Tensor]:
         def one_task(support_x, support_y, query_x, query_y, vectorised):
             fast = self.adapt(support_x, support_y, steps, first_order, vectorised)
-            predictions = call(self.model, fast, query_x)
+            predictions = self._query_pass(fast, query_x, steps)
             return task_loss(predictions, query_y), predictions
 
         return map_tasks(one_task, (batch.support_x, batch.support_y, batch.query_x, batch.query_y), self.strategy)
 
+    def _multi_step_query(
+        self, batch: TaskBatch, steps: int, first_order: bool, weights: list[float]
+    ) -> tuple[Tensor, Tensor]:
+        """MSL: sum_j v_j L^query(theta_i^(j)) per task, and the query predictions after the last step."""
+
+        def one_task(support_x, support_y, query_x, query_y, vectorised):
+            trajectory = self.adapt_trajectory(support_x, support_y, steps, first_order, vectorised)
+            loss = 0.0
+            for done, (weight, fast) in enumerate(zip(weights, trajectory[1:]), start=1):
+                predictions = self._query_pass(fast, query_x, done)
+                loss = loss + weight * task_loss(predictions, query_y)
+            return loss, predictions
+
+        return map_tasks(one_task, (batch.support_x, batch.support_y, batch.query_x, batch.query_y), self.strategy)
+
+    def step_loss_weights(self) -> list[float] | None:
+        """MSL's importance weights at the current training step, or None once only the last step counts."""
+        if not self.multi_step_loss or self.training_step >= self.multi_step_loss_steps:
+            return None
+        return multi_step_loss_weights(self.inner_steps, self.training_step / self.multi_step_loss_steps)
+
+    def uses_first_order(self) -> bool:
+        """FOMAML, or DOA's first-order phase."""
+        return self.first_order or self.training_step < self.first_order_steps
+
     def meta_loss(self, batch: TaskBatch) -> MetaOutput:
-        query_losses, predictions = self._adapted_query(batch, self.inner_steps, self.first_order)
+        weights = self.step_loss_weights()
+        if weights is None:
+            query_losses, predictions = self._adapted_query(batch, self.inner_steps, self.uses_first_order())
+        else:
+            query_losses, predictions = self._multi_step_query(
+                batch, self.inner_steps, self.uses_first_order(), weights
+            )
         return MetaOutput(query_losses.mean(), predictions)  # eq. (3): mean over the meta-batch
 
     def predict(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
@@ -77,7 +236,13 @@ class MAML(MetaLearner):
         return predictions.detach()
 
     def extra_repr(self) -> str:
-        return (
+        text = (
             f"inner_lr={self.inner_lr}, inner_steps={self.inner_steps}, first_order={self.first_order}, "
             f"eval_inner_steps={self.eval_inner_steps}, strategy={self.strategy!r}"
         )
+        if self.multi_step_loss:
+            text += f", multi_step_loss_steps={self.multi_step_loss_steps}"
+        switches = [name for name in ("per_step_lr", "per_step_bn") if getattr(self, name)]
+        if self.first_order_steps:
+            switches.append(f"first_order_steps={self.first_order_steps}")
+        return ", ".join([text, *switches])

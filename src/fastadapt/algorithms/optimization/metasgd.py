@@ -23,12 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from fastadapt.algorithms.optimization.maml import MAML
-from fastadapt.functional import Strategy, parameters_of
-
-
-def _key(name: str) -> str:
-    # Parameter names contain dots, which module attribute (and ParameterDict) keys may not.
-    return name.replace(".", "-")
+from fastadapt.functional import Strategy, parameter_key, parameters_of
 
 
 class MetaSGD(MAML):
@@ -44,10 +39,13 @@ class MetaSGD(MAML):
         super().__init__(model, inner_lr, inner_steps, first_order, eval_inner_steps, strategy)
         #: alpha: one learned learning-rate tensor per parameter tensor, same shape, meta-parameters.
         self.inner_lrs = nn.ParameterDict(
-            {_key(name): nn.Parameter(torch.full_like(p, inner_lr)) for name, p in parameters_of(model).items()}
+            {
+                parameter_key(name): nn.Parameter(torch.full_like(p, inner_lr))
+                for name, p in parameters_of(model).items()
+            }
         )
 
     def inner_learning_rate(self) -> dict[str, Tensor]:
         """alpha as a mapping parameter name -> tensor, the form ``inner_sgd`` takes as ``lr``; MAML's
         ``adapt`` then computes theta'_i = theta - alpha o grad (eq. 1)."""
-        return {name: self.inner_lrs[_key(name)] for name in parameters_of(self.model)}
+        return {name: self.inner_lrs[parameter_key(name)] for name in parameters_of(self.model)}
