@@ -1,0 +1,238 @@
+"""The two stages before LEO (Rusu et al. 2019, section 4.1): pre-train a backbone by plain
+classification on the meta-training classes only, then write the embeddings of every split once.
+
+``pretrain``: backbone (Conv-4 for 28x28 Omniglot, ResNet-12 for 84x84 images) + a linear layer over all
+training classes, cross-entropy, Adam with a cosine schedule. After every epoch the backbone is scored
+by nearest-centroid 5-way 1-shot episodes on the *validation* classes, and the best epoch is kept in
+``<out>/pretrain.pt`` (atomic). Validation and test classes are never trained on.
+
+``embed``: the kept backbone, in eval mode, maps every image of train/val/test to its feature vector;
+``<out>/{train,val,test}.npz`` and ``meta.json`` are what ``--dataset embeddings --data-dir <out>`` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from fastadapt.checkpoint import load_checkpoint, save_checkpoint
+from fastadapt.config import Config, PretrainConfig, check_device
+from fastadapt.datasets import load_splits
+from fastadapt.datasets.embeddings import PARTS, write_embedding_split, write_json_atomically
+from fastadapt.errors import ConfigError, DataError
+from fastadapt.tasks.samplers import ClassSplit, EpisodeSampler
+
+PRETRAIN_NETWORKS = ("conv4", "conv4-32", "resnet12")
+CHECKPOINT_NAME = "pretrain.pt"
+
+
+def default_network(config: PretrainConfig) -> str:
+    """The paper's choice: ResNet-12 for mini-ImageNet-sized images, Conv-4 for small ones."""
+    return config.network or ("resnet12" if config.image_size >= 64 else "conv4")
+
+
+def _data_config(config: PretrainConfig) -> Config:
+    """The parts of a run configuration that say which images to load."""
+    return Config(
+        algorithm="protonet",  # running batch-norm statistics, as for any plain classifier
+        dataset=config.dataset,
+        network=default_network(config),
+        split=config.split,
+        image_size=config.image_size,
+        channels=config.channels,
+        data_dir=config.data_dir,
+        seed=config.seed,
+    )
+
+
+def validate_pretrain(config: PretrainConfig) -> None:
+    if config.dataset not in ("omniglot", "folder"):
+        raise ConfigError(f"pretrain needs an image data set (omniglot or folder), not {config.dataset!r}.")
+    if default_network(config) not in PRETRAIN_NETWORKS:
+        raise ConfigError(f"unknown --network {config.network!r} for pretrain; choose one of {PRETRAIN_NETWORKS}.")
+    for name in ("epochs", "batch_size", "val_episodes"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(config, name)}).")
+    if config.lr <= 0 or config.weight_decay < 0:
+        raise ConfigError(f"--lr must be positive and --weight-decay >= 0 (got {config.lr}, {config.weight_decay}).")
+    check_device(config.device)
+
+
+def build_backbone(config: PretrainConfig) -> nn.Module:
+    from fastadapt.algorithms import build_network
+
+    return build_network(_data_config(config), None)
+
+
+def _labels(split: ClassSplit) -> torch.Tensor:
+    labels = torch.empty(len(split.images), dtype=torch.long)
+    for c, rows in enumerate(split.class_indices):
+        labels[torch.from_numpy(rows)] = c
+    return labels
+
+
+def _as_float(images: torch.Tensor) -> torch.Tensor:
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+
+
+@torch.no_grad()
+def embed_split(backbone: nn.Module, split: ClassSplit, batch_size: int = 512, device: str = "cpu") -> np.ndarray:
+    """(n, D) float32 features of every example of ``split``, in its row order (eval mode)."""
+    backbone.eval()
+    out = []
+    for start in range(0, len(split.images), batch_size):
+        x = _as_float(split.images[start : start + batch_size]).to(device)
+        out.append(backbone(x).flatten(1).cpu())
+    return torch.cat(out).numpy().astype(np.float32)
+
+
+def nearest_centroid_accuracy(features: np.ndarray, split: ClassSplit, episodes: int, seed: int) -> float:
+    """Mean 5-way 1-shot accuracy of nearest class centroid on ``features`` (a quick backbone check)."""
+    ways = min(5, split.num_classes)
+    query = max(1, min(15, split.min_examples_per_class - 1))
+    sampler = EpisodeSampler(split, ways, 1, query, seed=seed)
+    scores = []
+    table = torch.from_numpy(features)
+    for _ in range(episodes):
+        support_rows, query_rows = sampler.sample_indices()
+        centroids = table[torch.from_numpy(support_rows)].mean(1)  # (ways, D)
+        queries = table[torch.from_numpy(query_rows.reshape(-1))]
+        predicted = torch.cdist(queries, centroids).argmin(1)
+        truth = torch.arange(ways).repeat_interleave(query_rows.shape[1])
+        scores.append((predicted == truth).float().mean().item())
+    return float(np.mean(scores))
+
+
+def pretrain(config: PretrainConfig, progress: bool = True) -> dict[str, Any]:
+    """Train the backbone; returns the record of the kept epoch (also in ``<out>/pretrain_metrics.jsonl``)."""
+    validate_pretrain(config)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    splits = load_splits(_data_config(config))
+    assert splits is not None
+    train_split = splits["train"]
+    labels = _labels(train_split)
+    backbone = build_backbone(config).to(config.device)
+    feature_dim = getattr(backbone, "out_features", None)
+    if feature_dim is None:
+        raise ConfigError(f"--network {default_network(config)} does not report its feature size.")
+    head = nn.Linear(feature_dim, train_split.num_classes).to(config.device)
+    params = list(backbone.parameters()) + list(head.parameters())
+    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(labels) / config.batch_size)
+    total = config.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+    )
+    metrics_path = out / "pretrain_metrics.jsonl"
+    metrics_path.unlink(missing_ok=True)
+    generator = torch.Generator().manual_seed(config.seed)
+    best: dict[str, Any] | None = None
+    started = time.time()
+    for epoch in range(1, config.epochs + 1):
+        backbone.train()
+        head.train()
+        order = torch.randperm(len(labels), generator=generator)
+        loss_sum, correct = 0.0, 0
+        bar = tqdm(range(steps_per_epoch), desc=f"pretrain epoch {epoch}", disable=not progress, leave=False)
+        for i in bar:
+            rows = order[i * config.batch_size : (i + 1) * config.batch_size]
+            x = _as_float(train_split.images[rows]).to(config.device)
+            y = labels[rows].to(config.device)
+            logits = head(backbone(x).flatten(1))
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.item() * len(rows)
+            correct += (logits.argmax(1) == y).sum().item()
+        features = embed_split(backbone, splits["val"], device=config.device)
+        val_acc = nearest_centroid_accuracy(features, splits["val"], config.val_episodes, config.seed + 1)
+        record = {
+            "epoch": epoch,
+            "loss": loss_sum / len(labels),
+            "train_acc": correct / len(labels),
+            "val_5w1s_nearest_centroid": val_acc,
+            "elapsed_s": round(time.time() - started, 2),
+        }
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if progress:
+            print(
+                f"epoch {epoch}: loss {record['loss']:.3f}, train acc {record['train_acc']:.3f}, "
+                f"val 5-way 1-shot (nearest centroid) {val_acc:.4f}"
+            )
+        if best is None or val_acc > best["val_5w1s_nearest_centroid"]:
+            best = record
+            state = {
+                "kind": "pretrain",
+                "config": asdict(config),
+                "network": default_network(config),
+                "feature_dim": feature_dim,
+                "epoch": epoch,
+                "val_acc": val_acc,
+                "model": backbone.state_dict(),
+                "head": head.state_dict(),
+            }
+            save_checkpoint(out / CHECKPOINT_NAME, state)
+    assert best is not None
+    return {**best, "checkpoint": str(out / CHECKPOINT_NAME)}
+
+
+def load_backbone(checkpoint: Path, device: str = "cpu") -> tuple[nn.Module, PretrainConfig, dict[str, Any]]:
+    """The backbone kept by :func:`pretrain`, its configuration and the checkpoint's record."""
+    state = load_checkpoint(checkpoint)
+    if state.get("kind") != "pretrain":
+        raise DataError(
+            f"{checkpoint} is not a `fastadapt pretrain` checkpoint (it looks like a meta-training one); "
+            f"pass the pretrain.pt that pretrain wrote."
+        )
+    config = PretrainConfig(**{k: v for k, v in state["config"].items() if k in PretrainConfig.__dataclass_fields__})
+    backbone = build_backbone(config)
+    backbone.load_state_dict(state["model"])
+    return backbone.to(device).eval(), config, state
+
+
+def embed(
+    checkpoint: Path, out: Path, data_dir: str | None = None, batch_size: int = 512, device: str | None = None
+) -> dict[str, Any]:
+    """Write ``<out>/{train,val,test}.npz`` and ``meta.json`` from a pretrain checkpoint."""
+    check_device(device or "cpu")
+    backbone, config, state = load_backbone(Path(checkpoint), device or "cpu")
+    if data_dir:
+        config.data_dir = data_dir
+    splits = load_splits(_data_config(config))
+    assert splits is not None
+    out = Path(out)
+    counts = {}
+    for part in PARTS:
+        split = splits[part]
+        features = embed_split(backbone, split, batch_size, device or "cpu")
+        labels = _labels(split).numpy()
+        write_embedding_split(out / f"{part}.npz", features, labels, split.class_names)
+        counts[part] = {"examples": int(len(labels)), "classes": split.num_classes}
+    meta = {
+        "checkpoint": str(checkpoint),
+        "network": state["network"],
+        "dataset": config.dataset,
+        "split": config.split,
+        "image_size": config.image_size,
+        "embedding_dim": int(state["feature_dim"]),
+        "pretrain_epoch": state["epoch"],
+        "pretrain_val_5w1s_nearest_centroid": state["val_acc"],
+        "parts": counts,
+    }
+    write_json_atomically(out / "meta.json", meta)
+    return meta

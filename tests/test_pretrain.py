@@ -1,0 +1,79 @@
+"""LEO's pipeline from the command line: pretrain -> embed -> train -> eval on a tiny image folder, and the
+errors a user can run into on the way."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import make_image_folder
+
+from fastadapt.cli import main
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("data") / "images", size=16)
+
+
+def test_pretrain_embed_train_eval_end_to_end(folder: Path, tmp_path: Path, capsys):
+    pre, emb, run = tmp_path / "pre", tmp_path / "emb", tmp_path / "leo"
+    common = ["--dataset", "folder", "--data-dir", str(folder), "--image-size", "16", "--quiet"]
+    assert (
+        main(["pretrain", *common, "--epochs", "2", "--batch-size", "16", "--val-episodes", "5", "--out", str(pre)])
+        == 0
+    )
+    assert (pre / "pretrain.pt").is_file()
+    assert [json.loads(line)["epoch"] for line in (pre / "pretrain_metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+    assert main(["embed", "--checkpoint", str(pre / "pretrain.pt"), "--out", str(emb), "--quiet"]) == 0
+    meta = json.loads((emb / "meta.json").read_text())
+    assert meta["embedding_dim"] == 64 and meta["network"] == "conv4"
+    with np.load(emb / "train.npz") as d:
+        assert d["embeddings"].shape == (13 * 6, 64)  # every image of the 13 training classes, once
+
+    train = ["train", "--algorithm", "leo", "--dataset", "embeddings", "--data-dir", str(emb), "--ways", "3"]
+    train += ["--shots", "1", "--query", "2", "--eval-query", "3", "--meta-batch-size", "2", "--steps", "4"]
+    train += ["--val-every", "2", "--val-episodes", "4", "--test-episodes", "6", "--out", str(run), "--quiet"]
+    assert main(train) == 0
+    result = json.loads((run / "eval.json").read_text())
+    assert result["algorithm"] == "leo" and result["episodes"] == 6 and 0 <= result["accuracy_mean"] <= 1
+
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run / "best.pt"), "--episodes", "8", "--shots", "2", "--quiet"]) == 0
+    assert "leo embeddings 3-way 2-shot" in capsys.readouterr().out
+
+
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fastadapt: error: "), err
+    return err[0]
+
+
+def test_leo_on_images_says_to_pretrain_and_embed_first(capsys):
+    assert main(["train", "--algorithm", "leo", "--dataset", "omniglot", "--quiet"]) == 2
+    assert "fastadapt pretrain" in error_line(capsys)
+
+
+def test_embeddings_without_data_dir_or_with_an_empty_one(tmp_path, capsys):
+    assert main(["train", "--algorithm", "leo", "--dataset", "embeddings", "--quiet"]) == 2
+    assert "--data-dir" in error_line(capsys)
+    assert main(["train", "--algorithm", "leo", "--dataset", "embeddings", "--data-dir", str(tmp_path)]) == 2
+    assert "no embeddings in" in error_line(capsys)
+
+
+def test_embed_refuses_a_missing_or_meta_training_checkpoint(tmp_path, capsys):
+    assert main(["embed", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "e")]) == 2
+    assert "checkpoint not found" in error_line(capsys)
+    from fastadapt.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "best.pt", {"config": {}, "model": {}})
+    assert main(["embed", "--checkpoint", str(tmp_path / "best.pt"), "--out", str(tmp_path / "e")]) == 2
+    assert "not a `fastadapt pretrain` checkpoint" in error_line(capsys)
+
+
+def test_pretrain_rejects_a_regression_data_set(capsys):
+    assert main(["pretrain", "--dataset", "sinusoid", "--quiet"]) == 2
+    assert "image data set" in error_line(capsys)
