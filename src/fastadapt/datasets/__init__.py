@@ -33,6 +33,11 @@ DATASETS: dict[str, DatasetInfo] = {
         "classification",
         "your own images: --data-dir points at a folder with one sub-folder per class",
     ),
+    "embeddings": DatasetInfo(
+        "embeddings",
+        "classification",
+        "feature vectors for LEO: `fastadapt embed` output or the LEO authors' pickles; --data-dir DIR",
+    ),
     "sinusoid": DatasetInfo(
         "sinusoid", "regression", "y = A sin(x - phase), A~U[0.1,5], phase~U[0,pi], x~U[-5,5] (generated)"
     ),
@@ -52,6 +57,15 @@ def load_splits(config: Config) -> dict[str, ClassSplit] | None:
             raise DataError("--dataset folder needs --data-dir pointing at a folder with one sub-folder per class.")
         split = None if config.split == "vinyals" else config.split
         return load_image_folder(Path(config.data_dir), config.image_size, config.channels, split, config.seed)
+    if config.dataset == "embeddings":
+        from fastadapt.datasets.embeddings import load_embeddings
+
+        if not config.data_dir:
+            raise DataError(
+                "--dataset embeddings needs --data-dir pointing at `fastadapt embed` output (train.npz, val.npz, "
+                "test.npz) or at the LEO authors' embeddings (train_embeddings.pkl, ...)."
+            )
+        return load_embeddings(Path(config.data_dir))
     return None
 
 
