@@ -1,18 +1,18 @@
 import torch
 from helpers import vector_batch
 
-from fastadapt.algorithms.metric.matching import MatchingNet
+from fastadapt.algorithms.metric.matching import MatchingNet, cosine_attention
 from fastadapt.tasks.episodes import TaskBatch
 
 
-def naive_log_probs(embed, batch):
-    """Eqs. (1)-(2) one query at a time: softmax of cosine similarities, summed per class."""
+def naive_log_probs(embed, batch, scale=1.0):
+    """Eqs. (1)-(2) one query at a time: softmax of (scaled) cosine similarities, summed per class."""
     out = []
     for t in range(batch.num_tasks):
         zs, zq = embed(batch.support_x[t]), embed(batch.query_x[t])
         rows = []
         for q in zq:
-            sims = torch.stack([torch.dot(q, s) / (q.norm() * s.norm()) for s in zs])
+            sims = scale * torch.stack([torch.dot(q, s) / (q.norm() * s.norm()) for s in zs])
             a = sims.exp() / sims.exp().sum()
             rows.append(torch.stack([a[batch.support_y[t] == k].sum().log() for k in range(batch.ways)]))
         out.append(torch.stack(rows))
@@ -133,3 +133,25 @@ def test_adam_steps_lower_the_meta_loss():
             optimizer.step()
             losses.append(loss.item())
         assert losses[-1] < 0.9 * losses[0], (fce, losses[0], losses[-1])
+
+
+def test_cosine_scale_multiplies_the_similarities_and_is_learned():
+    torch.manual_seed(0)
+    encoder = torch.nn.Linear(6, 5).double()
+    batch = vector_batch(ways=3, shots=2)
+    scaled = MatchingNet(encoder, 5, cosine_scale=4.0).double()
+    torch.testing.assert_close(scaled.predict(batch), naive_log_probs(encoder, batch, scale=4.0))
+    assert not torch.allclose(scaled.predict(batch), MatchingNet(encoder, 5).predict(batch))
+    scaled.meta_loss(batch).loss.backward()
+    assert scaled.cosine_scale.grad is not None and scaled.cosine_scale.grad.abs() > 0
+
+
+def test_cosine_scale_lifts_the_bound_on_attention():
+    # Identical query and support embeddings: the plain cosine softmax over 5 examples tops out at
+    # e / (e + 4) when the others are orthogonal; a scale of 10 nearly saturates it.
+    eye = torch.eye(5, dtype=torch.float64).unsqueeze(0)
+    plain = cosine_attention(eye, eye)
+    torch.testing.assert_close(
+        plain.diagonal(dim1=1, dim2=2), torch.full((1, 5), torch.e / (torch.e + 4), dtype=torch.float64)
+    )
+    assert (cosine_attention(eye, eye, 10.0).diagonal(dim1=1, dim2=2) > 0.99).all()

@@ -2,7 +2,7 @@ import pytest
 import torch
 from helpers import image_batch
 
-from fastadapt.algorithms.metric.relation import RelationNet
+from fastadapt.algorithms.metric.relation import RelationNet, relation_pairs
 from fastadapt.nets.relation import RelationEmbedding, RelationModule, relation_networks
 from fastadapt.tasks.episodes import TaskBatch
 
@@ -95,3 +95,18 @@ def test_paper_networks_for_omniglot_and_miniimagenet_sizes(channels, image_size
 def test_too_small_images_are_rejected():
     with pytest.raises(ValueError, match="too small"):
         relation_networks(1, 12)
+
+
+def test_score_pairs_equals_the_module_on_concatenated_pairs():
+    torch.manual_seed(0)
+    for padding in (0, 1):
+        side = 12 if padding == 0 else 5
+        module = RelationModule(4, 3, feature_size=side, padding=padding).double()
+        classes, queries = torch.randn(2, 3, 4, side, side).double(), torch.randn(2, 5, 4, side, side).double()
+        pairs = relation_pairs(classes, queries).flatten(0, 2)
+        expected = module(pairs).reshape(2, 5, 3)
+        torch.testing.assert_close(module.score_pairs(classes, queries), expected)
+        grads = torch.autograd.grad(module.score_pairs(classes, queries).sum(), list(module.parameters()))
+        expected_grads = torch.autograd.grad(expected.sum(), list(module.parameters()))
+        for a, b in zip(grads, expected_grads):
+            torch.testing.assert_close(a, b)

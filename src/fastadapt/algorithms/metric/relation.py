@@ -56,7 +56,10 @@ class RelationNet(MetaLearner):
         """Relation scores r_{i,j}, (tasks, query, ways), in [0, 1]."""
         support, query = embed_episodes(self.embedding, batch)
         tasks, n_query = query.shape[:2]
-        pairs = relation_pairs(class_features(support, batch.support_y, batch.ways), query).flatten(0, 2)
+        classes = class_features(support, batch.support_y, batch.ways)
+        if hasattr(self.relation, "score_pairs"):  # the paper's module scores all pairs without building them
+            return self.relation.score_pairs(classes, query)
+        pairs = relation_pairs(classes, query).flatten(0, 2)
         if pairs.dim() == 4:
             pairs = pairs.contiguous(memory_format=torch.channels_last)
         return self.relation(pairs).reshape(tasks, n_query, batch.ways)
