@@ -207,12 +207,12 @@ def test_loop_and_vmap_strategies_train_the_same_model(tmp_path: Path, capsys) -
     assert vmap["mse_mean"] == pytest.approx(loop["mse_mean"], rel=1e-4)
 
 
-def test_datasets_lists_the_three_data_sets(tmp_path: Path, capsys) -> None:
+def test_datasets_lists_every_data_set(tmp_path: Path, capsys) -> None:
     stdout = run_ok(capsys, ["datasets", "--data-dir", str(tmp_path)])
     assert str(tmp_path) in stdout
     # One "  name  kind  where" line per data set, each followed by an indented description.
     names = [line.split()[0] for line in stdout.splitlines()[1:] if re.match(r"  \S", line)]
-    assert names == ["omniglot", "folder", "sinusoid"]
+    assert names == ["omniglot", "folder", "embeddings", "sinusoid"]
     assert "missing: fastadapt download omniglot" in stdout  # nothing in tmp_path
     root = resolve_data_dir()
     if (root / "omniglot" / "images_background.npz").is_file():
