@@ -1,0 +1,461 @@
+"""Speed of one full MAML meta-training step: fastadapt beside learn2learn, higher, torchopt and a plain loop.
+
+One step = the meta-loss of a meta-batch of 32 Omniglot-shaped (1x28x28) 5-way 1-shot tasks, its
+meta-gradient, and the outer Adam step, on two workloads (issue 3, "Speed"):
+
+- (a) ``stride``: MAML's Omniglot network (stride-2 Conv-4, ``Conv4Stride``), 1 query per class;
+- (b) ``pool``: the max-pool Conv-4 (``Conv4``, batch statistics per episode), 15 queries per class;
+
+each with 1 and 5 inner steps, second and first order. Implementations, each in its own process (so that
+VmHWM, the peak resident memory, is per implementation): fastadapt ``loop``, ``vmap`` and ``auto`` (which
+measures both on the first batch and keeps the faster), learn2learn's ``MAML`` (``clone()``/``adapt()``),
+higher's ``innerloop_ctx``, torchopt's functional API (``torchopt.sgd`` + ``apply_updates``) and a plain
+per-task loop with ``torch.autograd.grad``. Every implementation runs the same ``nn.Module`` from the same
+initial weights on the same batch.
+
+Before timing, every implementation's meta-gradient on one batch is compared with the plain loop's
+(asserted; the largest relative error per parameter tensor is printed). Timing is interleaved: in each of
+``--rounds`` rounds every implementation runs ``--steps`` steps in turn, so all see the same machine load.
+Reported: median seconds per step over all timed steps (after one warm-up step), the ratio of each peer's
+time to fastadapt auto's (> 1: fastadapt is faster), and VmHWM.
+
+    bash bench/setup_peers.sh     # bench/.venv-peers: torch 2.13.0 CPU, fastadapt, learn2learn, higher, torchopt
+    nice -n -10 bench/.venv-peers/bin/python bench/speed_maml.py --rounds 2 --steps 5
+
+Writes bench/results/speed_maml.json, bench/results/speed_maml.md (the table) and docs/speed_maml.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.abc
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+ROOT = Path(__file__).resolve().parents[1]
+WAYS, SHOTS, META_BATCH, INNER_LR, OUTER_LR = 5, 1, 32, 0.4, 1e-3
+WORKLOADS = {"stride": 1, "pool": 15}  # queries per class
+IMPLEMENTATIONS = ("fastadapt-auto", "fastadapt-loop", "fastadapt-vmap", "learn2learn", "higher", "torchopt", "plain")
+PEERS = ("learn2learn", "higher", "torchopt", "plain")
+#: float32 meta-gradients of different but exact implementations agree to about this relative error.
+GRADIENT_TOLERANCE = 1e-3
+
+
+# --- learn2learn imports modules its MAML never uses ---------------------------------------------------------
+#: Imported by learn2learn at load time but not by its MAML; torchvision does not load beside the CPU torch
+#: wheel, and gym and scipy are not installed. They are replaced by empty modules, in this process only.
+UNUSED_BY_LEARN2LEARN_MAML = ("torchvision", "gym", "scipy")
+
+
+class _EmptyModule(types.ModuleType):
+    """A package whose every attribute is an inert class (enough for learn2learn's import-time code)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.__path__: list[str] = []
+
+    def __getattr__(self, attr: str):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        inert = type(attr, (), {"__init__": lambda self, *a, **k: None, "__call__": lambda self, *a, **k: None})
+        setattr(self, attr, inert)
+        return inert
+
+
+class _EmptyModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in UNUSED_BY_LEARN2LEARN_MAML:
+            return importlib.util.spec_from_loader(name, self)
+        return None
+
+    def create_module(self, spec):
+        return _EmptyModule(spec.name)
+
+    def exec_module(self, module):
+        pass
+
+
+def import_learn2learn():
+    sys.meta_path.insert(0, _EmptyModuleFinder())
+    import learn2learn
+
+    return learn2learn
+
+
+# --- the workload -----------------------------------------------------------------------------------------------
+def make_model(workload: str) -> nn.Module:
+    from fastadapt.nets import Conv4, Conv4Stride
+
+    torch.manual_seed(0)
+    if workload == "stride":
+        return Conv4Stride(1, 64, WAYS, norm="episode")
+    return Conv4(1, 64, WAYS, norm="episode", image_size=28)
+
+
+def make_batch(workload: str, seed: int = 1):
+    from fastadapt.tasks.episodes import TaskBatch
+
+    query = WORKLOADS[workload]
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(WAYS)
+    return TaskBatch(
+        torch.randn(META_BATCH, WAYS * SHOTS, 1, 28, 28, generator=g),
+        labels.repeat_interleave(SHOTS).repeat(META_BATCH, 1),
+        torch.randn(META_BATCH, WAYS * query, 1, 28, 28, generator=g),
+        labels.repeat_interleave(query).repeat(META_BATCH, 1),
+        WAYS,
+    )
+
+
+# --- one meta-gradient per implementation (accumulated into model.parameters().grad) ----------------------------
+def fastadapt_step_fn(model, strategy, steps, first_order, batch):
+    from fastadapt.algorithms import MAML
+    from fastadapt.strategy import choose_strategy
+
+    learner = MAML(model, INNER_LR, steps, first_order=first_order, strategy=strategy)
+    info = choose_strategy(learner, batch) if strategy == "auto" else {}
+    return (lambda b: learner.meta_loss(b).loss.backward()), info
+
+
+def learn2learn_step_fn(model, steps, first_order):
+    l2l = import_learn2learn()
+    maml = l2l.algorithms.MAML(model, lr=INNER_LR, first_order=first_order)
+
+    def step(batch):
+        for i in range(batch.num_tasks):  # learn2learn's idiom: clone, adapt, backward per task
+            learner = maml.clone()
+            for _ in range(steps):
+                learner.adapt(F.cross_entropy(learner(batch.support_x[i]), batch.support_y[i]))
+            (F.cross_entropy(learner(batch.query_x[i]), batch.query_y[i]) / batch.num_tasks).backward()
+
+    return step
+
+
+def higher_step_fn(model, steps, first_order):
+    import higher
+
+    inner_opt = torch.optim.SGD(model.parameters(), lr=INNER_LR)
+    # First order: the inner gradients are constants (FOMAML), as in the other implementations.
+    callback = (lambda grads: [g.detach() for g in grads]) if first_order else None
+
+    def step(batch):
+        for i in range(batch.num_tasks):
+            with higher.innerloop_ctx(model, inner_opt, copy_initial_weights=False) as (fmodel, diffopt):
+                for _ in range(steps):
+                    diffopt.step(
+                        F.cross_entropy(fmodel(batch.support_x[i]), batch.support_y[i]), grad_callback=callback
+                    )
+                (F.cross_entropy(fmodel(batch.query_x[i]), batch.query_y[i]) / batch.num_tasks).backward()
+
+    return step
+
+
+def torchopt_step_fn(model, steps, first_order):
+    import torchopt
+
+    names = [n for n, _ in model.named_parameters()]
+    inner_opt = torchopt.sgd(lr=INNER_LR)
+
+    def step(batch):
+        for i in range(batch.num_tasks):
+            params = tuple(model.parameters())
+            state = inner_opt.init(params)
+            for _ in range(steps):
+                logits = functional_call(model, dict(zip(names, params)), (batch.support_x[i],))
+                grads = torch.autograd.grad(
+                    F.cross_entropy(logits, batch.support_y[i]), params, create_graph=not first_order
+                )
+                updates, state = inner_opt.update(grads, state, inplace=False)
+                params = torchopt.apply_updates(params, updates, inplace=False)
+            logits = functional_call(model, dict(zip(names, params)), (batch.query_x[i],))
+            (F.cross_entropy(logits, batch.query_y[i]) / batch.num_tasks).backward()
+
+    return step
+
+
+def plain_step_fn(model, steps, first_order):
+    names = [n for n, _ in model.named_parameters()]
+
+    def step(batch):
+        for i in range(batch.num_tasks):
+            fast = list(model.parameters())
+            for _ in range(steps):
+                logits = functional_call(model, dict(zip(names, fast)), (batch.support_x[i],))
+                grads = torch.autograd.grad(
+                    F.cross_entropy(logits, batch.support_y[i]), fast, create_graph=not first_order
+                )
+                fast = [w - INNER_LR * g for w, g in zip(fast, grads)]
+            logits = functional_call(model, dict(zip(names, fast)), (batch.query_x[i],))
+            (F.cross_entropy(logits, batch.query_y[i]) / batch.num_tasks).backward()
+
+    return step
+
+
+def make_step_fn(implementation, model, steps, first_order, batch):
+    if implementation.startswith("fastadapt-"):
+        return fastadapt_step_fn(model, implementation.split("-", 1)[1], steps, first_order, batch)
+    builders = {"learn2learn": learn2learn_step_fn, "higher": higher_step_fn, "torchopt": torchopt_step_fn}
+    return builders.get(implementation, plain_step_fn)(model, steps, first_order), {}
+
+
+def peak_resident_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# --- a worker: one implementation, one configuration, commands on stdin ------------------------------------------
+def worker(implementation: str, workload: str, steps: int, first_order: bool, threads: int) -> None:
+    torch.set_num_threads(threads)
+    model = make_model(workload)
+    batch = make_batch(workload)
+    optimizer = torch.optim.Adam(model.parameters(), lr=OUTER_LR)
+    meta_gradient, info = make_step_fn(implementation, model, steps, first_order, batch)
+
+    def training_step():
+        optimizer.zero_grad(set_to_none=True)
+        meta_gradient(batch)
+        optimizer.step()
+
+    optimizer.zero_grad(set_to_none=True)
+    meta_gradient(batch)  # the gradient check, on the initial weights, before any update
+    grad_file = Path(tempfile.mkdtemp()) / "grad.pt"
+    torch.save([p.grad for p in model.parameters()], grad_file)
+    training_step()  # warm-up
+    reply = {"ready": True, "grad_file": str(grad_file), "strategy": info.get("strategy"), "auto": info}
+    print(json.dumps(reply), flush=True)
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command["op"] == "time":
+            times = []
+            for _ in range(command["steps"]):
+                started = time.perf_counter()
+                training_step()
+                times.append(time.perf_counter() - started)
+            print(json.dumps({"times": times}), flush=True)
+        else:
+            print(json.dumps({"vmhwm_mib": peak_resident_mib()}), flush=True)
+            return
+
+
+class Worker:
+    def __init__(self, implementation, workload, steps, first_order, threads):
+        command = [sys.executable, __file__, "--worker", implementation, workload, str(steps), str(int(first_order))]
+        command += ["--threads", str(threads)]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+
+    def wait_ready(self):
+        self.ready = self._read()
+
+    def _read(self):
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker {self.process.args} ended without answering")
+        return json.loads(line)
+
+    def ask(self, **command):
+        self.process.stdin.write(json.dumps(command) + "\n")
+        self.process.stdin.flush()
+        return self._read()
+
+    def close(self):
+        reply = self.ask(op="quit")
+        self.process.wait()
+        return reply["vmhwm_mib"]
+
+
+def max_relative_error(expected, got) -> float:
+    """max over parameter tensors of ||got_t - expected_t|| / ||expected||, the norm of the whole gradient: a
+    tensor's own norm would not do, since the conv biases before batch norm have an exactly zero meta-gradient
+    (the normalisation removes them), so their float32 values are rounding noise in every implementation."""
+    total = torch.sqrt(sum(e.square().sum() for e in expected))
+    return max(((g - e).norm() / total).item() for e, g in zip(expected, got))
+
+
+def run_configuration(workload, steps, first_order, implementations, rounds, steps_per_round, threads):
+    label = f"{workload} {steps}-step {'first' if first_order else 'second'} order"
+    print(f"\n== {label}", flush=True)
+    started = time.perf_counter()
+    workers = {name: Worker(name, workload, steps, first_order, threads) for name in implementations}
+    for w in workers.values():  # started together: their set-up (not timed) overlaps
+        w.wait_ready()
+    print(f"  {len(workers)} workers ready in {time.perf_counter() - started:.1f}s", flush=True)
+    reference = torch.load(workers["plain"].ready["grad_file"])
+    errors = {}
+    for name, w in workers.items():
+        errors[name] = max_relative_error(reference, torch.load(w.ready["grad_file"]))
+        print(f"  gradient check {name:<15} relative error vs the plain loop {errors[name]:.2e}", flush=True)
+    bad = {n: e for n, e in errors.items() if not e < GRADIENT_TOLERANCE}
+    assert not bad, f"{label}: meta-gradients differ from the plain loop's: {bad}"
+    times = {name: [] for name in workers}
+    for _ in range(rounds):  # interleaved: every implementation in turn, so all see the same load
+        for name, w in workers.items():
+            times[name] += w.ask(op="time", steps=steps_per_round)["times"]
+    memory = {name: w.close() for name, w in workers.items()}
+    result = {
+        "workload": workload,
+        "queries_per_class": WORKLOADS[workload],
+        "inner_steps": steps,
+        "order": "first" if first_order else "second",
+        "auto_chose": workers.get("fastadapt-auto").ready["strategy"] if "fastadapt-auto" in workers else None,
+        "auto_measured_s": workers["fastadapt-auto"].ready["auto"].get("seconds")
+        if "fastadapt-auto" in workers
+        else None,
+        "implementations": {
+            name: {
+                "median_s": statistics.median(times[name]),
+                "times_s": times[name],
+                "vmhwm_mib": memory[name],
+                "max_relative_gradient_error": errors[name],
+            }
+            for name in workers
+        },
+    }
+    for name, r in result["implementations"].items():
+        print(f"  {name:<15} {r['median_s']:.3f} s/step  VmHWM {r['vmhwm_mib']:.0f} MiB", flush=True)
+    return result
+
+
+# --- reporting ----------------------------------------------------------------------------------------------------
+def markdown_table(results) -> str:
+    head = (
+        "| workload | inner steps | order | "
+        + " | ".join(IMPLEMENTATIONS)
+        + " | fastadapt auto: speed-up over fastest peer | VmHWM fastadapt auto / learn2learn |"
+    )
+    lines = [head, "| " + " | ".join(["---"] * (len(IMPLEMENTATIONS) + 5)) + " |"]
+    for r in results:
+        impl = r["implementations"]
+        cells = []
+        for name in IMPLEMENTATIONS:
+            text = f"{impl[name]['median_s']:.3f}" if name in impl else "-"
+            if name == "fastadapt-auto" and r.get("auto_chose"):
+                text += f" ({r['auto_chose']})"
+            cells.append(text)
+        peers = {n: impl[n]["median_s"] for n in PEERS if n in impl}
+        fastest = min(peers, key=peers.get)
+        speedup = peers[fastest] / impl["fastadapt-auto"]["median_s"]
+        memory = impl["fastadapt-auto"]["vmhwm_mib"] / impl["learn2learn"]["vmhwm_mib"]
+        workload = f"({'a' if r['workload'] == 'stride' else 'b'}) {r['workload']}, {r['queries_per_class']} q/class"
+        lines.append(
+            f"| {workload} | {r['inner_steps']} | {r['order']} | "
+            + " | ".join(cells)
+            + f" | {speedup:.2f}x vs {fastest} | {memory:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def memory_table(results) -> str:
+    lines = ["| workload | inner steps | order | " + " | ".join(IMPLEMENTATIONS) + " |"]
+    lines.append("| " + " | ".join(["---"] * (len(IMPLEMENTATIONS) + 3)) + " |")
+    for r in results:
+        impl = r["implementations"]
+        cells = [f"{impl[n]['vmhwm_mib']:.0f}" if n in impl else "-" for n in IMPLEMENTATIONS]
+        lines.append(f"| {r['workload']} | {r['inner_steps']} | {r['order']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(results, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(2.4 * len(results) + 1, 4.2), squeeze=False)
+    axes = axes[0]
+    for ax, r in zip(axes, results):
+        names = [n for n in IMPLEMENTATIONS if n in r["implementations"]]
+        values = [r["implementations"][n]["median_s"] for n in names]
+        colors = ["tab:blue" if n.startswith("fastadapt") else "tab:gray" for n in names]
+        ax.bar(range(len(names)), values, color=colors)
+        ax.set_xticks(range(len(names)), [n.replace("fastadapt-", "fa-") for n in names], rotation=70, fontsize=7)
+        ax.set_title(f"{r['workload']} {r['inner_steps']}-step\n{r['order']} order", fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+    axes[0].set_ylabel("seconds per meta-training step (median)")
+    fig.suptitle("One MAML meta-training step, 32 tasks 5-way 1-shot 28x28 (lower is better)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--worker", nargs=4, metavar=("IMPL", "WORKLOAD", "STEPS", "FIRST_ORDER"), help=argparse.SUPPRESS
+    )
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads per process")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per configuration")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per implementation per round")
+    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    parser.add_argument("--inner-steps", nargs="+", type=int, default=[1, 5])
+    parser.add_argument("--orders", nargs="+", default=["second", "first"], choices=["second", "first"])
+    parser.add_argument("--implementations", nargs="+", default=list(IMPLEMENTATIONS), choices=IMPLEMENTATIONS)
+    parser.add_argument("--out", default=str(ROOT / "bench/results/speed_maml.json"))
+    parser.add_argument("--plot", default=str(ROOT / "docs/speed_maml.png"))
+    parser.add_argument("--combine", nargs="+", metavar="JSON", help="merge the results of earlier runs, run nothing")
+    args = parser.parse_args()
+    if args.combine:
+        records = [json.loads(Path(f).read_text()) for f in args.combine]
+        record = {**records[0], "runs": [{k: v for k, v in r.items() if k != "results"} for r in records]}
+        record["results"] = [result for r in records for result in r["results"]]
+        write_outputs(record, Path(args.out), Path(args.plot))
+        return
+    if args.worker:
+        implementation, workload, steps, first_order = args.worker
+        worker(implementation, workload, int(steps), first_order == "1", args.threads)
+        return
+    if "plain" not in args.implementations:
+        parser.error("the plain loop is the gradient reference; keep it in --implementations")
+    started = time.time()
+    results = [
+        run_configuration(w, s, o == "first", args.implementations, args.rounds, args.steps, args.threads)
+        for w in args.workloads
+        for s in args.inner_steps
+        for o in args.orders
+    ]
+    record = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}",
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "niceness": os.nice(0),
+        "setting": f"{META_BATCH} tasks, {WAYS}-way {SHOTS}-shot, 1x28x28, inner lr {INNER_LR}, outer Adam {OUTER_LR}",
+        "rounds": args.rounds,
+        "steps_per_round": args.steps,
+        "wall_s": round(time.time() - started, 1),
+        "results": results,
+    }
+    write_outputs(record, Path(args.out), Path(args.plot))
+
+
+def write_outputs(record, out: Path, plot_path: Path) -> None:
+    results = record["results"]
+    table, memory = markdown_table(results), memory_table(results)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    out.with_suffix(".md").write_text(
+        "Median seconds per meta-training step\n\n" + table + "\n\nVmHWM (MiB)\n\n" + memory + "\n"
+    )
+    plot(results, plot_path)
+    print("\n" + table + "\n\n" + memory + f"\n\nwrote {out}, {out.with_suffix('.md')}, {plot_path}")
+
+
+if __name__ == "__main__":
+    main()
