@@ -266,3 +266,13 @@ def test_corrupt_cache_is_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     _corrupt(cached, "deflate")
     again, _, _ = load_characters(tmp_path / "data", image_size=12)
     assert np.array_equal(images, again)
+
+
+@real_data
+def test_vinyals_trainval_trains_on_all_1200_non_test_characters(splits) -> None:
+    trainval = load_omniglot(DATA_ROOT, "vinyals-trainval")
+    vinyals = splits["vinyals"]
+    assert characters(trainval["train"]) == characters(vinyals["train"]) | characters(vinyals["val"])
+    assert len(characters(trainval["train"])) == 1200
+    assert trainval["test"].class_names == vinyals["test"].class_names
+    assert not characters(trainval["train"]) & characters(trainval["test"])

@@ -13,6 +13,10 @@ Splits (by character, so the four rotations of a character always stay together)
   ``alphabet/character``, shuffled by ``numpy.random.default_rng(1)``; the first 1100 train, the next
   100 validation, the remaining 423 test. (The reference code shuffled an unsorted directory listing
   with Python's ``random``, which cannot be reproduced; the sizes and the procedure match.)
+- ``vinyals-trainval``: the Vinyals split with the 172 validation characters added to training (1200
+  training characters, the set Vinyals et al. and Snell et al. trained their reported models on). The
+  validation classes are then seen in training, so validation only tracks progress and ``best.pt`` is
+  in effect the best late checkpoint; the test characters are the same 423.
 - ``lake``: Lake's background set for training (less 4 alphabets held out for validation: the last
   four in sorted order) and the evaluation set for testing.
 """
@@ -33,7 +37,7 @@ from fastadapt.errors import ConfigError, DataError
 from fastadapt.tasks.samplers import ClassSplit
 
 FILES = ("images_background.npz", "images_evaluation.npz")
-SPLITS = ("vinyals", "maml", "lake")
+SPLITS = ("vinyals", "vinyals-trainval", "maml", "lake")
 ROTATIONS = (0, 90, 180, 270)
 _SPLIT_LIST = Path(__file__).with_name("splits") / "omniglot_vinyals.txt"
 
@@ -116,6 +120,9 @@ def character_split(names: list[str], sets: list[str], split: str) -> dict[str, 
                     raise DataError(f"Omniglot character {name} of the Vinyals split is missing from the data.")
                 out[part].append(index[name])
         return out
+    if split == "vinyals-trainval":
+        parts = character_split(names, sets, "vinyals")
+        return {"train": parts["train"] + parts["val"], "val": parts["val"], "test": parts["test"]}
     if split == "maml":
         by_name = sorted(range(len(names)), key=lambda i: names[i])
         order = [by_name[i] for i in np.random.default_rng(1).permutation(len(by_name))]
