@@ -50,9 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--algorithm",
         default="protonet",
-        help="maml, maml++, anil, metasgd, reptile, protonet, matching or relation (default: protonet)",
+        help="maml, maml++, anil, metasgd, reptile, meta-lstm, leo, protonet, matching or relation (default: protonet)",
     )
-    t.add_argument("--dataset", default="omniglot", help="omniglot, folder or sinusoid (default: omniglot)")
+    t.add_argument(
+        "--dataset",
+        default="omniglot",
+        help="omniglot, folder, sinusoid, or embeddings (LEO; `fastadapt embed` output) (default: omniglot)",
+    )
     g = t.add_argument_group("episodes")
     g.add_argument("--ways", type=int, help="classes per test episode (N in N-way); default 5")
     g.add_argument("--shots", type=int, help="labelled examples per class in the support set (K); default 1")
@@ -60,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-query", type=int, help="query examples per class in validation/test episodes")
     g.add_argument("--train-ways", type=int, help="classes per training episode (ProtoNet: default 60)")
     g.add_argument("--train-shots", type=int, help="support examples per class in training episodes (Reptile: 15)")
-    g.add_argument("--split", help="class split: omniglot vinyals|maml|lake; folder: a folder with train/val/test.txt")
+    g.add_argument(
+        "--split", help="omniglot: vinyals, vinyals-trainval, maml or lake; folder: a folder with train/val/test.txt"
+    )
     g.add_argument("--image-size", type=int, help="images are resized to this square size (default 28)")
     g.add_argument("--channels", type=int, help="1 (grayscale) or 3 (RGB) for --dataset folder")
     o = t.add_argument_group("optimisation")
@@ -100,6 +106,29 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--inner-batch-size", type=int, help="Reptile: support mini-batch per inner step (default: all)")
     o.add_argument("--eval-inner-batch-size", type=int, help="Reptile: support mini-batch per test-time step")
     o.add_argument("--fce", action="store_true", default=None, help="Matching Networks: full context embeddings")
+    leo = t.add_argument_group("LEO (Rusu et al. 2019; --inner-steps/--inner-lr are its latent-space loop)")
+    leo.add_argument("--leo-latent-dim", type=int, help="size of the latent code per class (default 64)")
+    leo.add_argument("--leo-finetuning-steps", type=int, help="steps on the decoded weights after the latent loop (5)")
+    leo.add_argument("--leo-finetuning-lr", type=float, help="initial fine-tuning step size, meta-learned (1e-3)")
+    leo.add_argument("--leo-dropout", type=float, help="dropout on the embeddings in meta-training (0.5)")
+    leo.add_argument("--leo-kl-weight", type=float, help="beta: weight of KL(q(z|support) || N(0, I)) (1e-3)")
+    leo.add_argument("--leo-encoder-penalty", type=float, help="gamma: weight of ||stopgrad(z') - z||^2 (1e-9)")
+    leo.add_argument("--leo-l2-penalty", type=float, help="lambda_1: L2 weight on encoder/relation/decoder (1e-8)")
+    leo.add_argument(
+        "--leo-orthogonality-penalty", type=float, help="lambda_2: decoder orthogonality penalty weight (1e-3)"
+    )
+    leo.add_argument("--leo-grad-clip", type=float, help="clip each meta-gradient entry to +-this (0.1; 0: off)")
+    o.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="Meta-LSTM: torch.compile its per-coordinate update (~1 min once, then ~2x faster steps on CPU)",
+    )
+    o.add_argument(
+        "--cosine-scale",
+        type=float,
+        help="Matching Networks: initial value of a learned scale on the cosines (Omniglot preset 10; 0: none)",
+    )
     o.add_argument(
         "--network",
         help="conv4 (max-pool, 64 filters), conv4-32 (32 filters, mini-ImageNet MAML/Meta-LSTM learner), "
@@ -123,6 +152,38 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--eval-inner-steps", type=int, help="inner-loop steps at test time (MAML)")
     e.add_argument("--out", help="folder for eval.json (default: the checkpoint's folder)")
     _add_common(e)
+
+    p = sub.add_parser(
+        "pretrain",
+        help="LEO stage 1: train a backbone by plain classification of the meta-training classes",
+        description="Train a backbone (Conv-4 for 28x28 images, ResNet-12 for 84x84) with a linear layer over "
+        "all training classes; keep the epoch whose features do best on the validation classes (nearest "
+        "centroid, 5-way 1-shot). Writes <out>/pretrain.pt and pretrain_metrics.jsonl.",
+    )
+    p.add_argument("--dataset", default="omniglot", help="omniglot or folder (default: omniglot)")
+    p.add_argument("--network", help="conv4, conv4-32 or resnet12 (default: resnet12 from 64 pixels, else conv4)")
+    p.add_argument("--epochs", type=int, help="passes over the training classes' images (default 10)")
+    p.add_argument("--batch-size", type=int, help="images per step (default 128)")
+    p.add_argument("--lr", type=float, help="Adam learning rate, cosine-annealed to 0 (default 1e-3)")
+    p.add_argument("--weight-decay", type=float, help="Adam weight decay (default 5e-4)")
+    p.add_argument("--val-episodes", type=int, help="validation episodes after each epoch (default 300)")
+    p.add_argument(
+        "--split", help="omniglot: vinyals, vinyals-trainval, maml or lake; folder: a folder with train/val/test.txt"
+    )
+    p.add_argument("--image-size", type=int, help="images are resized to this square size (default 28)")
+    p.add_argument("--channels", type=int, help="1 (grayscale) or 3 (RGB) for --dataset folder")
+    p.add_argument("--seed", type=int, help="seed of everything random (default 0)")
+    p.add_argument("--out", help="output folder (default runs/pretrain)")
+    _add_common(p)
+
+    em = sub.add_parser(
+        "embed",
+        help="LEO stage 2: write the embeddings of every split once (then train --dataset embeddings)",
+    )
+    em.add_argument("--checkpoint", required=True, help="the pretrain.pt written by `fastadapt pretrain`")
+    em.add_argument("--out", required=True, help="folder for train.npz, val.npz, test.npz and meta.json")
+    em.add_argument("--batch-size", type=int, default=512, help="images per forward pass (default 512)")
+    _add_common(em)
 
     d = sub.add_parser("datasets", help="list the data sets and where they are found")
     d.add_argument("--data-dir", help="folder holding the data sets")
@@ -169,6 +230,32 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from dataclasses import fields
+
+    from fastadapt.config import PretrainConfig
+    from fastadapt.pretrain import pretrain
+
+    known = {f.name for f in fields(PretrainConfig)}
+    config = PretrainConfig(**{k: v for k, v in vars(args).items() if k in known and v is not None})
+    best = pretrain(config, progress=not args.quiet)
+    print(
+        f"kept epoch {best['epoch']} (validation 5-way 1-shot, nearest centroid: "
+        f"{100 * best['val_5w1s_nearest_centroid']:.2f}%); wrote {best['checkpoint']}"
+    )
+
+
+def cmd_embed(args: argparse.Namespace) -> None:
+    from fastadapt.pretrain import embed
+
+    meta = embed(Path(args.checkpoint), Path(args.out), args.data_dir, args.batch_size, args.device)
+    sizes = ", ".join(
+        f"{part} {c['examples']} x {meta['embedding_dim']} ({c['classes']} classes)"
+        for part, c in meta["parts"].items()
+    )
+    print(f"wrote embeddings to {args.out}: {sizes}")
+
+
 def cmd_datasets(args: argparse.Namespace) -> None:
     from fastadapt.datasets import DATASETS, resolve_data_dir
 
@@ -178,7 +265,7 @@ def cmd_datasets(args: argparse.Namespace) -> None:
         if info.name == "omniglot":
             found = all((root / "omniglot" / f).is_file() for f in ("images_background.npz", "images_evaluation.npz"))
             where = f"found in {root / 'omniglot'}" if found else "missing: fastadapt download omniglot"
-        elif info.name == "folder":
+        elif info.name in ("folder", "embeddings"):
             where = "pass --data-dir DIR"
         else:
             where = "generated"
@@ -198,7 +285,14 @@ def cmd_download(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"train": cmd_train, "eval": cmd_eval, "datasets": cmd_datasets, "download": cmd_download}[args.command](args)
+        {
+            "train": cmd_train,
+            "eval": cmd_eval,
+            "datasets": cmd_datasets,
+            "download": cmd_download,
+            "pretrain": cmd_pretrain,
+            "embed": cmd_embed,
+        }[args.command](args)
     except FastAdaptError as exc:
         print(f"fastadapt: error: {exc}", file=sys.stderr)
         return 2

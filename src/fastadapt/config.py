@@ -42,6 +42,10 @@ class Config:
     eval_inner_batch_size: int | None = None
     # Matching Networks: full context embeddings.
     fce: bool = False
+    # torch.compile the per-coordinate update of learned optimisers (Meta-LSTM): slower start, faster steps.
+    compile: bool = False
+    # Matching Networks: initial value of a learned scale on the cosine similarities (None or 0: none).
+    cosine_scale: float | None = None
     # Outer optimiser (Adam or SGD) and schedule: "step" multiplies lr by lr_decay every lr_decay_every
     # steps (0 = constant); "linear" decays it linearly to 0 over `steps` (Reptile's epsilon); "cosine"
     # anneals it from lr to lr_min over `steps` (MAML++).
@@ -55,6 +59,17 @@ class Config:
     val_every: int = 500
     val_episodes: int = 200
     test_episodes: int = 600
+    # LEO (Rusu et al. 2019) on fixed embeddings (--dataset embeddings): inner_steps/inner_lr are its
+    # latent-space loop; defaults are the authors' released configuration (see algorithms/optimization/leo.py).
+    leo_latent_dim: int = 64
+    leo_finetuning_steps: int = 5
+    leo_finetuning_lr: float = 1e-3
+    leo_dropout: float = 0.5
+    leo_kl_weight: float = 1e-3
+    leo_encoder_penalty: float = 1e-9
+    leo_l2_penalty: float = 1e-8
+    leo_orthogonality_penalty: float = 1e-3
+    leo_grad_clip: float = 0.1
     network: str = "conv4"
     # Data.
     split: str = "vinyals"
@@ -90,7 +105,7 @@ OUTER_OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("step", "linear", "cosine")
 
 #: Settings that may differ between a checkpoint and the run resuming it.
-RUN_ONLY_FIELDS = frozenset({"steps", "out", "device", "data_dir", "test_episodes", "strategy", "val_every"})
+RUN_ONLY_FIELDS = frozenset({"steps", "out", "device", "data_dir", "test_episodes", "strategy", "val_every", "compile"})
 
 # fmt: off
 PRESETS: dict[tuple[str, str], dict[str, Any]] = {
@@ -100,8 +115,9 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ("protonet", "folder"): dict(network="conv4", query=5, eval_query=15, steps=5000),
     # Vinyals et al. 2016 train on episodes shaped like the test ones; the paper gives no optimiser
     # settings, so Adam 1e-3 halved every 2000 episodes as for ProtoNet. No FCE on Omniglot (as in the paper).
+    # Deviation: a learned scale on the cosines, starting at 10 (see algorithms/metric/matching.py).
     ("matching", "omniglot"): dict(network="conv4", query=5, eval_query=15, meta_batch_size=1, lr=1e-3,
-                                   lr_decay_every=2000, steps=5000, val_every=500),
+                                   lr_decay_every=2000, steps=5000, val_every=500, cosine_scale=10.0),
     # Sung et al. 2018, Omniglot 5-way 1-shot: 19 queries per class, Adam 1e-3 halved every 100k episodes
     # (1M episodes in the paper; steps here is a CPU-sized budget).
     ("relation", "omniglot"): dict(network="conv4", query=19, eval_query=15, meta_batch_size=1, lr=1e-3,
@@ -152,6 +168,16 @@ PRESETS[("maml++", "sinusoid")] = dict(
     multi_step_loss=True, multi_step_loss_steps=5000, per_step_lr=True, first_order_steps=35000,
 )
 # fmt: on
+# Meta-LSTM (Ravi & Larochelle 2017, the authors' 1-shot configuration): Conv-4 with 32 filters, 12 updates of
+# the learner on the whole support set (pass --inner-steps 8 for 5-shot), 15 queries per class, one episode per
+# meta-update, Adam 1e-3 (meta-gradient norm clipped to 0.25 by the learner itself), 75000 episodes.
+# fmt: off
+PRESETS[("meta-lstm", "omniglot")] = dict(
+    network="conv4-32", query=15, eval_query=15, meta_batch_size=1, inner_steps=12, lr=1e-3, steps=75000,
+    val_every=1000, val_episodes=200,
+)
+# fmt: on
+PRESETS[("meta-lstm", "folder")] = dict(PRESETS[("meta-lstm", "omniglot")], query=5, steps=5000, val_every=500)
 # ANIL (Raghu et al. 2020) uses MAML's hyper-parameters; Meta-SGD (Li et al. 2017) MAML's set-up with one
 # adaptation step at test as well as in training.
 for _dataset in ("omniglot", "sinusoid"):
@@ -215,6 +241,9 @@ def validate(config: Config) -> None:
     if config.lr <= 0:
         raise ConfigError(f"--lr must be positive (got {config.lr}).")
     validate_maml_plus_plus(config)
+    validate_leo(config)
+    if config.cosine_scale is not None and config.cosine_scale < 0:
+        raise ConfigError(f"--cosine-scale must be positive, or 0 for none (got {config.cosine_scale}).")
 
 
 MAML_PLUS_PLUS_SWITCHES = ("multi_step_loss", "per_step_lr", "per_step_bn", "first_order_steps")
@@ -263,3 +292,63 @@ def config_differences(saved: Config, current: Config) -> list[str]:
     """Fields (other than RUN_ONLY_FIELDS) on which two configurations disagree, as 'name: a != b'."""
     a, b = saved.to_dict(), current.to_dict()
     return [f"{k}: checkpoint {a[k]!r} != now {b[k]!r}" for k in a if k not in RUN_ONLY_FIELDS and a[k] != b.get(k)]
+
+
+# LEO (Rusu et al. 2019) trains on embeddings (fastadapt pretrain, then fastadapt embed): the authors'
+# released configuration -- meta-batch 12, 15 queries per class, Adam 1e-4, 5 latent steps (alpha from 1.0),
+# 5 fine-tuning steps (eta from 1e-3). They train 100k steps; steps here is a CPU-sized budget.
+PRESETS[("leo", "embeddings")] = dict(
+    query=15,
+    eval_query=15,
+    meta_batch_size=12,
+    inner_lr=1.0,
+    inner_steps=5,
+    lr=1e-4,
+    steps=20000,
+    val_every=1000,
+    val_episodes=300,
+)
+
+
+def validate_leo(config: Config) -> None:
+    """LEO and the embeddings data set go together; its weights and step counts must be sensible."""
+    if config.algorithm == "leo" and config.dataset != "embeddings":
+        raise ConfigError(
+            f"LEO trains on fixed embeddings, not on {config.dataset} images: run `fastadapt pretrain`, then "
+            f"`fastadapt embed --checkpoint RUN/pretrain.pt --out EMB`, then train with --dataset embeddings "
+            f"--data-dir EMB."
+        )
+    if config.dataset == "embeddings" and config.algorithm != "leo":
+        raise ConfigError(f"--dataset embeddings holds feature vectors for --algorithm leo, not {config.algorithm}.")
+    if config.algorithm != "leo":
+        return
+    if config.leo_latent_dim < 1 or config.leo_finetuning_steps < 0:
+        raise ConfigError("--leo-latent-dim must be >= 1 and --leo-finetuning-steps >= 0.")
+    if not 0 <= config.leo_dropout < 1:
+        raise ConfigError(f"--leo-dropout must be in [0, 1) (got {config.leo_dropout}).")
+    weights = ("leo_kl_weight", "leo_encoder_penalty", "leo_l2_penalty", "leo_orthogonality_penalty", "leo_grad_clip")
+    for name in weights:
+        if getattr(config, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(config, name)}).")
+
+
+@dataclass
+class PretrainConfig:
+    """``fastadapt pretrain``: plain classification of the meta-training classes (LEO's first stage)."""
+
+    dataset: str = "omniglot"
+    # conv4 / conv4-32 / resnet12; None: resnet12 for images of 64 pixels or more, conv4 below.
+    network: str | None = None
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    # Nearest-centroid 5-way 1-shot episodes on the validation classes after each epoch (keeps the best).
+    val_episodes: int = 300
+    split: str = "vinyals"
+    image_size: int = 28
+    channels: int = 1
+    data_dir: str | None = None
+    seed: int = 0
+    device: str = "cpu"
+    out: str = "runs/pretrain"

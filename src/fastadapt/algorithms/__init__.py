@@ -12,7 +12,9 @@ from fastadapt.algorithms.metric.matching import MatchingNet
 from fastadapt.algorithms.metric.protonet import ProtoNet
 from fastadapt.algorithms.metric.relation import RelationNet
 from fastadapt.algorithms.optimization.anil import ANIL
+from fastadapt.algorithms.optimization.leo import LEO
 from fastadapt.algorithms.optimization.maml import MAML
+from fastadapt.algorithms.optimization.meta_lstm import MetaLSTM
 from fastadapt.algorithms.optimization.metasgd import MetaSGD
 from fastadapt.algorithms.optimization.reptile import Reptile
 from fastadapt.errors import ConfigError
@@ -24,17 +26,19 @@ if TYPE_CHECKING:
 
 ALGORITHMS: dict[str, type[MetaLearner]] = {
     "anil": ANIL,
+    "leo": LEO,
     "maml": MAML,
     # MAML with the MAML++ switches of Antoniou et al. 2019 on (see its preset in config.py).
     "maml++": MAML,
     "matching": MatchingNet,
+    "meta-lstm": MetaLSTM,
     "metasgd": MetaSGD,
     "protonet": ProtoNet,
     "relation": RelationNet,
     "reptile": Reptile,
 }
 #: Methods that adapt the network's weights per task; their networks use per-episode batch statistics.
-GRADIENT_BASED = ("anil", "maml", "maml++", "metasgd", "reptile")
+GRADIENT_BASED = ("anil", "maml", "maml++", "meta-lstm", "metasgd", "reptile")
 NETWORKS = ("conv4", "conv4-32", "conv4-stride", "mlp", "resnet12")
 
 
@@ -69,11 +73,31 @@ def build_algorithm(config: Config) -> MetaLearner:
     from fastadapt.datasets import DATASETS
 
     regression = DATASETS[config.dataset].kind == "regression"
+    if config.algorithm == "leo":
+        from fastadapt.datasets.embeddings import embedding_dim
+
+        return LEO(
+            embedding_dim(config.data_dir),
+            latent_dim=config.leo_latent_dim,
+            inner_steps=config.inner_steps,
+            inner_lr=config.inner_lr,
+            finetuning_steps=config.leo_finetuning_steps,
+            finetuning_lr=config.leo_finetuning_lr,
+            dropout=config.leo_dropout,
+            kl_weight=config.leo_kl_weight,
+            encoder_penalty_weight=config.leo_encoder_penalty,
+            l2_penalty_weight=config.leo_l2_penalty,
+            orthogonality_penalty_weight=config.leo_orthogonality_penalty,
+            grad_clip=config.leo_grad_clip or None,
+            eval_inner_steps=config.eval_inner_steps,
+        )
     if config.algorithm == "protonet":
         return ProtoNet(_channels_last(build_network(config, None)))
     if config.algorithm == "matching":
         encoder = _channels_last(build_network(config, None))
-        return MatchingNet(encoder, getattr(encoder, "out_features", 64), fce=config.fce)
+        return MatchingNet(
+            encoder, getattr(encoder, "out_features", 64), fce=config.fce, cosine_scale=config.cosine_scale or None
+        )
     if config.algorithm == "relation":
         if config.image_size < 22:
             raise ConfigError(
@@ -94,6 +118,13 @@ def build_algorithm(config: Config) -> MetaLearner:
             eval_inner_steps=config.eval_inner_steps,
             strategy=config.strategy,
         )
+        if config.algorithm == "meta-lstm":  # the learner's weights are R's cell state; no inner lr
+            return MetaLSTM(
+                model,
+                inner_steps=config.inner_steps,
+                eval_inner_steps=config.eval_inner_steps,
+                compile_update=config.compile,
+            )
         if config.algorithm == "reptile":
             return Reptile(
                 model,
@@ -128,6 +159,8 @@ __all__ = [
     "MetaSGD",
     "Reptile",
     "MAML",
+    "LEO",
+    "MetaLSTM",
     "MatchingNet",
     "MetaLearner",
     "MetaOutput",
