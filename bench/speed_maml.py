@@ -129,7 +129,7 @@ def fastadapt_step_fn(model, strategy, steps, first_order, batch):
 
     learner = MAML(model, INNER_LR, steps, first_order=first_order, strategy=strategy)
     info = choose_strategy(learner, batch) if strategy == "auto" else {}
-    return (lambda b: learner.meta_loss(b).loss.backward()), info
+    return learner.meta_backward, info  # what `fastadapt train` calls (per-task backward for loop)
 
 
 def learn2learn_step_fn(model, steps, first_order):

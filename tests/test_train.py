@@ -116,16 +116,17 @@ def assert_same_run(a: Path, b: Path) -> None:
 
 
 def _fail_at_call(monkeypatch: pytest.MonkeyPatch, cls: type, call: int, action) -> None:
-    """Make ``cls.meta_loss`` run ``action(output)`` on its ``call``-th call (1-based), counting from now."""
-    original = cls.meta_loss
+    """Make ``cls.meta_backward`` (one training step's meta-loss and gradient) run ``action(output)`` on
+    its ``call``-th call (1-based), counting from now."""
+    original = cls.meta_backward
     calls = {"n": 0}
 
-    def meta_loss(self, batch):
+    def meta_backward(self, batch):
         calls["n"] += 1
         output = original(self, batch)
         return action(output) if calls["n"] >= call else output
 
-    monkeypatch.setattr(cls, "meta_loss", meta_loss)
+    monkeypatch.setattr(cls, "meta_backward", meta_backward)
 
 
 def _interrupt(output: MetaOutput) -> MetaOutput:

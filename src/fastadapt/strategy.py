@@ -33,7 +33,7 @@ def time_strategies(learner: MetaLearner, batch: TaskBatch, trials: int = 2) -> 
             times = []
             for _ in range(trials + 1):
                 started = time.perf_counter()
-                learner.meta_loss(batch).loss.backward()
+                learner.meta_backward(batch)
                 times.append(time.perf_counter() - started)
             learner.zero_grad(set_to_none=True)
             seconds[strategy] = sorted(times[1:])[len(times[1:]) // 2]

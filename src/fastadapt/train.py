@@ -2,10 +2,11 @@
 over meta-batches of episodes, periodic meta-validation keeping the best
 checkpoint, atomic checkpoints, exact resume, NaN guard, metrics file and learning-curve plot.
 
-The loop only sees :class:`~fastadapt.algorithms.MetaLearner.meta_loss`, so every method trains
-the same way. A meta-batch is one tensor batch of tasks; splitting it across torch.distributed ranks
-means sampling ``meta_batch_size / world_size`` tasks per rank and all-reducing the gradients before
-``optimizer.step()`` (one seed offset per rank), nothing else here changes.
+The loop only sees :meth:`~fastadapt.algorithms.MetaLearner.meta_backward` (the meta-loss and its
+gradient), so every method trains the same way. A meta-batch is one tensor batch of tasks; splitting it
+across torch.distributed ranks means sampling ``meta_batch_size / world_size`` tasks per rank and
+all-reducing the gradients before ``optimizer.step()`` (one seed offset per rank), nothing else here
+changes.
 """
 
 from __future__ import annotations
@@ -160,14 +161,15 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> TrainR
             batch = train_tasks.sample(config.meta_batch_size).to(device)
             if hasattr(learner, "training_step"):  # MAML++'s annealing schedules follow the outer step
                 learner.training_step = step
-            output = learner.meta_loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            output = learner.meta_backward(batch)
             if not torch.isfinite(output.loss):
                 raise TrainingDiverged(
                     f"meta-loss became {output.loss.item()} at step {step + 1}; training stopped and the last "
                     f"good checkpoint is kept in {out}. Lower --lr or --inner-lr, then --resume or start again."
                 )
-            optimizer.zero_grad(set_to_none=True)
-            output.loss.backward()
+            if getattr(learner, "max_grad_norm", None):  # e.g. Meta-LSTM clips its meta-gradient (Ravi & Larochelle)
+                torch.nn.utils.clip_grad_norm_(learner.parameters(), learner.max_grad_norm)
             optimizer.step()
             scheduler.step()
             step += 1

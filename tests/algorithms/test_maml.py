@@ -21,3 +21,22 @@ def test_adaptation_lowers_support_loss_and_more_steps_fit_better():
     support_as_query = type(batch)(batch.support_x, batch.support_y, batch.support_x, batch.support_y, None)
     mse = [(learner.predict(support_as_query, steps=k) - batch.support_y).square().mean().item() for k in (0, 1, 10)]
     assert mse[0] > mse[1] > mse[2]
+
+
+def test_meta_backward_gives_the_meta_gradient_task_by_task():
+    """The per-task backward of the loop strategy equals one backward of the mean meta-loss, for
+    second-order MAML and Meta-SGD (whose inner rates are parameters too), and returns the same loss."""
+    from fastadapt.algorithms import MetaSGD
+
+    batch = SinusoidTasks(shots=5, query=5, seed=3).sample(4).to(torch.float64)
+    for cls in (MAML, MetaSGD):
+        torch.manual_seed(0)
+        learner = cls(MLP(1, (8, 8), 1).double(), inner_lr=0.05, inner_steps=2, strategy="loop")
+        loss = learner.meta_loss(batch).loss
+        expected = torch.autograd.grad(loss, list(learner.parameters()))
+        learner.zero_grad()
+        output = learner.meta_backward(batch)
+        torch.testing.assert_close(output.loss, loss.detach())
+        assert not output.loss.requires_grad and output.predictions.shape == (4, 5, 1)
+        for p, g in zip(learner.parameters(), expected):
+            torch.testing.assert_close(p.grad, g)

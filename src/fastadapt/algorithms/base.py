@@ -48,5 +48,13 @@ class MetaLearner(nn.Module):
     def meta_loss(self, batch: TaskBatch) -> MetaOutput:
         raise NotImplementedError
 
+    def meta_backward(self, batch: TaskBatch) -> MetaOutput:
+        """:meth:`meta_loss` and its backward pass: adds the meta-gradient to every parameter's ``.grad``
+        and returns the output detached. Training calls this; a method may override it to need less
+        memory for the same gradient (MAML's per-task loop backpropagates task by task)."""
+        output = self.meta_loss(batch)
+        output.loss.backward()
+        return MetaOutput(output.loss.detach(), output.predictions.detach())
+
     def predict(self, batch: TaskBatch) -> Tensor:
         raise NotImplementedError

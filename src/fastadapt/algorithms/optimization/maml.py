@@ -229,6 +229,19 @@ class MAML(MetaLearner):
             )
         return MetaOutput(query_losses.mean(), predictions)  # eq. (3): mean over the meta-batch
 
+    def meta_backward(self, batch: TaskBatch) -> MetaOutput:
+        if self.strategy == "vmap" or batch.num_tasks == 1:
+            return super().meta_backward(batch)
+        # The meta-loss is a mean over tasks, so with a per-task loop each task's graph (its inner loop
+        # and second-order terms) can be freed after its own backward pass: peak memory of one task.
+        losses, predictions = [], []
+        for index in range(batch.num_tasks):
+            output = self.meta_loss(batch.task(index))
+            (output.loss / batch.num_tasks).backward()
+            losses.append(output.loss.detach())
+            predictions.append(output.predictions.detach())
+        return MetaOutput(torch.stack(losses).mean(), torch.cat(predictions))
+
     def predict(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
         steps = self.eval_inner_steps if steps is None else steps
         # No meta-gradient is needed at test time, so the inner loop need not be differentiable.
