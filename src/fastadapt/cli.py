@@ -30,6 +30,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_image_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    p.add_argument(
+        "--split", help="omniglot: vinyals, vinyals-trainval, maml or lake; folder: a folder with train/val/test.txt"
+    )
+    p.add_argument("--image-size", type=int, help="images are resized to this square size (default 28)")
+    p.add_argument("--channels", type=int, help="1 (grayscale) or 3 (RGB) for --dataset folder")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastadapt",
@@ -64,11 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-query", type=int, help="query examples per class in validation/test episodes")
     g.add_argument("--train-ways", type=int, help="classes per training episode (ProtoNet: default 60)")
     g.add_argument("--train-shots", type=int, help="support examples per class in training episodes (Reptile: 15)")
-    g.add_argument(
-        "--split", help="omniglot: vinyals, vinyals-trainval, maml or lake; folder: a folder with train/val/test.txt"
-    )
-    g.add_argument("--image-size", type=int, help="images are resized to this square size (default 28)")
-    g.add_argument("--channels", type=int, help="1 (grayscale) or 3 (RGB) for --dataset folder")
+    _add_image_options(g)
     o = t.add_argument_group("optimisation")
     o.add_argument("--meta-batch-size", type=int, help="tasks per outer update")
     o.add_argument("--steps", type=int, help="outer updates (meta-training steps)")
@@ -167,11 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="Adam learning rate, cosine-annealed to 0 (default 1e-3)")
     p.add_argument("--weight-decay", type=float, help="Adam weight decay (default 5e-4)")
     p.add_argument("--val-episodes", type=int, help="validation episodes after each epoch (default 300)")
-    p.add_argument(
-        "--split", help="omniglot: vinyals, vinyals-trainval, maml or lake; folder: a folder with train/val/test.txt"
-    )
-    p.add_argument("--image-size", type=int, help="images are resized to this square size (default 28)")
-    p.add_argument("--channels", type=int, help="1 (grayscale) or 3 (RGB) for --dataset folder")
+    _add_image_options(p)
     p.add_argument("--seed", type=int, help="seed of everything random (default 0)")
     p.add_argument("--out", help="output folder (default runs/pretrain)")
     _add_common(p)
