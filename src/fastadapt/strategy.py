@@ -23,23 +23,23 @@ def uses_strategy(learner: MetaLearner) -> bool:
 
 
 def time_strategies(learner: MetaLearner, batch: TaskBatch, trials: int = 2) -> dict[str, float]:
-    """Median seconds of a meta-loss forward + backward pass under each strategy (after one warm-up).
-    Gradients are cleared afterwards and no parameter changes."""
+    """Median seconds of a meta-loss forward + backward pass under each strategy (after one warm-up of
+    each). The strategies take turns, trial by trial, so a burst of load from elsewhere on the machine
+    falls on both rather than on whichever ran at that moment. Gradients are cleared afterwards and no
+    parameter changes."""
     original = learner.strategy
-    seconds: dict[str, float] = {}
+    times: dict[str, list[float]] = {"loop": [], "vmap": []}
     try:
-        for strategy in ("loop", "vmap"):
-            learner.strategy = strategy
-            times = []
-            for _ in range(trials + 1):
+        for _ in range(trials + 1):
+            for strategy in times:
+                learner.strategy = strategy
                 started = time.perf_counter()
                 learner.meta_backward(batch)
-                times.append(time.perf_counter() - started)
-            learner.zero_grad(set_to_none=True)
-            seconds[strategy] = sorted(times[1:])[len(times[1:]) // 2]
+                times[strategy].append(time.perf_counter() - started)
+        learner.zero_grad(set_to_none=True)
     finally:
         learner.strategy = original
-    return seconds
+    return {strategy: sorted(t[1:])[len(t[1:]) // 2] for strategy, t in times.items()}
 
 
 def choose_strategy(learner: MetaLearner, batch: TaskBatch, trials: int = 2) -> dict[str, Any]:
