@@ -29,7 +29,12 @@ PUBLISHED = {
 RUNS = {
     "ProtoNet": ["protonet_omniglot_1shot_long", "protonet_omniglot_1shot_trainval"],
     "Matching Nets": ["matching_omniglot_5w1s_scaled"],
-    "Relation Nets": ["relation_omniglot_5w1s_long", "relation_omniglot_5w5s"],
+    "Relation Nets": [
+        "relation_omniglot_5w1s_long",
+        "relation_omniglot_5w1s_fast",
+        "relation_omniglot_20w1s",
+        "relation_omniglot_5w5s",
+    ],
 }
 
 
