@@ -59,6 +59,19 @@ def sinusoid_mse_before_and_after(
     return before, held_out_mse()
 
 
+def adam_meta_losses(learner: MetaLearner, batch: TaskBatch, steps: int, lr: float = 1e-2) -> list[float]:
+    """The meta-loss at each of ``steps`` Adam steps on one fixed batch (a learner that can fit it lowers it)."""
+    optimizer = torch.optim.Adam(learner.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = learner.meta_loss(batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
 def make_image_folder(root: Path, classes: int = 20, per_class: int = 6, size: int = 8) -> Path:
     """``classes`` folders of ``per_class`` random grayscale PNGs (the default random split: 13/3/4 classes)."""
     rng = np.random.default_rng(0)

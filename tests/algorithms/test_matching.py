@@ -1,5 +1,5 @@
 import torch
-from helpers import vector_batch
+from helpers import adam_meta_losses, vector_batch
 
 from fastadapt.algorithms.metric.matching import MatchingNet, cosine_attention
 from fastadapt.tasks.episodes import TaskBatch
@@ -124,14 +124,7 @@ def test_adam_steps_lower_the_meta_loss():
         torch.manual_seed(0)
         learner = MatchingNet(torch.nn.Linear(6, 8), 8, fce=fce, fce_steps=2).double()
         batch = vector_batch(ways=4, shots=2, query=3, seed=1)
-        optimizer = torch.optim.Adam(learner.parameters(), lr=1e-2)
-        losses = []
-        for _ in range(30):
-            loss = learner.meta_loss(batch).loss
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+        losses = adam_meta_losses(learner, batch, steps=30)
         assert losses[-1] < 0.9 * losses[0], (fce, losses[0], losses[-1])
 
 

@@ -4,7 +4,7 @@ learner's gradient is an input (no second order), and a short meta-training run 
 from __future__ import annotations
 
 import torch
-from helpers import image_batch
+from helpers import adam_meta_losses, image_batch
 from torch import nn
 
 from fastadapt.algorithms.optimization.meta_lstm import MetaLSTM, MetaLSTMCell
@@ -121,12 +121,5 @@ def test_short_meta_training_lowers_the_meta_loss():
     learner = MetaLSTM(tiny_learner(), inner_steps=3)
     learner.float()
     batch = image_batch(tasks=2, ways=3, shots=2, query=3, size=16, dtype=torch.float32, uniform=True, seed=3)
-    optimizer = torch.optim.Adam(learner.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(15):
-        loss = learner.meta_loss(batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = adam_meta_losses(learner, batch, steps=15)
     assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3, losses

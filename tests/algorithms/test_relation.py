@@ -1,6 +1,6 @@
 import pytest
 import torch
-from helpers import image_batch
+from helpers import adam_meta_losses, image_batch
 
 from fastadapt.algorithms.metric.relation import RelationNet, relation_pairs
 from fastadapt.nets.relation import RelationEmbedding, RelationModule, relation_networks
@@ -69,14 +69,7 @@ def test_prediction_is_invariant_to_support_order():
 def test_adam_steps_lower_the_meta_loss():
     learner = tiny_relation_net(hidden=8)
     batch = image_batch(tasks=2, seed=1, size=28, uniform=True)
-    optimizer = torch.optim.Adam(learner.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(15):
-        loss = learner.meta_loss(batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = adam_meta_losses(learner, batch, steps=15)
     assert losses[-1] < 0.8 * losses[0], (losses[0], losses[-1])
 
 
