@@ -56,9 +56,24 @@ def compare(net, tune_problem, test_problems, horizon: int, steps: int) -> dict:
     runners = {"LSTM (learned)": lambda p: run_learned(net, p, steps)}
     for name, lr in result["tuned_lr"].items():
         runners[f"{name} (lr {lr:g})"] = lambda p, name=name, lr=lr: run_baseline(name, lr, p, steps)
+    per_problem = {}  # label -> (seeds * B, steps + 1): for paired comparisons on the same problems
     for label, run in runners.items():
+        traces = [run(p) for p in test_problems]
         # Mean loss over the problems of each seed: (seeds, steps + 1).
-        result["curves"][label] = [run(p).mean(dim=1).tolist() for p in test_problems]
+        result["curves"][label] = [t.mean(dim=1).tolist() for t in traces]
+        per_problem[label] = torch.cat([t.T for t in traces])
+    learned = per_problem.pop("LSTM (learned)")
+    result["paired"] = {}  # baseline loss minus learned loss, problem by problem: > 0 means the LSTM is lower
+    for label, losses in per_problem.items():
+        result["paired"][label] = {}
+        for s in (horizon, steps):
+            diff = losses[:, s] - learned[:, s]
+            result["paired"][label][f"step_{s}"] = {
+                "mean_difference": diff.mean().item(),
+                "ci95": 1.96 * diff.std().item() / len(diff) ** 0.5,
+                "learned_lower_fraction": (diff > 0).float().mean().item(),
+                "problems": len(diff),
+            }
     result["final"] = {}
     for label, curves in result["curves"].items():
         t = torch.tensor(curves)
@@ -107,6 +122,7 @@ def main() -> None:
     parser.add_argument("--mlp-iterations", type=int, default=60)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--meta-lr", type=float, default=1e-2)
+    parser.add_argument("--meta-lr-schedule", default="constant", help="constant or cosine (to 0)")
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -140,6 +156,7 @@ def main() -> None:
         lr=args.meta_lr,
         seed=0,
         log=log("quadratic"),
+        lr_schedule=args.meta_lr_schedule,
     )
     record["quadratic_meta_train_s"] = round(time.time() - t0, 1)
     save_net(net_q, out_dir / "quadratic.pt")
@@ -151,7 +168,7 @@ def main() -> None:
         ROOT / "docs" / "learned_optimizer_quadratic.png",
         HORIZON,
     )
-    print(json.dumps(record["quadratic"]["final"], indent=1), flush=True)
+    print(json.dumps({k: record["quadratic"][k] for k in ("final", "paired")}, indent=1), flush=True)
 
     # --- Omniglot MLPs ----------------------------------------------------------------------------------
     splits = load_omniglot(resolve_data_dir(args.data_dir), "vinyals", image_size=14)
@@ -167,6 +184,7 @@ def main() -> None:
         lr=args.meta_lr,
         seed=0,
         log=log("mlp"),
+        lr_schedule=args.meta_lr_schedule,
     )
     record["mlp_meta_train_s"] = round(time.time() - t0, 1)
     save_net(net_m, out_dir / "mlp.pt")
@@ -177,7 +195,7 @@ def main() -> None:
             for s in range(args.seeds)
         ]
         record[f"mlp_{hidden}"] = compare(net_m, tune, tests, HORIZON, 2 * HORIZON)
-        print(hidden, json.dumps(record[f"mlp_{hidden}"]["final"], indent=1), flush=True)
+        print(hidden, json.dumps({k: record[f"mlp_{hidden}"][k] for k in ("final", "paired")}, indent=1), flush=True)
     plot(
         [
             ("MLP 196-20-10, Omniglot test characters", record["mlp_20"]),

@@ -97,6 +97,25 @@ def test_short_meta_training_on_quadratics_lowers_the_meta_loss():
     assert run_learned(net, held_out, 10).mean().item() < 0.7 * before
 
 
+def test_cosine_meta_lr_anneals_to_zero_and_still_learns():
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet()
+    snapshots = [torch.cat([p.detach().flatten() for p in net.parameters()])]
+
+    def snapshot(iteration, loss):
+        snapshots.append(torch.cat([p.detach().flatten() for p in net.parameters()]))
+
+    history = meta_train(
+        net, Quadratics(4), 30, horizon=10, unroll=5, batch=32, lr=1e-2, log=snapshot, lr_schedule="cosine"
+    )
+    assert np.mean(history[-5:]) < 0.8 * np.mean(history[:5]), history
+    first_change = (snapshots[1] - snapshots[0]).abs().max()
+    last_change = (snapshots[-1] - snapshots[-2]).abs().max()
+    assert last_change < 0.05 * first_change  # Adam's steps shrink with the annealed rate
+    with pytest.raises(ValueError, match="lr_schedule"):
+        meta_train(net, Quadratics(4), iterations=1, horizon=10, unroll=5, lr_schedule="step")
+
+
 def test_baseline_over_a_batch_equals_separate_runs():
     problems = Quadratics(3).sample(4, torch.Generator().manual_seed(0))
     together = run_baseline("Adam", 0.1, problems, 5)

@@ -47,11 +47,16 @@ def meta_train(
     lr: float = 1e-3,
     seed: int = 0,
     log: Callable[[int, float], None] | None = None,
+    lr_schedule: str = "constant",
 ) -> list[float]:
     """Train ``net`` on ``iterations`` batches of ``batch`` problems; returns each iteration's meta-loss
-    (mean optimizee loss over the horizon)."""
+    (mean optimizee loss over the horizon). ``lr_schedule="cosine"`` anneals Adam's rate to 0 over the run."""
+    if lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', not {lr_schedule!r}")
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    segments = iterations * math.ceil(horizon / unroll)  # one Adam step per truncated segment
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, segments) if lr_schedule == "cosine" else None
     history = []
     for iteration in range(iterations):
         problem = family.sample(batch, generator)
@@ -70,6 +75,8 @@ def meta_train(
             optimizer.zero_grad()
             (segment / unroll).backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             total += segment.item()
         history.append(total / horizon)
         if log is not None:
