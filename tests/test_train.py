@@ -145,6 +145,24 @@ def test_resume_after_shorter_run_equals_uninterrupted_run(make, tmp_path: Path)
     _assert_same_tree(full.learner.state_dict(), resumed.learner.state_dict())
 
 
+def test_elapsed_time_counts_the_whole_run_across_resumes(make, tmp_path: Path, monkeypatch) -> None:
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(train_module.time, "time", lambda: clock["now"])
+
+    def tick(output: MetaOutput) -> MetaOutput:
+        clock["now"] += 10.0  # every step takes 10 s of the fake clock
+        return output
+
+    config = make(tmp_path / "b", steps=4)
+    _fail_at_call(monkeypatch, _learner_class(config), 1, tick)
+    train(config, progress=False)
+    clock["now"] += 3600.0  # an hour passes between the two processes: not training time
+    train(make(tmp_path / "b"), resume=True, progress=False)
+    elapsed = [r["elapsed_s"] for r in read_metrics(tmp_path / "b" / "metrics.jsonl") if "elapsed_s" in r]
+    assert elapsed[-1] == pytest.approx(80.0)  # 8 steps of 10 s, the hour between them left out
+    assert elapsed == sorted(elapsed)
+
+
 @pytest.mark.parametrize("interrupt_at", [5, 7])
 def test_keyboard_interrupt_saves_last_and_resume_matches(
     make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interrupt_at: int

@@ -52,11 +52,14 @@ def _append_metrics(path: Path, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop records written after the checkpoint so the file matches an uninterrupted run."""
-    if path.is_file():
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in kept))
+def _truncate_metrics(path: Path, step: int) -> float:
+    """On resume, drop records written after the checkpoint so the file matches an uninterrupted run.
+    Returns the last training time recorded up to ``step`` (for checkpoints that do not store it)."""
+    if not path.is_file():
+        return 0.0
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+    return max((json.loads(line).get("elapsed_s", 0.0) for line in kept), default=0.0)
 
 
 def outer_optimizer(
@@ -93,6 +96,7 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> TrainR
     learner = build_algorithm(config).to(device)
     optimizer, scheduler = outer_optimizer(learner, config)
     step, best_val = 0, None
+    elapsed_before = 0.0  # training time of the run before this process resumed it
     # Training loss/score summed since the last metrics record; checkpointed so that a resumed run
     # writes the same records as an uninterrupted one.
     window = {"loss": 0.0, "score": 0.0, "n": 0}
@@ -109,7 +113,8 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> TrainR
         window = dict(state.get("window", window))
         if config.strategy == "auto" and state.get("strategy") in ("loop", "vmap"):
             learner.strategy = state["strategy"]  # keep the measured choice: resume stays exact
-        _truncate_metrics(metrics_path, step)
+        recorded = _truncate_metrics(metrics_path, step)
+        elapsed_before = state.get("elapsed_s", recorded)
     else:
         metrics_path.unlink(missing_ok=True)
     if getattr(learner, "strategy", None) == "auto":
@@ -134,6 +139,7 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> TrainR
             "torch_rng": torch.get_rng_state(),
             "window": dict(window),
             "strategy": getattr(learner, "strategy", None),
+            "elapsed_s": time.time() - started,
         }
 
     val_tasks_seed = config.seed + VAL_SEED_OFFSET
@@ -141,7 +147,7 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> TrainR
     # Random states and buffers (batch-norm statistics) before the step in progress, to redo it after an
     # interrupt; parameters and optimiser state only change in optimizer.step().
     step_start = None
-    started = time.time()
+    started = time.time() - elapsed_before  # elapsed_s counts the whole run across resumes
     bar = tqdm(
         total=config.steps,
         initial=step,
