@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from common import RESULTS, ROOT, machine, save_figure, write_json
 
 from fastadapt.datasets import resolve_data_dir
 from fastadapt.datasets.omniglot import load_omniglot
@@ -41,7 +40,6 @@ from fastadapt.learned_optim import (
     tune_learning_rate,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
 GRID = [1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0]
 HORIZON = 100
 
@@ -110,10 +108,7 @@ def plot(panels: list[tuple[str, dict]], path: Path, horizon: int) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def main() -> None:
@@ -130,8 +125,7 @@ def main() -> None:
     record: dict = {
         "args": vars(args),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads",
+        "machine": machine(),
     }
     started = time.time()
 
@@ -205,11 +199,8 @@ def main() -> None:
         HORIZON,
     )
     record["total_wall_s"] = round(time.time() - started, 1)
-    path = ROOT / "bench" / "results" / "learned_optimizer.json"
-    path.parent.mkdir(exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(path)
+    path = RESULTS / "learned_optimizer.json"
+    write_json(path, record, indent=1)
     print(f"wrote {path} in {record['total_wall_s']} s")
 
 

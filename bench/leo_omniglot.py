@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import subprocess
 import time
@@ -31,14 +29,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import RESULTS, ROOT, machine, save_figure, write_json
 
 from fastadapt.config import make_config
 from fastadapt.datasets import load_splits, task_source
 from fastadapt.evaluate import TEST_SEED_OFFSET, load_learner, mean_ci95
 from fastadapt.train import VAL_SEED_OFFSET
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results" / "leo_omniglot.json"
+RECORD = RESULTS / "leo_omniglot.json"
 PNG = ROOT / "docs" / "leo_latent_codes.png"
 
 
@@ -180,10 +178,7 @@ def plot_latent_codes(checkpoint: Path, png: Path, tasks: int = 4) -> None:
         fontsize=10,
     )
     fig.tight_layout()
-    tmp = png.with_name(f".{png.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(png)
+    save_figure(fig, png)
 
 
 def main() -> None:
@@ -199,8 +194,7 @@ def main() -> None:
     started = time.time()
     record: dict = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU, torch {torch.__version__} CPU, "
-        "shared with other runs",
+        "machine": machine(),
     }
 
     pre, emb = work / "pretrain", work / "embeddings"
@@ -222,7 +216,7 @@ def main() -> None:
     for shots in (int(s) for s in args.shots.split(",") if s):
         full = leo_run(work, emb, f"leo_5w{shots}s", shots, args.steps, lr)
         record["leo"][f"5w{shots}s"] = full
-        RESULTS.write_text(json.dumps(record, indent=2) + "\n")
+        write_json(RECORD, record)
     for shots in (int(s) for s in args.ablation_shots.split(",") if s):
         key = f"5w{shots}s"
         record["ablation"][key] = {
@@ -236,12 +230,11 @@ def main() -> None:
             "logistic regression on support embeddings": logistic_regression_baseline(emb, shots),
             "nearest class mean (no training, for reference)": nearest_centroid_baseline(emb, shots),
         }
-        RESULTS.write_text(json.dumps(record, indent=2) + "\n")
+        write_json(RECORD, record)
     plot_latent_codes(Path(record["leo"]["5w1s"]["checkpoint"]), PNG)
     record["png"] = str(PNG.relative_to(ROOT))
     record["bench_wall_s"] = round(time.time() - started, 1)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(RECORD, record)
     print(json.dumps(record, indent=2))
 
 

@@ -15,8 +15,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from common import ROOT, save_figure  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 SETTINGS = [(5, 1), (5, 5), (20, 1), (20, 5)]
 #: Published Omniglot accuracies (%), for comparison only: Snell et al. 2017, Vinyals et al. 2016, Sung et al. 2018.
@@ -79,7 +79,7 @@ def main() -> None:
     fig.suptitle("Metric-based methods on Omniglot (Vinyals split), CPU budgets of <= 45 min per run")
     fig.tight_layout()
     target = ROOT / "docs" / "metric_family_omniglot.png"
-    fig.savefig(target, dpi=110)
+    save_figure(fig, target)
     print(f"wrote {target.relative_to(ROOT)}")
 
 

@@ -10,9 +10,8 @@ the record keeps that command beside the result so docs/RESULTS.md can cite it.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import RESULTS, ROOT, write_json
 
 
 def main() -> None:
@@ -25,8 +24,8 @@ def main() -> None:
             f"--shots {result['shots']} --quiet --out {out}"
         )
         records.append({"run": run, "command": command, "eval": result})
-    target = ROOT / "bench" / "results" / "evals.json"
-    target.write_text(json.dumps(records, indent=2) + "\n")
+    target = RESULTS / "evals.json"
+    write_json(target, records)
     print(f"{len(records)} evaluations -> {target.relative_to(ROOT)}")
 
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from common import RESULTS, ROOT, machine, save_figure, write_json
 
 from fastadapt.algorithms import MAML
 from fastadapt.config import make_config
@@ -36,7 +35,6 @@ from fastadapt.nets import MLP
 from fastadapt.tasks.episodes import TaskBatch
 from fastadapt.train import train
 
-ROOT = Path(__file__).resolve().parents[1]
 SHOTS, STEPS = (5, 10, 20), (0, 1, 10)
 
 
@@ -97,8 +95,7 @@ def plot_fits(maml: MAML, baseline: MAML, path: Path, seed: int) -> None:
             ax.set_ylim(-5.5, 5.5)
     axes[0, 0].legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def plot_mse(results: dict, path: Path) -> None:
@@ -113,8 +110,7 @@ def plot_mse(results: dict, path: Path) -> None:
     axes[0].set_ylabel("query MSE (600 tasks, 95% CI)")
     axes[0].legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def main() -> None:
@@ -153,16 +149,14 @@ def main() -> None:
         "name": "sinusoid_maml",
         "command": f"python bench/sinusoid_maml.py --steps {args.steps} --strategy {args.strategy} --out {args.out}",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads",
+        "machine": machine(),
         "maml_train_wall_s": round(maml_seconds, 1),
         "baseline_train_wall_s": round(baseline_seconds, 1),
         "test_tasks": args.episodes,
         "query_points": 100,
         "mse": results,  # shots -> steps -> [mean, ci95]
     }
-    (ROOT / "bench" / "results").mkdir(exist_ok=True)
-    (ROOT / "bench" / "results" / "sinusoid_maml.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_json(RESULTS / "sinusoid_maml.json", record)
     print(json.dumps(record, indent=2))
 
 

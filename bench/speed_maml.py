@@ -44,10 +44,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import ROOT, save_figure, write_json
 from torch import nn
 from torch.func import functional_call
 
-ROOT = Path(__file__).resolve().parents[1]
 WAYS, SHOTS, META_BATCH, INNER_LR, OUTER_LR = 5, 1, 32, 0.4, 1e-3
 WORKLOADS = {"stride": 1, "pool": 15}  # queries per class
 IMPLEMENTATIONS = ("fastadapt-auto", "fastadapt-loop", "fastadapt-vmap", "learn2learn", "higher", "torchopt", "plain")
@@ -390,8 +390,7 @@ def plot(results, path: Path) -> None:
     axes[0].set_ylabel("seconds per meta-training step (median)")
     fig.suptitle("One MAML meta-training step, 32 tasks 5-way 1-shot 28x28 (lower is better)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:
@@ -448,8 +447,7 @@ def main() -> None:
 def write_outputs(record, out: Path, plot_path: Path) -> None:
     results = record["results"]
     table, memory = markdown_table(results), memory_table(results)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(out, record)
     out.with_suffix(".md").write_text(
         "Median seconds per meta-training step\n\n" + table + "\n\nVmHWM (MiB)\n\n" + memory + "\n"
     )

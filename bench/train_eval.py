@@ -9,8 +9,6 @@ the eval.json of the run; docs/RESULTS.md is written from these files.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -18,7 +16,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
+from common import RESULTS, machine, write_json
 
 
 def main() -> None:
@@ -33,15 +31,12 @@ def main() -> None:
         "name": name,
         "command": shlex.join(command),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads",
+        "machine": machine(),
         "train_wall_s": max(r.get("elapsed_s", 0) for r in metrics),
         "total_wall_s": round(total, 1),
         "eval": json.loads((out_dir / "eval.json").read_text()),
     }
-    results = Path(__file__).parent / "results"
-    results.mkdir(exist_ok=True)
-    (results / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_json(RESULTS / f"{name}.json", record)
     print(json.dumps(record, indent=2))
 
 
