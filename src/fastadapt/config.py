@@ -10,9 +10,26 @@ from fastadapt.errors import ConfigError
 
 
 @dataclass
-class Config:
-    algorithm: str = "protonet"
+class DataOptions:
+    """Which images a run reads, with which seed, on which device: shared by meta-training (:class:`Config`)
+    and pre-training (:class:`PretrainConfig`)."""
+
     dataset: str = "omniglot"
+    split: str = "vinyals"
+    image_size: int = 28
+    channels: int = 1
+    data_dir: str | None = None
+    seed: int = 0
+    device: str = "cpu"
+
+    def data_options(self) -> dict[str, Any]:
+        """The :class:`DataOptions` fields of this configuration, as keyword arguments."""
+        return {f.name: getattr(self, f.name) for f in fields(DataOptions)}
+
+
+@dataclass
+class Config(DataOptions):
+    algorithm: str = "protonet"
     # Test-time episode shape; training uses train_ways (default: ways) and query.
     ways: int = 5
     shots: int = 1
@@ -71,13 +88,6 @@ class Config:
     leo_orthogonality_penalty: float = 1e-3
     leo_grad_clip: float = 0.1
     network: str = "conv4"
-    # Data.
-    split: str = "vinyals"
-    image_size: int = 28
-    channels: int = 1
-    data_dir: str | None = None
-    seed: int = 0
-    device: str = "cpu"
     out: str = "runs/latest"
 
     @property
@@ -333,10 +343,9 @@ def validate_leo(config: Config) -> None:
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(DataOptions):
     """``fastadapt pretrain``: plain classification of the meta-training classes (LEO's first stage)."""
 
-    dataset: str = "omniglot"
     # conv4 / conv4-32 / resnet12; None: resnet12 for images of 64 pixels or more, conv4 below.
     network: str | None = None
     epochs: int = 10
@@ -345,10 +354,4 @@ class PretrainConfig:
     weight_decay: float = 5e-4
     # Nearest-centroid 5-way 1-shot episodes on the validation classes after each epoch (keeps the best).
     val_episodes: int = 300
-    split: str = "vinyals"
-    image_size: int = 28
-    channels: int = 1
-    data_dir: str | None = None
-    seed: int = 0
-    device: str = "cpu"
     out: str = "runs/pretrain"

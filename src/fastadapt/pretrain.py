@@ -43,16 +43,8 @@ def default_network(config: PretrainConfig) -> str:
 
 def _data_config(config: PretrainConfig) -> Config:
     """The parts of a run configuration that say which images to load."""
-    return Config(
-        algorithm="protonet",  # running batch-norm statistics, as for any plain classifier
-        dataset=config.dataset,
-        network=default_network(config),
-        split=config.split,
-        image_size=config.image_size,
-        channels=config.channels,
-        data_dir=config.data_dir,
-        seed=config.seed,
-    )
+    # protonet: running batch-norm statistics, as for any plain classifier
+    return Config(algorithm="protonet", network=default_network(config), **config.data_options())
 
 
 def validate_pretrain(config: PretrainConfig) -> None:
