@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--strategy",
         help="inner loops as a per-task 'loop', 'vmap' across tasks, or 'auto' (default: time both, keep the faster)",
     )
+    o.add_argument(
+        "--vmap-chunk",
+        type=int,
+        help="with vmap: N tasks per vectorised call, each chunk backpropagated before the next "
+        "(less memory, the same meta-gradient; default 8; 0: the whole meta-batch at once)",
+    )
     m = t.add_argument_group("MAML++ switches (Antoniou et al. 2019; --algorithm maml++ turns them all on)")
     switch = dict(action=argparse.BooleanOptionalAction, default=None)
     m.add_argument("--multi-step-loss", **switch, help="meta-loss on the query set after every inner step (MSL)")

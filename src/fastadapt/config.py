@@ -53,6 +53,8 @@ class Config(DataOptions):
     first_order_steps: int = 0
     # Inner loops per task ("loop"), vectorised ("vmap"), or the faster of the two measured at the start.
     strategy: str = "auto"
+    # With vmap: tasks per vectorised call, each chunk backpropagated before the next (0: all at once).
+    vmap_chunk: int = 8
     # Reptile's own inner optimiser, and mini-batches of the support set (None: the whole set).
     inner_optimizer: str = "sgd"
     inner_batch_size: int | None = None
@@ -115,7 +117,9 @@ OUTER_OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("step", "linear", "cosine")
 
 #: Settings that may differ between a checkpoint and the run resuming it.
-RUN_ONLY_FIELDS = frozenset({"steps", "out", "device", "data_dir", "test_episodes", "strategy", "val_every", "compile"})
+RUN_ONLY_FIELDS = frozenset(
+    {"steps", "out", "device", "data_dir", "test_episodes", "strategy", "vmap_chunk", "val_every", "compile"}
+)
 
 # fmt: off
 PRESETS: dict[tuple[str, str], dict[str, Any]] = {

@@ -1,3 +1,4 @@
+import pytest
 import torch
 from helpers import sinusoid_mse_before_and_after
 
@@ -23,15 +24,18 @@ def test_adaptation_lowers_support_loss_and_more_steps_fit_better():
     assert mse[0] > mse[1] > mse[2]
 
 
-def test_meta_backward_gives_the_meta_gradient_task_by_task():
-    """The per-task backward of the loop strategy equals one backward of the mean meta-loss, for
-    second-order MAML and Meta-SGD (whose inner rates are parameters too), and returns the same loss."""
+@pytest.mark.parametrize("strategy, vmap_chunk", [("loop", 8), ("vmap", 3), ("vmap", 2), ("vmap", 0)])
+def test_meta_backward_gives_the_meta_gradient_task_by_task(strategy, vmap_chunk):
+    """The per-task backward of the loop strategy, and vmap run chunk by chunk (3 + 1 and 2 + 2 tasks) or
+    all at once (0), equal one backward of the mean meta-loss, for second-order MAML and Meta-SGD (whose inner rates are
+    parameters too), and return the same loss."""
     from fastadapt.algorithms import MetaSGD
 
     batch = SinusoidTasks(shots=5, query=5, seed=3).sample(4).to(torch.float64)
     for cls in (MAML, MetaSGD):
         torch.manual_seed(0)
-        learner = cls(MLP(1, (8, 8), 1).double(), inner_lr=0.05, inner_steps=2, strategy="loop")
+        model = MLP(1, (8, 8), 1).double()
+        learner = cls(model, inner_lr=0.05, inner_steps=2, strategy=strategy, vmap_chunk=vmap_chunk)
         loss = learner.meta_loss(batch).loss
         expected = torch.autograd.grad(loss, list(learner.parameters()))
         learner.zero_grad()
@@ -40,3 +44,10 @@ def test_meta_backward_gives_the_meta_gradient_task_by_task():
         assert not output.loss.requires_grad and output.predictions.shape == (4, 5, 1)
         for p, g in zip(learner.parameters(), expected):
             torch.testing.assert_close(p.grad, g)
+
+
+def test_vmap_chunk_must_not_be_negative():
+    from fastadapt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--vmap-chunk"):
+        MAML(MLP(1, (8,), 1), strategy="vmap", vmap_chunk=-1)

@@ -136,7 +136,7 @@ def build_algorithm(config: Config) -> MetaLearner:
         if config.algorithm == "anil":
             # Conv4/Conv4Stride call their classifier "head"; an MLP is an nn.Sequential ending in it.
             head = f"{len(model) - 1}." if config.network == "mlp" else "head."
-            return ANIL(model, first_order=config.first_order, head=head, **common)
+            return ANIL(model, first_order=config.first_order, head=head, vmap_chunk=config.vmap_chunk, **common)
         if config.algorithm in ("maml", "maml++"):
             return MAML(
                 model,
@@ -146,9 +146,12 @@ def build_algorithm(config: Config) -> MetaLearner:
                 per_step_lr=config.per_step_lr,
                 per_step_bn=config.per_step_bn,
                 first_order_steps=config.first_order_steps,
+                vmap_chunk=config.vmap_chunk,
                 **common,
             )
-        return ALGORITHMS[config.algorithm](model, first_order=config.first_order, **common)
+        return ALGORITHMS[config.algorithm](
+            model, first_order=config.first_order, vmap_chunk=config.vmap_chunk, **common
+        )
     raise KeyError(config.algorithm)
 
 

@@ -45,11 +45,15 @@ class TaskBatch:
 
     def task(self, index: int) -> TaskBatch:
         """One episode of the batch, keeping a task dimension of size 1."""
+        return self.tasks(index, index + 1)
+
+    def tasks(self, start: int, stop: int) -> TaskBatch:
+        """Episodes ``start`` to ``stop - 1`` of the batch (views, no copy)."""
         return TaskBatch(
-            self.support_x[index : index + 1],
-            self.support_y[index : index + 1],
-            self.query_x[index : index + 1],
-            self.query_y[index : index + 1],
+            self.support_x[start:stop],
+            self.support_y[start:stop],
+            self.query_x[start:stop],
+            self.query_y[start:stop],
             self.ways,
         )
 

@@ -97,6 +97,7 @@ class MAML(MetaLearner):
         per_step_lr: bool = False,
         per_step_bn: bool = False,
         first_order_steps: int = 0,
+        vmap_chunk: int = 8,
     ) -> None:
         super().__init__()
         self.model = model
@@ -105,6 +106,12 @@ class MAML(MetaLearner):
         self.first_order = first_order
         self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
         self.strategy = strategy
+        #: With vmap, tasks per vectorised call (0: all); each chunk is backpropagated before the next, so
+        #: peak memory is one chunk's graph. 8 measured as fast as the whole meta-batch of 32 on Omniglot
+        #: (docs/RESULTS.md, speed section) at 0.66x its memory.
+        self.vmap_chunk = vmap_chunk
+        if vmap_chunk < 0:
+            raise ConfigError(f"--vmap-chunk must be a number of tasks >= 0 (0: all at once), not {vmap_chunk}.")
         self.multi_step_loss = multi_step_loss
         self.multi_step_loss_steps = multi_step_loss_steps
         self.per_step_lr = per_step_lr
@@ -230,17 +237,20 @@ class MAML(MetaLearner):
         return MetaOutput(query_losses.mean(), predictions)  # eq. (3): mean over the meta-batch
 
     def meta_backward(self, batch: TaskBatch) -> MetaOutput:
-        if self.strategy == "vmap" or batch.num_tasks == 1:
+        chunk = (self.vmap_chunk or batch.num_tasks) if self.strategy == "vmap" else 1
+        if chunk >= batch.num_tasks:
             return super().meta_backward(batch)
-        # The meta-loss is a mean over tasks, so with a per-task loop each task's graph (its inner loop
-        # and second-order terms) can be freed after its own backward pass: peak memory of one task.
-        losses, predictions = [], []
-        for index in range(batch.num_tasks):
-            output = self.meta_loss(batch.task(index))
-            (output.loss / batch.num_tasks).backward()
-            losses.append(output.loss.detach())
+        # The meta-loss is a mean over tasks, so each chunk's graph (its inner loops and second-order
+        # terms) can be freed after its own backward pass: peak memory of one chunk (one task for loop).
+        total, predictions = 0.0, []
+        for start in range(0, batch.num_tasks, chunk):
+            part = batch.tasks(start, start + chunk)
+            output = self.meta_loss(part)
+            weight = part.num_tasks / batch.num_tasks
+            (output.loss * weight).backward()
+            total = total + output.loss.detach() * weight
             predictions.append(output.predictions.detach())
-        return MetaOutput(torch.stack(losses).mean(), torch.cat(predictions))
+        return MetaOutput(total, torch.cat(predictions))
 
     def predict(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
         steps = self.eval_inner_steps if steps is None else steps
