@@ -135,3 +135,19 @@ def test_mlp_problems_on_an_image_split():
     assert losses.shape == (21, 2) and (losses[-1] < losses[0]).all()
     with pytest.raises(DataError, match="needs 20 classes"):
         OmniglotMLPs(split, classes=20)
+
+
+@pytest.mark.parametrize("activation, layer", [("sigmoid", nn.Sigmoid), ("relu", nn.ReLU)])
+def test_mlp_problem_loss_is_that_of_the_same_network_as_modules(activation, layer):
+    rng = np.random.default_rng(1)
+    images = torch.from_numpy(rng.integers(0, 256, (10 * 3, 1, 4, 4), dtype=np.uint8))
+    split = ClassSplit("train", images, [np.arange(c * 3, (c + 1) * 3) for c in range(10)], [str(c) for c in range(10)])
+    problem = OmniglotMLPs(split, hidden=5, activation=activation).sample(1, torch.Generator().manual_seed(0))
+    w1, b1, w2, b2 = (t[0] for t in problem.unpack(problem.initial))
+    net = nn.Sequential(nn.Linear(16, 5), layer(), nn.Linear(5, 10))
+    with torch.no_grad():
+        net[0].weight.copy_(w1.T), net[0].bias.copy_(b1[0]), net[2].weight.copy_(w2.T), net[2].bias.copy_(b2[0])
+    expected = nn.functional.cross_entropy(net(problem.x[0]), problem.y[0])
+    torch.testing.assert_close(problem.loss(problem.initial)[0], expected)
+    with pytest.raises(ValueError, match="activation"):
+        OmniglotMLPs(split, activation="tanh")

@@ -55,12 +55,13 @@ class Quadratics:
 
 @dataclass
 class MLPBatch(ProblemBatch):
-    """Cross-entropy of a one-hidden-layer sigmoid MLP on its own 10-class image task (full batch)."""
+    """Cross-entropy of a one-hidden-layer MLP (sigmoid, or ReLU) on its own 10-class image task (full batch)."""
 
     x: Tensor = None  # (B, N, D)
     y: Tensor = None  # (B, N)
     hidden: int = 20
     classes: int = 10
+    activation: str = "sigmoid"
 
     def unpack(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         B, D, H, C = params.shape[0], self.x.shape[-1], self.hidden, self.classes
@@ -70,19 +71,23 @@ class MLPBatch(ProblemBatch):
 
     def loss(self, params: Tensor) -> Tensor:
         w1, b1, w2, b2 = self.unpack(params)
-        logits = torch.baddbmm(b2, torch.sigmoid(torch.baddbmm(b1, self.x, w1)), w2)
+        nonlinearity = torch.sigmoid if self.activation == "sigmoid" else torch.relu
+        logits = torch.baddbmm(b2, nonlinearity(torch.baddbmm(b1, self.x, w1)), w2)
         per_example = F.cross_entropy(logits.flatten(0, 1), self.y.flatten(), reduction="none")
         return per_example.view(self.y.shape).mean(-1)
 
 
 class OmniglotMLPs:
     """A small MLP classifier per problem, on ``classes`` classes drawn from a class split (Omniglot's
-    training characters): every image of those classes, flattened; initialised like ``nn.Linear``."""
+    training characters): every image of those classes, flattened; initialised like ``nn.Linear``.
+    ``activation`` is "sigmoid" (the paper's MNIST network) or "relu" (its generalisation test)."""
 
-    def __init__(self, split: ClassSplit, hidden: int = 20, classes: int = 10) -> None:
+    def __init__(self, split: ClassSplit, hidden: int = 20, classes: int = 10, activation: str = "sigmoid") -> None:
         if split.num_classes < classes:
             raise DataError(f"an MLP problem needs {classes} classes; the {split.name} split has {split.num_classes}.")
-        self.split, self.hidden, self.classes = split, hidden, classes
+        if activation not in ("sigmoid", "relu"):
+            raise ValueError(f"activation must be 'sigmoid' or 'relu', not {activation!r}")
+        self.split, self.hidden, self.classes, self.activation = split, hidden, classes, activation
         self.per_class = split.min_examples_per_class
         self.in_features = int(np.prod(split.images.shape[1:]))
 
@@ -105,4 +110,5 @@ class OmniglotMLPs:
             return (torch.rand(batch, n, generator=generator) * 2 - 1) / fan_in**0.5
 
         initial = torch.cat([uniform(D * H, D), uniform(H, D), uniform(H * C, H), uniform(C, H)], dim=1)
-        return MLPBatch(initial, f"MLP {D}-{H}-{C}", torch.stack(xs), torch.stack(ys), H, C)
+        name = f"MLP {D}-{H}-{C} ({self.activation})"
+        return MLPBatch(initial, name, torch.stack(xs), torch.stack(ys), H, C, self.activation)
