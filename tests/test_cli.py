@@ -366,3 +366,27 @@ def test_missing_checkpoint_for_eval(tmp_path: Path, capsys) -> None:
 
 def test_unknown_download(capsys) -> None:
     assert "omniglot" in run_error(capsys, ["download", "imagenet"])
+
+
+@pytest.mark.parametrize(
+    "algorithm, extra",
+    [
+        ("protonet", []),
+        ("matching", []),
+        ("matching", ["--fce"]),
+        ("relation", ["--image-size", "28"]),  # the relation module needs at least 22 pixels
+        ("maml", ["--meta-batch-size", "2"]),
+        ("anil", ["--meta-batch-size", "2"]),
+        ("metasgd", ["--meta-batch-size", "2"]),
+        ("reptile", ["--meta-batch-size", "2", "--train-shots", "1"]),
+    ],
+)
+def test_every_image_method_trains_and_evaluates_from_the_cli(folder: Path, tmp_path: Path, capsys, algorithm, extra):
+    argv = protonet_args(folder, tmp_path / "run", "--quiet", *extra)
+    argv[argv.index("protonet")] = algorithm
+    stdout = run_ok(capsys, argv)
+    assert "trained 4 steps" in stdout
+    result = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert ACCURACY_KEYS <= set(result) and result["algorithm"] == algorithm and result["episodes"] == 6
+    assert 0.0 <= result["accuracy_mean"] <= 1.0
+    run_ok(capsys, ["eval", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--episodes", "3", "--quiet"])
