@@ -138,8 +138,8 @@ def fastadapt_step_fn(model, variant, steps, first_order, batch):
     from fastadapt.strategy import choose_strategy
 
     strategy, _, whole = variant.partition("-")  # "vmap-all": the whole meta-batch in one vectorised call
-    chunk = 0 if whole == "all" else MAML.__init__.__kwdefaults__["vmap_chunk"]
-    learner = MAML(model, INNER_LR, steps, first_order=first_order, strategy=strategy, vmap_chunk=chunk)
+    chunking = {"vmap_chunk": 0} if whole == "all" else {}  # otherwise MAML's default chunk size
+    learner = MAML(model, INNER_LR, steps, first_order=first_order, strategy=strategy, **chunking)
     info = choose_strategy(learner, batch) if strategy == "auto" else {}
     return learner.meta_backward, info  # what `fastadapt train` calls (per-task backward for loop)
 

@@ -133,25 +133,23 @@ def build_algorithm(config: Config) -> MetaLearner:
                 eval_inner_batch_size=config.eval_inner_batch_size,
                 **common,
             )
+        # MAML and the methods built on it (ANIL, Meta-SGD) share these settings.
+        maml_family = dict(common, first_order=config.first_order, vmap_chunk=config.vmap_chunk)
         if config.algorithm == "anil":
             # Conv4/Conv4Stride call their classifier "head"; an MLP is an nn.Sequential ending in it.
             head = f"{len(model) - 1}." if config.network == "mlp" else "head."
-            return ANIL(model, first_order=config.first_order, head=head, vmap_chunk=config.vmap_chunk, **common)
+            return ANIL(model, head=head, **maml_family)
         if config.algorithm in ("maml", "maml++"):
             return MAML(
                 model,
-                first_order=config.first_order,
                 multi_step_loss=config.multi_step_loss,
                 multi_step_loss_steps=config.multi_step_loss_steps,
                 per_step_lr=config.per_step_lr,
                 per_step_bn=config.per_step_bn,
                 first_order_steps=config.first_order_steps,
-                vmap_chunk=config.vmap_chunk,
-                **common,
+                **maml_family,
             )
-        return ALGORITHMS[config.algorithm](
-            model, first_order=config.first_order, vmap_chunk=config.vmap_chunk, **common
-        )
+        return ALGORITHMS[config.algorithm](model, **maml_family)
     raise KeyError(config.algorithm)
 
 
