@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -324,3 +325,33 @@ def test_foreign_file_is_not_a_checkpoint(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "other.pt")
     with pytest.raises(DataError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_init_from_starts_from_another_runs_weights(tmp_path: Path) -> None:
+    source = train(maml_config(tmp_path / "stage1", steps=4), progress=False)
+    # With a zero outer learning rate the second stage never moves: its weights are stage 1's.
+    stage2 = maml_config(tmp_path / "stage2", init_from=str(tmp_path / "stage1" / "last.pt"))
+    result = train(replace(stage2, outer_optimizer="sgd", lr=0.0, steps=2, val_every=2), progress=False)
+    _assert_same_tree(source.learner.state_dict(), result.learner.state_dict())
+    # A fresh optimiser and schedule: the step count starts again from 0.
+    assert result.step == 2
+    fresh = train(
+        replace(maml_config(tmp_path / "fresh"), outer_optimizer="sgd", lr=0.0, steps=2, val_every=2), progress=False
+    )
+    assert not torch.equal(
+        next(iter(fresh.learner.state_dict().values())), next(iter(result.learner.state_dict().values()))
+    )
+
+
+def test_init_from_another_method_or_shape_is_config_error(image_folder: Path, tmp_path: Path) -> None:
+    train(protonet_config(image_folder, tmp_path / "protonet", steps=2, val_every=2), progress=False)
+    with pytest.raises(ConfigError, match="protonet model, not maml"):
+        train(maml_config(tmp_path / "a", init_from=str(tmp_path / "protonet" / "last.pt")), progress=False)
+    train(maml_config(tmp_path / "maml", steps=2, val_every=2), progress=False)
+    with pytest.raises(ConfigError, match="does not fit"):
+        train(
+            maml_config(tmp_path / "b", per_step_lr=True, init_from=str(tmp_path / "maml" / "last.pt")),
+            progress=False,
+        )
+    with pytest.raises(DataError, match="not found"):
+        train(maml_config(tmp_path / "c", init_from=str(tmp_path / "missing.pt")), progress=False)

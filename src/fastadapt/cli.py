@@ -151,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--val-episodes", type=int, help="validation episodes (default 200)")
     r.add_argument("--test-episodes", type=int, help="meta-test episodes after training (default 600)")
     r.add_argument("--resume", action="store_true", help="continue from <out>/last.pt exactly where it stopped")
+    r.add_argument(
+        "--init-from",
+        help="start from the model weights of this checkpoint (fresh optimiser and schedule), e.g. a second "
+        "stage at a lower --lr after a run has plateaued; the model's settings must match",
+    )
     _add_common(t)
 
     e = sub.add_parser("eval", help="meta-test a checkpoint: accuracy mean and 95%% CI over >= 600 episodes")

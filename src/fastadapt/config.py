@@ -90,6 +90,9 @@ class Config(DataOptions):
     leo_orthogonality_penalty: float = 1e-3
     leo_grad_clip: float = 0.1
     network: str = "conv4"
+    # Start from the model weights of another run's checkpoint (a fresh optimiser and schedule): a second,
+    # lower-learning-rate stage after a run has plateaued, or fine-tuning a meta-learner on new data.
+    init_from: str = ""
     out: str = "runs/latest"
 
     @property

@@ -25,7 +25,7 @@ from fastadapt.algorithms import MetaLearner, build_algorithm, per_task_score
 from fastadapt.checkpoint import load_checkpoint, save_checkpoint
 from fastadapt.config import Config
 from fastadapt.datasets import DATASETS, load_splits, task_source
-from fastadapt.errors import TrainingDiverged
+from fastadapt.errors import ConfigError, TrainingDiverged
 from fastadapt.evaluate import evaluate, mean_ci95
 from fastadapt.strategy import choose_strategy
 
@@ -60,6 +60,25 @@ def _truncate_metrics(path: Path, step: int) -> float:
     kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
     path.write_text("".join(line + "\n" for line in kept))
     return max((json.loads(line).get("elapsed_s", 0.0) for line in kept), default=0.0)
+
+
+def _load_initial_weights(learner: torch.nn.Module, config: Config) -> None:
+    """Copy the model weights of ``config.init_from`` into ``learner``; refuse another method or shape."""
+    state = load_checkpoint(Path(config.init_from))
+    source = Config.from_dict(state["config"])
+    if source.algorithm != config.algorithm:
+        raise ConfigError(
+            f"--init-from {config.init_from} holds a {source.algorithm} model, not {config.algorithm}; "
+            f"pass a checkpoint of the same method."
+        )
+    try:
+        learner.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        first_line = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        raise ConfigError(
+            f"--init-from {config.init_from}: its model does not fit this configuration ({first_line}); "
+            f"use the network, ways and method settings it was trained with."
+        ) from exc
 
 
 def outer_optimizer(
@@ -117,6 +136,8 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> TrainR
         elapsed_before = state.get("elapsed_s", recorded)
     else:
         metrics_path.unlink(missing_ok=True)
+        if config.init_from:
+            _load_initial_weights(learner, config)
     if getattr(learner, "strategy", None) == "auto":
         # Measure on the first training batch, then rewind the sampler so training draws it again.
         sampler_state = train_tasks.state_dict()
