@@ -44,3 +44,18 @@ def save_figure(fig, path: Path, dpi: int = 110) -> None:
 
     _replace(path, lambda tmp: fig.savefig(tmp, dpi=dpi))
     plt.close(fig)
+
+
+def validation_curve(metrics_path: Path) -> dict[str, list[float]]:
+    """A run's validation accuracy from its ``metrics.jsonl``: ``step``, ``minutes`` of training (validation
+    rows carry no time, so the last training row's) and ``accuracy`` in %."""
+    curve: dict[str, list[float]] = {"step": [], "minutes": [], "accuracy": []}
+    clock = 0.0
+    for line in Path(metrics_path).read_text().splitlines():
+        row = json.loads(line) if line else {}
+        clock = row.get("elapsed_s", clock)
+        if "val_acc" in row:
+            curve["step"].append(row["step"])
+            curve["minutes"].append(clock / 60)
+            curve["accuracy"].append(100 * row["val_acc"])
+    return curve
