@@ -20,9 +20,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from common import ROOT, save_figure, validation_curve  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results"
+from common import RESULTS, ROOT, save_figure, validation_curve  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -116,9 +114,10 @@ def plot_accuracy(name: str, family: Family) -> None:
     fig, axes = plt.subplots(
         1, len(family.settings), figsize=(max(3.5 * len(family.settings) + 1, 10), 4.2), squeeze=False
     )
+    best = {method: measured(family, method) for method in family.published}  # read each record once
     for ax, setting in zip(axes[0], family.settings):
         for i, method in enumerate(family.published):
-            got = measured(family, method).get(setting)
+            got = best[method].get(setting)
             published = family.published[method][family.settings.index(setting)]
             if published is not None:
                 ax.bar(i - 0.2, published, 0.4, color="lightgray", edgecolor="gray", hatch="//",

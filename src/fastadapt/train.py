@@ -74,9 +74,10 @@ def _load_initial_weights(learner: torch.nn.Module, config: Config) -> None:
     try:
         learner.load_state_dict(state["model"])
     except RuntimeError as exc:
-        first_line = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        lines = str(exc).splitlines()  # torch: "Error(s) in loading state_dict ...:" then the first mismatch
+        detail = lines[1].strip() if len(lines) > 1 else lines[0]
         raise ConfigError(
-            f"--init-from {config.init_from}: its model does not fit this configuration ({first_line}); "
+            f"--init-from {config.init_from}: its model does not fit this configuration ({detail}); "
             f"use the network, ways and method settings it was trained with."
         ) from exc
 
