@@ -163,6 +163,12 @@ def test_protonet_train_then_eval_on_folder(folder: Path, tmp_path: Path, capsys
     # Without --out, eval.json goes beside the checkpoint.
     run_ok(capsys, ["eval", "--checkpoint", str(out / "last.pt"), "--episodes", "3"])
     assert json.loads((out / "eval.json").read_text())["episodes"] == 3
+    # --split val scores the validation classes into eval_val.json and leaves the test record alone.
+    test_record = (out / "eval.json").read_text()
+    stdout = run_ok(capsys, ["eval", "--checkpoint", str(out / "last.pt"), "--episodes", "4", "--split", "val"])
+    assert "validation classes" in stdout
+    assert json.loads((out / "eval_val.json").read_text())["split"] == "val"
+    assert (out / "eval.json").read_text() == test_record
 
     # --resume of a finished run with more steps continues it.
     stdout = run_ok(capsys, protonet_args(folder, out, "--quiet", "--resume", "--steps", "6"))

@@ -165,6 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--shots", type=int, help="support examples per class (default: as trained)")
     e.add_argument("--eval-query", type=int, help="query examples per class")
     e.add_argument("--eval-inner-steps", type=int, help="inner-loop steps at test time (MAML)")
+    e.add_argument(
+        "--split",
+        choices=("test", "val"),
+        default="test",
+        help="classes to evaluate on (default test); val writes eval_val.json, for choosing test-time settings "
+        "such as --eval-inner-steps without touching the test classes (not after --split vinyals-trainval, "
+        "which trains on the validation classes)",
+    )
     e.add_argument("--out", help="folder for eval.json (default: the checkpoint's folder)")
     _add_common(e)
 
@@ -214,6 +222,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     overrides["out"] = args.out or f"runs/{args.algorithm}-{args.dataset}"
     config = make_config(args.algorithm, args.dataset, **overrides)
     result = train(config, resume=args.resume, progress=not args.quiet)
+    if result.rank != 0:  # under torchrun, rank 0 reports and meta-tests
+        return
     print(f"trained {result.step} steps; best validation score {result.best_val:.4f}; outputs in {result.out}")
     evaluation = evaluate_checkpoint(
         result.out / "best.pt", progress=not args.quiet, data_dir=config.data_dir, device=config.device
@@ -236,6 +246,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         ways=args.ways,
         shots=args.shots,
         eval_inner_steps=args.eval_inner_steps,
+        split=args.split,
     )
     print(format_result(result))
     print(json.dumps(result))

@@ -83,7 +83,7 @@ def format_result(result: dict[str, Any]) -> str:
         return (
             f"{result['algorithm']} {result['dataset']} {result['ways']}-way {result['shots']}-shot: "
             f"accuracy {100 * result['accuracy_mean']:.2f}% ± {100 * result['accuracy_ci95']:.2f}% "
-            f"(95% CI, {result['episodes']} episodes)"
+            f"(95% CI, {result['episodes']} episodes{', validation classes' if result.get('split') == 'val' else ''})"
         )
     return (
         f"{result['algorithm']} {result['dataset']} {result['shots']}-shot: MSE {result['mse_mean']:.4f} "
@@ -115,16 +115,23 @@ def evaluate_checkpoint(
     episodes: int | None = None,
     out: Path | None = None,
     progress: bool = True,
+    split: str = "test",
     **overrides: Any,
 ) -> dict[str, Any]:
-    """Meta-test a checkpoint on the test split; writes ``eval.json`` into ``out`` (default: its folder)."""
+    """Meta-test a checkpoint on the test split; writes ``eval.json`` into ``out`` (default: its folder).
+
+    ``split="val"`` scores the validation classes instead (``eval_val.json``): the place to choose test-time
+    settings such as ``eval_inner_steps`` without looking at the test classes.
+    """
+    if split not in ("val", "test"):
+        raise ConfigError(f"unknown split {split!r} to evaluate on; use 'val' or 'test'.")
     learner, config = load_learner(checkpoint, **overrides)
     episodes = episodes or config.test_episodes
     splits = load_splits(config)
-    source = task_source(config, splits, "test", seed=config.seed + TEST_SEED_OFFSET)
+    source = task_source(config, splits, split, seed=config.seed + TEST_SEED_OFFSET)
     scores = evaluate(learner, source, episodes, config.device, progress=progress)
-    result = summarise(config, scores, checkpoint=str(checkpoint))
+    result = summarise(config, scores, split=split, checkpoint=str(checkpoint))
     out = Path(out) if out else Path(checkpoint).parent
     out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / ("eval.json" if split == "test" else "eval_val.json")).write_text(json.dumps(result, indent=2) + "\n")
     return result

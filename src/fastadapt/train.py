@@ -3,10 +3,9 @@ over meta-batches of episodes, periodic meta-validation keeping the best
 checkpoint, atomic checkpoints, exact resume, NaN guard, metrics file and learning-curve plot.
 
 The loop only sees :meth:`~fastadapt.algorithms.MetaLearner.meta_backward` (the meta-loss and its
-gradient), so every method trains the same way. A meta-batch is one tensor batch of tasks; splitting it
-across torch.distributed ranks means sampling ``meta_batch_size / world_size`` tasks per rank and
-all-reducing the gradients before ``optimizer.step()`` (one seed offset per rank), nothing else here
-changes.
+gradient), so every method trains the same way. Under ``torchrun`` the meta-batch is split across the
+processes (see :mod:`fastadapt.distributed`): each samples ``meta_batch_size / world_size`` tasks and the
+gradients are averaged before ``optimizer.step()``.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from fastadapt import distributed
 from fastadapt.algorithms import MetaLearner, build_algorithm, per_task_score
 from fastadapt.checkpoint import load_checkpoint, save_checkpoint
 from fastadapt.config import Config
@@ -41,6 +41,8 @@ class TrainResult:
     step: int
     best_val: float | None
     out: Path
+    #: this process's rank under torchrun (0 otherwise); only rank 0 writes outputs
+    rank: int = 0
 
 
 def _higher_is_better(config: Config) -> bool:
@@ -103,17 +105,38 @@ def outer_optimizer(
 
 def train(config: Config, resume: bool = False, progress: bool = True) -> TrainResult:
     """Meta-train ``config`` into ``config.out`` (``last.pt``, ``best.pt``, ``metrics.jsonl``,
-    ``learning_curve.png``). With ``resume``, continue from ``last.pt`` exactly where it stopped."""
+    ``learning_curve.png``). With ``resume``, continue from ``last.pt`` exactly where it stopped.
+
+    Launched by ``torchrun`` with several processes, they train one model together (data parallel)."""
+    replicas, device_name = distributed.setup(config.device)
+    try:
+        return _train(config, resume, progress, replicas, torch.device(device_name))
+    finally:
+        distributed.teardown(replicas)
+
+
+def _train(
+    config: Config, resume: bool, progress: bool, replicas: distributed.Replicas, device: torch.device
+) -> TrainResult:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(config.device)
     torch.manual_seed(config.seed)
+    if config.meta_batch_size % replicas.world_size:
+        raise ConfigError(
+            f"--meta-batch-size {config.meta_batch_size} does not split evenly over {replicas.world_size} "
+            f"processes; use a multiple of {replicas.world_size}."
+        )
+    tasks_per_process = config.meta_batch_size // replicas.world_size
+    progress = progress and replicas.is_main
 
     splits = load_splits(config)
-    train_tasks = task_source(config, splits, "train", config.seed)
+    rank_seed = config.seed + replicas.rank * distributed.RANK_SEED_OFFSET
+    train_tasks = task_source(config, splits, "train", rank_seed)
     for part in ("val", "test"):  # fail now, not at the first validation, if their episodes cannot be drawn
         task_source(config, splits, part, config.seed)
     learner = build_algorithm(config).to(device)
+    if replicas.rank > 0:  # same initial weights (built above), own random stream
+        torch.manual_seed(rank_seed)
     optimizer, scheduler = outer_optimizer(learner, config)
     step, best_val = 0, None
     elapsed_before = 0.0  # training time of the run before this process resumed it
@@ -124,11 +147,19 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> TrainR
 
     if resume and (out / "last.pt").is_file():
         state = load_checkpoint(out / "last.pt", expected=config)
+        saved_world = state.get("world_size", 1)
+        if saved_world != replicas.world_size:
+            raise ConfigError(
+                f"{out / 'last.pt'} was trained by {saved_world} process(es) and cannot resume exactly with "
+                f"{replicas.world_size}; resume with the same count (torchrun --nproc-per-node {saved_world}, "
+                f"or plain `fastadapt train` for 1), or start a new run from it with --init-from."
+            )
         learner.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        train_tasks.load_state_dict(state["sampler"])
-        torch.set_rng_state(state["torch_rng"])
+        own = state if replicas.rank == 0 else state["ranks"][replicas.rank - 1]
+        train_tasks.load_state_dict(own["sampler"])
+        torch.set_rng_state(own["torch_rng"])
         step, best_val = state["step"], state["best_val"]
         window = dict(state.get("window", window))
         if config.strategy == "auto" and state.get("strategy") in ("loop", "vmap"):
@@ -136,20 +167,30 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> TrainR
         recorded = _truncate_metrics(metrics_path, step)
         elapsed_before = state.get("elapsed_s", recorded)
     else:
-        metrics_path.unlink(missing_ok=True)
+        if replicas.is_main:
+            metrics_path.unlink(missing_ok=True)
         if config.init_from:
             _load_initial_weights(learner, config)
+    if replicas.enabled:
+        distributed.broadcast_module(learner)
     if getattr(learner, "strategy", None) == "auto":
         # Measure on the first training batch, then rewind the sampler so training draws it again.
         sampler_state = train_tasks.state_dict()
-        probe = train_tasks.sample(config.meta_batch_size).to(device)
+        probe = train_tasks.sample(tasks_per_process).to(device)
         train_tasks.load_state_dict(sampler_state)
         measured = choose_strategy(learner, probe)
+        if replicas.enabled:  # every process follows rank 0's measurement
+            learner.strategy = distributed.broadcast_object(learner.strategy)
         if progress:
             timings = ", ".join(f"{k} {v:.3f}s" for k, v in measured["seconds"].items())
-            print(f"strategy auto: {measured['strategy']} (one training step: {timings})")
+            print(f"strategy auto: {learner.strategy} (one training step: {timings})")
 
     def checkpoint_state() -> dict[str, Any]:
+        """The checkpoint; under torchrun a collective call (it gathers every rank's random state)."""
+        ranks = []
+        if replicas.enabled:
+            own = {"sampler": train_tasks.state_dict(), "torch_rng": torch.get_rng_state()}
+            ranks = distributed.gather_objects(own, replicas.world_size)[1:]
         return {
             "config": config.to_dict(),
             "step": step,
@@ -162,6 +203,8 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> TrainR
             "window": dict(window),
             "strategy": getattr(learner, "strategy", None),
             "elapsed_s": time.time() - started,
+            "world_size": replicas.world_size,
+            "ranks": ranks,
         }
 
     val_tasks_seed = config.seed + VAL_SEED_OFFSET
@@ -186,14 +229,19 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> TrainR
                 torch.get_rng_state(),
                 {k: b.detach().clone() for k, b in learner.named_buffers()},
             )
-            batch = train_tasks.sample(config.meta_batch_size).to(device)
+            batch = train_tasks.sample(tasks_per_process).to(device)
             if hasattr(learner, "training_step"):  # MAML++'s annealing schedules follow the outer step
                 learner.training_step = step
             optimizer.zero_grad(set_to_none=True)
             output = learner.meta_backward(batch)
-            if not torch.isfinite(output.loss):
+            loss = output.loss.item()
+            score = per_task_score(output.predictions.detach(), batch.query_y).mean().item()
+            if replicas.enabled:
+                distributed.average_gradients(list(learner.parameters()), replicas.world_size)
+                loss, score = distributed.average_values([loss, score], replicas.world_size, device)
+            if not math.isfinite(loss):
                 raise TrainingDiverged(
-                    f"meta-loss became {output.loss.item()} at step {step + 1}; training stopped and the last "
+                    f"meta-loss became {loss} at step {step + 1}; training stopped and the last "
                     f"good checkpoint is kept in {out}. Lower --lr or --inner-lr, then --resume or start again."
                 )
             if getattr(learner, "max_grad_norm", None):  # e.g. Meta-LSTM clips its meta-gradient (Ravi & Larochelle)
@@ -203,8 +251,8 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> TrainR
             step += 1
             step_start = None
 
-            window["loss"] += output.loss.item()
-            window["score"] += per_task_score(output.predictions.detach(), batch.query_y).mean().item()
+            window["loss"] += loss
+            window["score"] += score
             window["n"] += 1
             if step % LOG_EVERY == 0 or step == config.steps:
                 record = {
@@ -214,12 +262,18 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> TrainR
                     "lr": scheduler.get_last_lr()[0],
                     "elapsed_s": round(time.time() - started, 2),
                 }
-                _append_metrics(metrics_path, record)
+                if replicas.is_main:
+                    _append_metrics(metrics_path, record)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", **{metric_name: f"{record[f'train_{metric_name}']:.3f}"})
                 window = {"loss": 0.0, "score": 0.0, "n": 0}
             bar.update(1)
 
             if step % config.val_every == 0 or step == config.steps:
+                if replicas.enabled:
+                    distributed.average_buffers(learner, replicas.world_size)
+                    state = checkpoint_state()
+                if not replicas.is_main:
+                    continue
                 # Validation must not consume the training random state (exact resume).
                 with torch.random.fork_rng(devices=[]):
                     val_source = task_source(config, splits, "val", val_tasks_seed)
@@ -235,11 +289,17 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> TrainR
                 bar.write(
                     f"step {step}: val {metric_name} {val_mean:.4f} ± {val_ci:.4f}" + (" (best)" if improved else "")
                 )
-                state = checkpoint_state()
+                if not replicas.enabled:
+                    state = checkpoint_state()
+                state["best_val"] = best_val
                 if improved:
                     save_checkpoint(out / "best.pt", state)
                 save_checkpoint(out / "last.pt", state)
     except KeyboardInterrupt:
+        if replicas.enabled:  # the other processes may be gone: no collective gather is possible now
+            if progress:
+                bar.write(f"interrupted at step {step}; --resume continues from the last validation's checkpoint")
+            raise
         state = checkpoint_state()
         if step_start is not None:  # interrupted before the step's update: resume redoes the same step
             state["sampler"], state["torch_rng"], buffers = step_start
@@ -249,8 +309,9 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> TrainR
         raise
     finally:
         bar.close()
-    plot_learning_curve(metrics_path, out / "learning_curve.png")
-    return TrainResult(learner, config, step, best_val, out)
+    if replicas.is_main:
+        plot_learning_curve(metrics_path, out / "learning_curve.png")
+    return TrainResult(learner, config, step, best_val, out, rank=replicas.rank)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

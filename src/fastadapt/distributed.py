@@ -1,0 +1,112 @@
+"""Data-parallel meta-training over torch.distributed: one process per core, GPU or machine, started by
+``torchrun`` (which sets ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``...).
+
+A meta-batch of B tasks is split into B / world_size tasks per process. Each process draws its own tasks
+(its own seed), computes the meta-gradient of its share, and the gradients are averaged with one
+all-reduce before the identical ``optimizer.step()`` on every process, so the update equals that of one
+process holding all B tasks. Only rank 0 validates, writes metrics and checkpoints; a checkpoint keeps
+every rank's sampler and random state, so a run resumes exactly with the same number of processes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+#: Seed offset between ranks' task samplers and random streams (rank 0 keeps the configured seed).
+RANK_SEED_OFFSET = 100_003
+
+
+@dataclass(frozen=True)
+class Replicas:
+    """Where this process stands among the data-parallel training processes."""
+
+    rank: int = 0
+    world_size: int = 1
+    #: whether :func:`setup` created the process group (and so :func:`teardown` should destroy it)
+    owns_group: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(device: str) -> tuple[Replicas, str]:
+    """Join the process group torchrun describes (nothing to do for a single process). Returns this
+    process's place and its device: under CUDA each process takes the GPU of its local rank."""
+    if dist.is_available() and dist.is_initialized():  # a user's script set it up
+        replicas = Replicas(dist.get_rank(), dist.get_world_size())
+    elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        dist.init_process_group(backend=backend)
+        replicas = Replicas(dist.get_rank(), dist.get_world_size(), owns_group=True)
+    else:
+        return Replicas(), device
+    if device == "cuda":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', replicas.rank % torch.cuda.device_count()))}"
+        torch.cuda.set_device(device)
+    return replicas, device
+
+
+def teardown(replicas: Replicas) -> None:
+    if replicas.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def average_gradients(parameters: list[torch.nn.Parameter], world_size: int) -> None:
+    """Replace every ``.grad`` by its mean over the processes, in a single all-reduce."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def average_values(values: list[float], world_size: int, device: torch.device) -> list[float]:
+    """The mean over the processes of a few numbers (training loss and score for the metrics file)."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return (tensor / world_size).tolist()
+
+
+def average_buffers(module: torch.nn.Module, world_size: int) -> None:
+    """Average floating-point buffers (batch-norm running statistics), which each process updated on its
+    own tasks, so that validation and checkpoints see the statistics of all of them."""
+    for buffer in module.buffers():
+        if buffer.is_floating_point():
+            dist.all_reduce(buffer)
+            buffer /= world_size
+
+
+def broadcast_module(module: torch.nn.Module) -> None:
+    """Copy rank 0's parameters and buffers to every process (identical starting points)."""
+    with torch.no_grad():
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(tensor, src=0)
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's value of a picklable object, on every process."""
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def gather_objects(obj: Any, world_size: int) -> list[Any]:
+    """Every process's value of a picklable object, in rank order, on every process."""
+    gathered: list[Any] = [None] * world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
