@@ -1,6 +1,6 @@
-"""LEO on Omniglot (Vinyals split), end to end through the CLI, with the paper's ablation.
+"""LEO on Omniglot (Vinyals split unless --split), end to end through the CLI, with the paper's ablation.
 
-    nice -n 5 python bench/leo_omniglot.py [--work runs/leo_omniglot] [--steps 3000] [--pretrain-epochs 4]
+    nice -n 5 python bench/leo_omniglot.py [--work runs/leo] [--steps 3000] [--pretrain-epochs 4] [--split maml]
 
 1. ``fastadapt pretrain`` (Conv-4, plain classification of the 4112 training classes) and ``fastadapt embed``;
    both are skipped when their outputs are already in ``--work`` (their wall times are then read back
@@ -36,7 +36,6 @@ from fastadapt.datasets import load_splits, task_source
 from fastadapt.evaluate import TEST_SEED_OFFSET, load_learner, mean_ci95
 from fastadapt.train import VAL_SEED_OFFSET
 
-RECORD = RESULTS / "leo_omniglot.json"
 PNG = ROOT / "docs" / "leo_latent_codes.png"
 
 
@@ -185,12 +184,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="runs/leo_omniglot", help="folder for checkpoints and embeddings")
     parser.add_argument("--pretrain-epochs", type=int, default=4)
+    parser.add_argument("--split", default="vinyals", help="Omniglot split of pre-training, embeddings and LEO")
+    parser.add_argument(
+        "--name",
+        default="leo_omniglot",
+        help="record bench/results/NAME.json (and, unless the default, the figure docs/NAME_latent_codes.png)",
+    )
     parser.add_argument("--steps", type=int, default=3000, help="LEO meta-training steps per run")
     parser.add_argument("--shots", default="1,5", help="shots of the full LEO runs")
     parser.add_argument("--ablation-shots", default="1,5", help="shots at which to run the ablation")
     parser.add_argument("--lr", type=float, help="outer learning rate of every LEO run (default: the preset's)")
     args = parser.parse_args()
     work = Path(args.work)
+    record_path = RESULTS / f"{args.name}.json"
+    png = PNG if args.name == "leo_omniglot" else ROOT / "docs" / f"{args.name}_latent_codes.png"
     started = time.time()
     record: dict = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -198,7 +205,8 @@ def main() -> None:
     }
 
     pre, emb = work / "pretrain", work / "embeddings"
-    pretrain_cmd = ["fastadapt", "pretrain", "--dataset", "omniglot", "--epochs", str(args.pretrain_epochs)]
+    pretrain_cmd = ["fastadapt", "pretrain", "--dataset", "omniglot", "--split", args.split]
+    pretrain_cmd += ["--epochs", str(args.pretrain_epochs)]
     pretrain_cmd += ["--out", str(pre), "--quiet"]
     if not (pre / "pretrain.pt").is_file():
         run(pretrain_cmd)
@@ -216,7 +224,7 @@ def main() -> None:
     for shots in (int(s) for s in args.shots.split(",") if s):
         full = leo_run(work, emb, f"leo_5w{shots}s", shots, args.steps, lr)
         record["leo"][f"5w{shots}s"] = full
-        write_json(RECORD, record)
+        write_json(record_path, record)
     for shots in (int(s) for s in args.ablation_shots.split(",") if s):
         key = f"5w{shots}s"
         record["ablation"][key] = {
@@ -230,11 +238,11 @@ def main() -> None:
             "logistic regression on support embeddings": logistic_regression_baseline(emb, shots),
             "nearest class mean (no training, for reference)": nearest_centroid_baseline(emb, shots),
         }
-        write_json(RECORD, record)
-    plot_latent_codes(Path(record["leo"]["5w1s"]["checkpoint"]), PNG)
-    record["png"] = str(PNG.relative_to(ROOT))
+        write_json(record_path, record)
+    plot_latent_codes(Path(record["leo"]["5w1s"]["checkpoint"]), png)
+    record["png"] = str(png.relative_to(ROOT))
     record["bench_wall_s"] = round(time.time() - started, 1)
-    write_json(RECORD, record)
+    write_json(record_path, record)
     print(json.dumps(record, indent=2))
 
 

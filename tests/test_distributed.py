@@ -76,6 +76,37 @@ def test_averaged_gradients_equal_the_whole_meta_batch_gradient(tmp_path: Path) 
         torch.testing.assert_close(theirs, mine.grad, rtol=1e-5, atol=1e-6)
 
 
+def test_processes_hold_the_same_model_after_training(tmp_path: Path) -> None:
+    worker = tmp_path / "worker.py"
+    worker.write_text(
+        textwrap.dedent(
+            f"""
+            import torch, torch.distributed as dist
+            from fastadapt.config import make_config
+            from fastadapt.train import train
+
+            dist.init_process_group("gloo")  # the user's own group: train() joins it and leaves it open
+            config = make_config("maml", "sinusoid", **{{**{TINY!r}, "out": {str(tmp_path / "run")!r}}})
+            learner = train(config, progress=False).learner
+            state = torch.cat([t.detach().reshape(-1) for t in learner.state_dict().values()])
+            gathered = [torch.empty_like(state) for _ in range(dist.get_world_size())]
+            dist.all_gather(gathered, state)
+            if dist.get_rank() == 0:
+                same = all(torch.equal(gathered[0], other) for other in gathered[1:])
+                moved = not torch.equal(state, torch.load({str(tmp_path / "initial.pt")!r}))
+                open({str(tmp_path / "verdict.txt")!r}, "w").write(f"{{same}} {{moved}}")
+            dist.destroy_process_group()
+            """
+        )
+    )
+    config = make_config("maml", "sinusoid", **TINY)
+    torch.manual_seed(config.seed)
+    initial = build_algorithm(config).state_dict()
+    torch.save(torch.cat([t.reshape(-1) for t in initial.values()]), tmp_path / "initial.pt")
+    _torchrun([str(worker)], tmp_path)
+    assert (tmp_path / "verdict.txt").read_text() == "True True"  # identical on both ranks, and trained
+
+
 def test_two_process_run_resumes_exactly_and_refuses_another_process_count(tmp_path: Path) -> None:
     _torchrun(_cli_train(tmp_path / "whole", steps=4), tmp_path)
     _torchrun(_cli_train(tmp_path / "split", steps=2), tmp_path)

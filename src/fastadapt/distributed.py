@@ -6,19 +6,28 @@ A meta-batch of B tasks is split into B / world_size tasks per process. Each pro
 all-reduce before the identical ``optimizer.step()`` on every process, so the update equals that of one
 process holding all B tasks. Only rank 0 validates, writes metrics and checkpoints; a checkpoint keeps
 every rank's sampler and random state, so a run resumes exactly with the same number of processes.
+
+One exception to "equals one process": a network whose batch norm pools statistics over the whole
+meta-batch (the metric methods' Conv-4 embeds every task in one pass) pools over each process's share.
+MAML's networks normalise each task on its own, so for them the update is the same.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from fastadapt.errors import ConfigError
+
 #: Seed offset between ranks' task samplers and random streams (rank 0 keeps the configured seed).
 RANK_SEED_OFFSET = 100_003
+#: How long a process may wait in a collective; the others wait while rank 0 validates, which can be long.
+TIMEOUT = timedelta(hours=2)
 
 
 @dataclass(frozen=True)
@@ -45,15 +54,27 @@ def setup(device: str) -> tuple[Replicas, str]:
     if dist.is_available() and dist.is_initialized():  # a user's script set it up
         replicas = Replicas(dist.get_rank(), dist.get_world_size())
     elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        backend = "nccl" if device.startswith("cuda") else "gloo"
-        dist.init_process_group(backend=backend)
-        replicas = Replicas(dist.get_rank(), dist.get_world_size(), owns_group=True)
+        if device.startswith("cuda"):
+            device = _local_gpu(device)
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo", timeout=TIMEOUT)
+        return Replicas(dist.get_rank(), dist.get_world_size(), owns_group=True), device
     else:
         return Replicas(), device
-    if device == "cuda":
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', replicas.rank % torch.cuda.device_count()))}"
-        torch.cuda.set_device(device)
+    if device.startswith("cuda"):
+        device = _local_gpu(device)
     return replicas, device
+
+
+def _local_gpu(device: str) -> str:
+    """Each process takes the GPU of its local rank; a fixed ``cuda:N`` would put them all on one."""
+    if device != "cuda":
+        raise ConfigError(
+            f"--device {device} under torchrun would put every process on the same GPU; pass --device cuda "
+            f"and each process takes the GPU of its local rank (limit them with CUDA_VISIBLE_DEVICES)."
+        )
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    torch.cuda.set_device(device)
+    return device
 
 
 def teardown(replicas: Replicas) -> None:
@@ -62,7 +83,11 @@ def teardown(replicas: Replicas) -> None:
 
 
 def average_gradients(parameters: list[torch.nn.Parameter], world_size: int) -> None:
-    """Replace every ``.grad`` by its mean over the processes, in a single all-reduce."""
+    """Replace every ``.grad`` by its mean over the processes, in a single all-reduce. A trainable
+    parameter without a gradient counts as a zero one, so every process reduces tensors of one size."""
+    for p in parameters:
+        if p.requires_grad and p.grad is None:
+            p.grad = torch.zeros_like(p)
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return

@@ -79,15 +79,16 @@ def summarise(config: Config, scores: np.ndarray, **extra: Any) -> dict[str, Any
 
 
 def format_result(result: dict[str, Any]) -> str:
+    where = ", validation" if result.get("split") == "val" else ""
     if "accuracy_mean" in result:
         return (
             f"{result['algorithm']} {result['dataset']} {result['ways']}-way {result['shots']}-shot: "
             f"accuracy {100 * result['accuracy_mean']:.2f}% ± {100 * result['accuracy_ci95']:.2f}% "
-            f"(95% CI, {result['episodes']} episodes{', validation classes' if result.get('split') == 'val' else ''})"
+            f"(95% CI, {result['episodes']} episodes{where + ' classes' if where else ''})"
         )
     return (
         f"{result['algorithm']} {result['dataset']} {result['shots']}-shot: MSE {result['mse_mean']:.4f} "
-        f"± {result['mse_ci95']:.4f} (95% CI, {result['episodes']} tasks)"
+        f"± {result['mse_ci95']:.4f} (95% CI, {result['episodes']} tasks{where})"
     )
 
 

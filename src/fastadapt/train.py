@@ -84,6 +84,15 @@ def _load_initial_weights(learner: torch.nn.Module, config: Config) -> None:
         ) from exc
 
 
+def clip_meta_gradient(learner: torch.nn.Module) -> None:
+    """Clip the meta-gradient as the method's paper does, after any averaging over processes: entrywise
+    to ``learner.max_grad_value`` (LEO), then its norm to ``learner.max_grad_norm`` (Meta-LSTM)."""
+    if getattr(learner, "max_grad_value", None):
+        torch.nn.utils.clip_grad_value_(learner.parameters(), learner.max_grad_value)
+    if getattr(learner, "max_grad_norm", None):
+        torch.nn.utils.clip_grad_norm_(learner.parameters(), learner.max_grad_norm)
+
+
 def outer_optimizer(
     learner: MetaLearner, config: Config
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
@@ -145,7 +154,10 @@ def _train(
     window = {"loss": 0.0, "score": 0.0, "n": 0}
     metrics_path = out / "metrics.jsonl"
 
-    if resume and (out / "last.pt").is_file():
+    resuming = resume and (out / "last.pt").is_file()
+    if replicas.enabled:  # rank 0 decides, so that no process starts afresh beside resumed ones
+        resuming = distributed.broadcast_object(resuming)
+    if resuming:
         state = load_checkpoint(out / "last.pt", expected=config)
         saved_world = state.get("world_size", 1)
         if saved_world != replicas.world_size:
@@ -164,7 +176,7 @@ def _train(
         window = dict(state.get("window", window))
         if config.strategy == "auto" and state.get("strategy") in ("loop", "vmap"):
             learner.strategy = state["strategy"]  # keep the measured choice: resume stays exact
-        recorded = _truncate_metrics(metrics_path, step)
+        recorded = _truncate_metrics(metrics_path, step) if replicas.is_main else 0.0
         elapsed_before = state.get("elapsed_s", recorded)
     else:
         if replicas.is_main:
@@ -244,8 +256,7 @@ def _train(
                     f"meta-loss became {loss} at step {step + 1}; training stopped and the last "
                     f"good checkpoint is kept in {out}. Lower --lr or --inner-lr, then --resume or start again."
                 )
-            if getattr(learner, "max_grad_norm", None):  # e.g. Meta-LSTM clips its meta-gradient (Ravi & Larochelle)
-                torch.nn.utils.clip_grad_norm_(learner.parameters(), learner.max_grad_norm)
+            clip_meta_gradient(learner)
             optimizer.step()
             scheduler.step()
             step += 1

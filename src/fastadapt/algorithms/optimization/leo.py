@@ -144,11 +144,10 @@ class LEO(MetaLearner):
         # alpha and eta of the two inner loops, meta-learned per latent dimension / per feature.
         self.inner_lr = nn.Parameter(torch.full((latent_dim,), float(inner_lr)))
         self.finetuning_lr = nn.Parameter(torch.full((embedding_dim,), float(finetuning_lr)))
-        if grad_clip:
-            # The authors clip every gradient entry to [-0.1, 0.1]; a hook on each parameter does it
-            # before the outer optimiser sees the gradient.
-            for p in self.parameters():
-                p.register_hook(lambda g, c=float(grad_clip): g.clamp(-c, c))
+        # Read by the training loop (fastadapt.train.clip_meta_gradient): the authors clip every entry of the
+        # meta-gradient to [-0.1, 0.1]. Clipping there, after gradients are averaged over processes, keeps a
+        # multi-process update equal to a single-process one.
+        self.max_grad_value = grad_clip
 
     # -- the generative model --------------------------------------------------------------------------
     def encode(self, support_x: Tensor, support_y: Tensor, ways: int) -> tuple[Tensor, Tensor]:
