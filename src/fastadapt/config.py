@@ -150,13 +150,15 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ("maml", "sinusoid"): dict(network="mlp", shots=10, query=10, eval_query=100, meta_batch_size=25,
                                inner_lr=0.01, inner_steps=1, eval_inner_steps=1, lr=1e-3, steps=70000,
                                val_every=5000, val_episodes=300),
-    # Reptile (Nichol et al. 2018, the authors' 5-way 1-shot Omniglot command): Adam inner loop (lr 1e-3,
-    # beta1 0) on mini-batches of 25 of 15 training shots, 3 steps; 10 tasks per outer step; outer SGD
-    # with epsilon 1 decayed linearly to 0; 5 full-batch steps at test.
-    ("reptile", "omniglot"): dict(network="conv4-stride", query=1, eval_query=15, meta_batch_size=10,
-                                  inner_optimizer="adam", inner_lr=1e-3, inner_steps=3, inner_batch_size=25,
-                                  eval_inner_steps=5, train_shots=15, outer_optimizer="sgd", lr=1.0,
-                                  lr_schedule="linear", steps=100000, val_every=2000, val_episodes=300),
+    # Reptile (Nichol et al. 2018, Table 3 and the authors' 5-way 1-shot Omniglot command): Adam inner loop
+    # (lr 1e-3, beta1 0), 5 steps on mini-batches of 10 of 10 training shots per class; 5 tasks per outer
+    # step; outer SGD with epsilon 1 decayed linearly to 0 over 100k steps; at test 50 steps on
+    # mini-batches of 5 of the support set.
+    ("reptile", "omniglot"): dict(network="conv4-stride", query=1, eval_query=15, meta_batch_size=5,
+                                  inner_optimizer="adam", inner_lr=1e-3, inner_steps=5, inner_batch_size=10,
+                                  eval_inner_steps=50, eval_inner_batch_size=5, train_shots=10,
+                                  outer_optimizer="sgd", lr=1.0, lr_schedule="linear", steps=100000,
+                                  val_every=2000, val_episodes=300),
     # Reptile's sine demo: SGD 0.02 on 50 points in batches of 10 (5 steps), one task per outer step,
     # epsilon 0.1 decayed linearly, 30k steps; at test 32 full-batch steps on the support set.
     ("reptile", "sinusoid"): dict(network="mlp", shots=10, train_shots=50, query=10, eval_query=100,
