@@ -33,6 +33,9 @@ def test_pretrain_embed_train_eval_end_to_end(folder: Path, tmp_path: Path, caps
     assert meta["embedding_dim"] == 64 and meta["network"] == "conv4"
     with np.load(emb / "train.npz") as d:
         assert d["embeddings"].shape == (13 * 6, 64)  # every image of the 13 training classes, once
+        # rescaled to unit mean length on the training images, by the factor meta.json records
+        assert np.linalg.norm(d["embeddings"], axis=1).mean() == pytest.approx(1.0, rel=1e-4)
+    assert meta["feature_scale"] > 0 and meta["feature_scale"] != pytest.approx(1.0)
 
     train = ["train", "--algorithm", "leo", "--dataset", "embeddings", "--data-dir", str(emb), "--ways", "3"]
     train += ["--shots", "1", "--query", "2", "--eval-query", "3", "--meta-batch-size", "2", "--steps", "4"]
