@@ -90,7 +90,7 @@ FAMILIES = {
             "Meta-SGD": ["metasgd_omniglot_5w1s_trainval", "metasgd_omniglot_20w1s_trainval"],
             "ANIL": ["anil_omniglot_5w1s_trainval", "anil_omniglot_20w1s_trainval"],
         },
-        y_min=85,
+        y_min=75,
     ),
 }
 
