@@ -51,18 +51,14 @@ class Replicas:
 def setup(device: str) -> tuple[Replicas, str]:
     """Join the process group torchrun describes (nothing to do for a single process). Returns this
     process's place and its device: under CUDA each process takes the GPU of its local rank."""
-    if dist.is_available() and dist.is_initialized():  # a user's script set it up
-        replicas = Replicas(dist.get_rank(), dist.get_world_size())
-    elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        if device.startswith("cuda"):
-            device = _local_gpu(device)
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo", timeout=TIMEOUT)
-        return Replicas(dist.get_rank(), dist.get_world_size(), owns_group=True), device
-    else:
+    joined = dist.is_available() and dist.is_initialized()  # a user's script set the group up
+    if not joined and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return Replicas(), device
     if device.startswith("cuda"):
         device = _local_gpu(device)
-    return replicas, device
+    if not joined:
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo", timeout=TIMEOUT)
+    return Replicas(dist.get_rank(), dist.get_world_size(), owns_group=not joined), device
 
 
 def _local_gpu(device: str) -> str:

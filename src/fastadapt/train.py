@@ -84,6 +84,16 @@ def _load_initial_weights(learner: torch.nn.Module, config: Config) -> None:
         ) from exc
 
 
+def _validate(
+    learner: MetaLearner, config: Config, splits: Any, seed: int, device: torch.device
+) -> tuple[float, float]:
+    """Mean and 95% CI of the score on the fixed validation episodes. It must not consume the training
+    random state (exact resume)."""
+    with torch.random.fork_rng(devices=[]):
+        source = task_source(config, splits, "val", seed)
+        return mean_ci95(evaluate(learner, source, config.val_episodes, device))
+
+
 def clip_meta_gradient(learner: torch.nn.Module) -> None:
     """Clip the meta-gradient as the method's paper does, after any averaging over processes: entrywise
     to ``learner.max_grad_value`` (LEO), then its norm to ``learner.max_grad_norm`` (Meta-LSTM)."""
@@ -119,7 +129,10 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> TrainR
     Launched by ``torchrun`` with several processes, they train one model together (data parallel)."""
     replicas, device_name = distributed.setup(config.device)
     try:
-        return _train(config, resume, progress, replicas, torch.device(device_name))
+        result = _train(config, resume, progress, replicas, torch.device(device_name))
+        if replicas.enabled:  # leave together: gloo aborts a process whose peer tears down mid-exchange
+            torch.distributed.barrier()
+        return result
     finally:
         distributed.teardown(replicas)
 
@@ -282,30 +295,24 @@ def _train(
             if step % config.val_every == 0 or step == config.steps:
                 if replicas.enabled:
                     distributed.average_buffers(learner, replicas.world_size)
-                    state = checkpoint_state()
-                if not replicas.is_main:
-                    continue
-                # Validation must not consume the training random state (exact resume).
-                with torch.random.fork_rng(devices=[]):
-                    val_source = task_source(config, splits, "val", val_tasks_seed)
-                    val_mean, val_ci = mean_ci95(evaluate(learner, val_source, config.val_episodes, device))
-                improved = best_val is None or (
-                    val_mean > best_val if _higher_is_better(config) else val_mean < best_val
-                )
-                if improved:
-                    best_val = val_mean
-                _append_metrics(
-                    metrics_path, {"step": step, f"val_{metric_name}": val_mean, f"val_{metric_name}_ci95": val_ci}
-                )
-                bar.write(
-                    f"step {step}: val {metric_name} {val_mean:.4f} ± {val_ci:.4f}" + (" (best)" if improved else "")
-                )
-                if not replicas.enabled:
-                    state = checkpoint_state()
-                state["best_val"] = best_val
-                if improved:
-                    save_checkpoint(out / "best.pt", state)
-                save_checkpoint(out / "last.pt", state)
+                improved = False
+                if replicas.is_main:  # the other processes wait in checkpoint_state's gather meanwhile
+                    val_mean, val_ci = _validate(learner, config, splits, val_tasks_seed, device)
+                    improved = best_val is None or (
+                        val_mean > best_val if _higher_is_better(config) else val_mean < best_val
+                    )
+                    if improved:
+                        best_val = val_mean
+                    _append_metrics(
+                        metrics_path, {"step": step, f"val_{metric_name}": val_mean, f"val_{metric_name}_ci95": val_ci}
+                    )
+                    best_mark = " (best)" if improved else ""
+                    bar.write(f"step {step}: val {metric_name} {val_mean:.4f} ± {val_ci:.4f}{best_mark}")
+                state = checkpoint_state()
+                if replicas.is_main:
+                    if improved:
+                        save_checkpoint(out / "best.pt", state)
+                    save_checkpoint(out / "last.pt", state)
     except KeyboardInterrupt:
         if replicas.enabled:  # the other processes may be gone: no collective gather is possible now
             if progress:
