@@ -194,6 +194,8 @@ def main() -> None:
     parser.add_argument("--shots", default="1,5", help="shots of the full LEO runs")
     parser.add_argument("--ablation-shots", default="1,5", help="shots at which to run the ablation")
     parser.add_argument("--lr", type=float, help="outer learning rate of every LEO run (default: the preset's)")
+    parser.add_argument("--head", default="linear", help="pre-training classifier: linear or cosine")
+    parser.add_argument("--leo-args", default="", help="more `fastadapt train` options for every LEO run")
     args = parser.parse_args()
     work = Path(args.work)
     record_path = RESULTS / f"{args.name}.json"
@@ -206,7 +208,7 @@ def main() -> None:
 
     pre, emb = work / "pretrain", work / "embeddings"
     pretrain_cmd = ["fastadapt", "pretrain", "--dataset", "omniglot", "--split", args.split]
-    pretrain_cmd += ["--epochs", str(args.pretrain_epochs)]
+    pretrain_cmd += ["--epochs", str(args.pretrain_epochs), "--head", args.head]
     pretrain_cmd += ["--out", str(pre), "--quiet"]
     if not (pre / "pretrain.pt").is_file():
         run(pretrain_cmd)
@@ -220,7 +222,7 @@ def main() -> None:
     record["embed"]["meta"] = json.loads((emb / "meta.json").read_text())
 
     record["leo"], record["ablation"] = {}, {}
-    lr = ["--lr", str(args.lr)] if args.lr else []
+    lr = (["--lr", str(args.lr)] if args.lr else []) + shlex.split(args.leo_args)
     for shots in (int(s) for s in args.shots.split(",") if s):
         full = leo_run(work, emb, f"leo_5w{shots}s", shots, args.steps, lr)
         record["leo"][f"5w{shots}s"] = full

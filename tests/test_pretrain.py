@@ -80,3 +80,22 @@ def test_embed_refuses_a_missing_or_meta_training_checkpoint(tmp_path, capsys):
 def test_pretrain_rejects_a_regression_data_set(capsys):
     assert main(["pretrain", "--dataset", "sinusoid", "--quiet"]) == 2
     assert "image data set" in error_line(capsys)
+
+
+def test_cosine_head_scores_direction_only_and_pretrains(folder: Path, tmp_path: Path):
+    import torch
+
+    from fastadapt.pretrain import CosineHead
+
+    head = CosineHead(4, 3, scale=10.0)
+    features = torch.randn(5, 4)
+    # scaling a feature vector leaves its logits unchanged, and no logit exceeds the scale
+    torch.testing.assert_close(head(features), head(7.0 * features))
+    assert head(features).abs().max() <= 10.0 + 1e-5
+
+    pre = tmp_path / "pre"
+    args = ["pretrain", "--dataset", "folder", "--data-dir", str(folder), "--image-size", "16", "--quiet"]
+    args += ["--head", "cosine", "--epochs", "1", "--batch-size", "16", "--val-episodes", "5", "--out", str(pre)]
+    assert main(args) == 0
+    state = torch.load(pre / "pretrain.pt", weights_only=False)
+    assert state["config"]["head"] == "cosine" and "log_scale" in state["head"]

@@ -146,6 +146,28 @@ def test_resume_after_shorter_run_equals_uninterrupted_run(make, tmp_path: Path)
     _assert_same_tree(full.learner.state_dict(), resumed.learner.state_dict())
 
 
+def test_reptile_carried_adam_state_is_checkpointed_and_resumes_exactly(tmp_path: Path) -> None:
+    def config(out: Path, **kw: Any) -> Config:
+        # a step schedule: the preset's linear one depends on --steps, which the shorter first leg changes
+        settings = dict(inner_optimizer="adam", inner_adam_state="carried", inner_lr=1e-3, strategy="loop")
+        settings["lr_schedule"] = "step"
+        return make_config("reptile", "sinusoid", **{**TINY_RUN, **settings, "out": str(out), **kw})
+
+    full = train(config(tmp_path / "a"), progress=False)
+    moments = {k: v for k, v in full.learner.state_dict().items() if k.startswith("adam_moments.")}
+    assert int(moments["adam_moments.steps"]) == 8 * 5 and any(v.abs().sum() > 0 for v in moments.values())
+    train(config(tmp_path / "b", steps=4), progress=False)
+    train(config(tmp_path / "b"), resume=True, progress=False)
+    assert_same_run(tmp_path / "a", tmp_path / "b")
+
+
+def test_a_presets_carried_adam_state_yields_to_an_sgd_inner_loop() -> None:
+    assert make_config("reptile", "omniglot").inner_adam_state == "carried"
+    assert make_config("reptile", "omniglot", inner_optimizer="sgd").inner_adam_state == "fresh"
+    with pytest.raises(ConfigError, match="needs --inner-optimizer adam"):
+        make_config("reptile", "omniglot", inner_optimizer="sgd", inner_adam_state="carried")
+
+
 def test_elapsed_time_counts_the_whole_run_across_resumes(make, tmp_path: Path, monkeypatch) -> None:
     clock = {"now": 1000.0}
     monkeypatch.setattr(train_module.time, "time", lambda: clock["now"])

@@ -113,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--first-order-steps", type=int, help="first order for the first N outer steps, then second (DOA; 0: off)"
     )
     o.add_argument("--inner-optimizer", help="Reptile's inner optimiser: sgd or adam")
+    o.add_argument(
+        "--inner-adam-state",
+        choices=("fresh", "carried"),
+        help="Reptile with Adam: fresh moments per task, or carried across tasks as the authors' code",
+    )
     o.add_argument("--inner-batch-size", type=int, help="Reptile: support mini-batch per inner step (default: all)")
     o.add_argument("--eval-inner-batch-size", type=int, help="Reptile: support mini-batch per test-time step")
     o.add_argument("--fce", action="store_true", default=None, help="Matching Networks: full context embeddings")
@@ -189,6 +194,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="images per step (default 128)")
     p.add_argument("--lr", type=float, help="Adam learning rate, cosine-annealed to 0 (default 1e-3)")
     p.add_argument("--weight-decay", type=float, help="Adam weight decay (default 5e-4)")
+    p.add_argument(
+        "--head",
+        choices=("linear", "cosine"),
+        help="classifier over the features: linear (default) or cosine similarity with a learned scale",
+    )
+    p.add_argument(
+        "--augment",
+        action="store_true",
+        default=None,
+        help="jitter each training image: rotation up to 10 degrees, scale 0.9-1.1, shift up to 10%%",
+    )
     p.add_argument("--val-episodes", type=int, help="validation episodes after each epoch (default 300)")
     _add_image_options(p)
     p.add_argument("--seed", type=int, help="seed of everything random (default 0)")

@@ -57,6 +57,8 @@ class Config(DataOptions):
     vmap_chunk: int = 8
     # Reptile's own inner optimiser, and mini-batches of the support set (None: the whole set).
     inner_optimizer: str = "sgd"
+    # Reptile with Adam: "fresh" moments for every task, or moments "carried" across tasks (the authors' code).
+    inner_adam_state: str = "fresh"
     inner_batch_size: int | None = None
     eval_inner_batch_size: int | None = None
     # Matching Networks: full context embeddings.
@@ -151,11 +153,12 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
                                inner_lr=0.01, inner_steps=1, eval_inner_steps=1, lr=1e-3, steps=70000,
                                val_every=5000, val_episodes=300),
     # Reptile (Nichol et al. 2018, Table 3 and the authors' 5-way 1-shot Omniglot command): Adam inner loop
-    # (lr 1e-3, beta1 0), 5 steps on mini-batches of 10 of 10 training shots per class; 5 tasks per outer
-    # step; outer SGD with epsilon 1 decayed linearly to 0 over 100k steps; at test 50 steps on
-    # mini-batches of 5 of the support set.
+    # (lr 1e-3, beta1 0, its moments carried from task to task as in the authors' code), 5 steps on
+    # mini-batches of 10 of 10 training shots per class; 5 tasks per outer step; outer SGD with epsilon 1
+    # decayed linearly to 0 over 100k steps; at test 50 steps on mini-batches of 5 of the support set.
     ("reptile", "omniglot"): dict(network="conv4-stride", query=1, eval_query=15, meta_batch_size=5,
-                                  inner_optimizer="adam", inner_lr=1e-3, inner_steps=5, inner_batch_size=10,
+                                  inner_optimizer="adam", inner_adam_state="carried", inner_lr=1e-3,
+                                  inner_steps=5, inner_batch_size=10,
                                   eval_inner_steps=50, eval_inner_batch_size=5, train_shots=10,
                                   outer_optimizer="sgd", lr=1.0, lr_schedule="linear", steps=100000,
                                   val_every=2000, val_episodes=300),
@@ -219,6 +222,8 @@ def make_config(algorithm: str = "protonet", dataset: str = "omniglot", **overri
         raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}.")
     config = replace(Config(algorithm=algorithm, dataset=dataset), **PRESETS.get((algorithm, dataset), {}))
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    if config.inner_optimizer != "adam" and overrides.get("inner_adam_state") is None:
+        config = replace(config, inner_adam_state="fresh")  # a preset's carried Adam state, then --inner-optimizer sgd
     validate(config)
     return config
 
@@ -239,12 +244,18 @@ def validate(config: Config) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(config, name)}).")
     if config.inner_steps < 0:
         raise ConfigError(f"--inner-steps must be >= 0 (got {config.inner_steps}).")
-    from fastadapt.algorithms.optimization.reptile import INNER_OPTIMIZERS
+    from fastadapt.algorithms.optimization.reptile import ADAM_STATES, INNER_OPTIMIZERS
 
     if config.inner_optimizer not in INNER_OPTIMIZERS:
         raise ConfigError(
             f"unknown --inner-optimizer {config.inner_optimizer!r}; choose one of: {', '.join(INNER_OPTIMIZERS)}."
         )
+    if config.inner_adam_state not in ADAM_STATES:
+        raise ConfigError(
+            f"unknown --inner-adam-state {config.inner_adam_state!r}; choose one of: {', '.join(ADAM_STATES)}."
+        )
+    if config.inner_adam_state == "carried" and config.inner_optimizer != "adam":
+        raise ConfigError("--inner-adam-state carried needs --inner-optimizer adam (SGD has no state to carry).")
     if config.outer_optimizer not in OUTER_OPTIMIZERS:
         raise ConfigError(
             f"unknown --outer-optimizer {config.outer_optimizer!r}; choose one of: {', '.join(OUTER_OPTIMIZERS)}."
@@ -361,6 +372,11 @@ class PretrainConfig(DataOptions):
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 5e-4
+    # "linear": softmax over w.f + b; "cosine": softmax over s * cos(w, f) with a learned scale s (Chen et al.
+    # 2019, "Baseline++"), which shapes the features for the distance rules used on them afterwards.
+    head: str = "linear"
+    # Random affine jitter of the training images (rotation, scale, shift), as pre-training usually has.
+    augment: bool = False
     # Nearest-centroid 5-way 1-shot episodes on the validation classes after each epoch (keeps the best).
     val_episodes: int = 300
     out: str = "runs/pretrain"

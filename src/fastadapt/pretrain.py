@@ -1,8 +1,9 @@
 """The two stages before LEO (Rusu et al. 2019, section 4.1): pre-train a backbone by plain
 classification on the meta-training classes only, then write the embeddings of every split once.
 
-``pretrain``: backbone (Conv-4 for 28x28 Omniglot, ResNet-12 for 84x84 images) + a linear layer over all
-training classes, cross-entropy, Adam with a cosine schedule. After every epoch the backbone is scored
+``pretrain``: backbone (Conv-4 for 28x28 Omniglot, ResNet-12 for 84x84 images) + a linear layer (or, with
+``--head cosine``, scaled cosine similarities, Chen et al. 2019) over all training classes, cross-entropy,
+Adam with a cosine schedule. After every epoch the backbone is scored
 by nearest-centroid 5-way 1-shot episodes on the *validation* classes, and the best epoch is kept in
 ``<out>/pretrain.pt`` (atomic). Validation and test classes are never trained on.
 
@@ -34,6 +35,7 @@ from fastadapt.errors import ConfigError, DataError
 from fastadapt.tasks.samplers import ClassSplit, EpisodeSampler
 
 PRETRAIN_NETWORKS = ("conv4", "conv4-32", "resnet12")
+HEADS = ("linear", "cosine")
 CHECKPOINT_NAME = "pretrain.pt"
 
 
@@ -56,6 +58,8 @@ def validate_pretrain(config: PretrainConfig) -> None:
     for name in ("epochs", "batch_size", "val_episodes"):
         if getattr(config, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(config, name)}).")
+    if config.head not in HEADS:
+        raise ConfigError(f"unknown --head {config.head!r}; choose one of {HEADS}.")
     if config.lr <= 0 or config.weight_decay < 0:
         raise ConfigError(f"--lr must be positive and --weight-decay >= 0 (got {config.lr}, {config.weight_decay}).")
     check_device(config.device)
@@ -65,6 +69,44 @@ def build_backbone(config: PretrainConfig) -> nn.Module:
     from fastadapt.algorithms import build_network
 
     return build_network(_data_config(config), None)
+
+
+class CosineHead(nn.Module):
+    """Logits s * cos(w_c, f) (Chen et al. 2019, "A Closer Look at Few-shot Classification", Baseline++).
+
+    Every class competes on direction alone, so the backbone learns features whose angles separate the
+    classes, which is what nearest-centroid and LEO's classifiers use later. The scale s is learned.
+    """
+
+    def __init__(self, in_features: int, classes: int, scale: float = 10.0) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(classes, in_features) / math.sqrt(in_features))
+        self.log_scale = nn.Parameter(torch.tensor(math.log(scale)))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        cosines = F.normalize(features, dim=1) @ F.normalize(self.weight, dim=1).T
+        return self.log_scale.exp() * cosines
+
+
+def random_affine(
+    images: torch.Tensor, generator: torch.Generator, degrees: float = 10.0, scale: float = 0.1, shift: float = 0.1
+) -> torch.Tensor:
+    """Each image rotated, scaled and shifted at random (one ``grid_sample`` for the batch); zeros fill
+    what moves into view (Omniglot's background; border copies would smear strokes that touch the edge)."""
+    n = images.shape[0]
+    uniform = lambda: torch.rand(n, generator=generator) * 2 - 1  # noqa: E731
+    angle = uniform() * math.radians(degrees)
+    factor = 1 + uniform() * scale
+    cos, sin = torch.cos(angle) / factor, torch.sin(angle) / factor
+    theta = torch.stack(
+        [torch.stack([cos, -sin, uniform() * 2 * shift], 1), torch.stack([sin, cos, uniform() * 2 * shift], 1)], 1
+    ).to(images)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, padding_mode="zeros", align_corners=False)
+
+
+def build_head(config: PretrainConfig, in_features: int, classes: int) -> nn.Module:
+    return CosineHead(in_features, classes) if config.head == "cosine" else nn.Linear(in_features, classes)
 
 
 def _labels(split: ClassSplit) -> torch.Tensor:
@@ -120,7 +162,7 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> dict[str, Any]:
     feature_dim = getattr(backbone, "out_features", None)
     if feature_dim is None:
         raise ConfigError(f"--network {default_network(config)} does not report its feature size.")
-    head = nn.Linear(feature_dim, train_split.num_classes).to(config.device)
+    head = build_head(config, feature_dim, train_split.num_classes).to(config.device)
     params = list(backbone.parameters()) + list(head.parameters())
     optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(labels) / config.batch_size)
@@ -141,7 +183,10 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> dict[str, Any]:
         bar = tqdm(range(steps_per_epoch), desc=f"pretrain epoch {epoch}", disable=not progress, leave=False)
         for i in bar:
             rows = order[i * config.batch_size : (i + 1) * config.batch_size]
-            x = _as_float(train_split.images[rows]).to(config.device)
+            x = _as_float(train_split.images[rows])
+            if config.augment:
+                x = random_affine(x, generator)
+            x = x.to(config.device)
             y = labels[rows].to(config.device)
             logits = head(backbone(x).flatten(1))
             loss = F.cross_entropy(logits, y)

@@ -62,15 +62,63 @@ def test_adam_inner_loop_on_minibatches_equals_torch_adam():
     for vectorised in (False, True):
         fn = learner.fine_tune
         if vectorised:  # inside vmap, as strategy="vmap" runs it
-            fn = torch.func.vmap(lambda *a: tuple(learner.fine_tune(parameters_of(model), *a, True).values()))
+            fn = torch.func.vmap(lambda *a: tuple(learner.fine_tune(parameters_of(model), *a, True)[0].values()))
             phi = [v[0] for v in fn(batch.support_x, batch.support_y, indices[None])]
         else:
-            phi = list(fn(parameters_of(model), batch.support_x[0], batch.support_y[0], indices, False).values())
+            phi = list(fn(parameters_of(model), batch.support_x[0], batch.support_y[0], indices, False)[0].values())
         expected = fine_tuned_by_hand(
             model, batch.support_x[0], batch.support_y[0], torch.optim.Adam, 6, indices, lr=0.05, betas=(0.0, 0.999)
         )
         for a, b in zip(phi, expected):
             torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+def test_carried_adam_state_continues_one_adam_from_task_to_task(strategy):
+    """As the authors' code: one Adam for the whole run, the weights reset to theta before each task."""
+    torch.manual_seed(4)
+    model = tiny_model()
+    first, second = regression_batch(tasks=1, seed=1), regression_batch(tasks=1, seed=2)
+    learner = Reptile(model, inner_lr=0.05, inner_steps=3, adam_state="carried", strategy=strategy)
+    theta = copy.deepcopy(model.state_dict())
+    by_hand = copy.deepcopy(model)
+    adam = torch.optim.Adam(by_hand.parameters(), lr=0.05, betas=(0.0, 0.999))
+    for task in (first, second):
+        by_hand.load_state_dict(theta)
+        for _ in range(3):
+            adam.zero_grad()
+            F.mse_loss(by_hand(task.support_x[0]), task.support_y[0]).backward()
+            adam.step()
+        if task is first:
+            learner.meta_loss(first)  # no outer step: theta stays, the moments are carried
+            state, steps = learner.carried_moments()
+            assert steps == 3
+            for (name, _), p in zip(model.named_parameters(), by_hand.parameters()):
+                torch.testing.assert_close(state["m"][name], adam.state[p]["exp_avg"])
+                torch.testing.assert_close(state["v"][name], adam.state[p]["exp_avg_sq"])
+    phis, _, _ = learner._fine_tuned(second, 3, None)
+    for (name, _), p in zip(model.named_parameters(), by_hand.parameters()):
+        torch.testing.assert_close(phis[name][0], p.detach())
+    # test tasks start from the carried moments and leave them as they were
+    before = {k: b.clone() for k, b in learner.adam_moments.named_buffers()}
+    learner.predict(second)
+    for k, b in learner.adam_moments.named_buffers():
+        assert torch.equal(b, before[k])
+
+
+def test_carried_state_is_the_mean_over_the_meta_batch_and_needs_adam():
+    torch.manual_seed(5)
+    model, batch = tiny_model(), regression_batch(tasks=3)
+    learner = Reptile(model, inner_lr=0.05, inner_steps=2, adam_state="carried")
+    _, _, per_task = learner._fine_tuned(batch, 2, None)
+    learner.meta_loss(batch)
+    state, steps = learner.carried_moments()
+    assert steps == 2
+    for moment in ("m", "v"):
+        for name, tensor in state[moment].items():
+            torch.testing.assert_close(tensor, per_task[moment][name].mean(0))
+    with pytest.raises(ValueError, match="needs the Adam inner optimiser"):
+        Reptile(model, inner_optimizer="sgd", adam_state="carried")
 
 
 def test_minibatches_walk_through_random_permutations():

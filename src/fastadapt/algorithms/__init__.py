@@ -129,6 +129,7 @@ def build_algorithm(config: Config) -> MetaLearner:
             return Reptile(
                 model,
                 inner_optimizer=config.inner_optimizer,
+                adam_state=config.inner_adam_state,
                 inner_batch_size=config.inner_batch_size,
                 eval_inner_batch_size=config.eval_inner_batch_size,
                 **common,

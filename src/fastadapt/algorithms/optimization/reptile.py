@@ -27,8 +27,13 @@ query predictions of the adapted phi_i (a held-out post-adaptation score for tra
 
 :meth:`Reptile.predict` fine-tunes from theta on each support set with the inner optimiser for
 ``eval_inner_steps`` steps (mini-batches of ``eval_inner_batch_size``) and predicts the query set.
-Unlike the paper's TensorFlow code, whose Adam moments persist from task to task, every task starts
-with a fresh optimiser state.
+Adam's state. The paper's TensorFlow code keeps one Adam optimiser for the whole run: its moments (and
+its bias-correction step count) carry over from task to task, and each test task starts from them too
+(restored afterwards). ``adam_state="carried"`` does that: every task of a meta-batch starts from the
+carried moments, and after the meta-batch they become the tasks' mean (the code runs the tasks one after
+another, so there the next task starts from the previous one's); test tasks read them and leave them.
+``adam_state="fresh"`` starts every task from zero moments, which with beta1 = 0 makes the first steps
+nearly sign descent: every weight moves by about ``inner_lr`` whatever its gradient's size.
 """
 
 from __future__ import annotations
@@ -40,11 +45,22 @@ import torch
 from torch import Tensor, nn
 
 from fastadapt.algorithms.base import MetaLearner, MetaOutput, task_loss
-from fastadapt.functional import Params, Strategy, call, gradients, map_tasks, parameters_of, sgd_step
+from fastadapt.functional import (
+    Params,
+    Strategy,
+    call,
+    gradients,
+    map_tasks,
+    parameter_key,
+    parameters_of,
+    sgd_step,
+)
 from fastadapt.tasks.episodes import TaskBatch
 
 InnerOptimizer = Literal["sgd", "adam"]
 INNER_OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
+AdamState = Literal["fresh", "carried"]
+ADAM_STATES: tuple[str, ...] = ("fresh", "carried")
 
 
 def minibatch_indices(num_tasks: int, examples: int, batch_size: int | None, steps: int) -> Tensor:
@@ -79,6 +95,10 @@ def adam_step(
     return new, {"m": m, "v": v}
 
 
+def _buffer_name(moment: str, parameter: str) -> str:
+    return f"{moment}_{parameter_key(parameter)}"
+
+
 class Reptile(MetaLearner):
     def __init__(
         self,
@@ -91,11 +111,16 @@ class Reptile(MetaLearner):
         eval_inner_batch_size: int | None = None,
         adam_betas: tuple[float, float] = (0.0, 0.999),
         adam_eps: float = 1e-8,
+        adam_state: AdamState = "fresh",
         strategy: Strategy = "loop",
     ) -> None:
         super().__init__()
         if inner_optimizer not in INNER_OPTIMIZERS:
             raise ValueError(f"unknown inner optimizer {inner_optimizer!r}; choose one of {INNER_OPTIMIZERS}")
+        if adam_state not in ADAM_STATES:
+            raise ValueError(f"unknown Adam state {adam_state!r}; choose one of {ADAM_STATES}")
+        if adam_state == "carried" and inner_optimizer != "adam":
+            raise ValueError("a carried Adam state needs the Adam inner optimiser (inner_optimizer='adam')")
         self.model = model
         self.inner_lr = inner_lr
         self.inner_steps = inner_steps
@@ -105,15 +130,49 @@ class Reptile(MetaLearner):
         self.eval_inner_batch_size = inner_batch_size if eval_inner_batch_size is None else eval_inner_batch_size
         self.adam_betas = tuple(adam_betas)
         self.adam_eps = adam_eps
+        self.adam_state = adam_state
         self.strategy = strategy
+        if adam_state == "carried":
+            # Buffers, so checkpoints keep them and data-parallel training averages them across processes.
+            self.adam_moments = nn.Module()
+            for name, p in model.named_parameters():
+                for moment in ("m", "v"):
+                    self.adam_moments.register_buffer(_buffer_name(moment, name), torch.zeros_like(p.detach()))
+            self.adam_moments.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def carried_moments(self) -> tuple[dict[str, Params], int]:
+        """The Adam state a task starts from: zero moments at step 0, or the carried ones."""
+        theta = parameters_of(self.model)
+        if self.adam_state == "fresh":
+            return {moment: {k: torch.zeros_like(v) for k, v in theta.items()} for moment in ("m", "v")}, 0
+        buffers = dict(self.adam_moments.named_buffers())
+        state = {moment: {k: buffers[_buffer_name(moment, k)] for k in theta} for moment in ("m", "v")}
+        return state, int(self.adam_moments.steps)
+
+    @torch.no_grad()
+    def _carry(self, final_state: dict[str, Params], steps: int) -> None:
+        buffers = dict(self.adam_moments.named_buffers())
+        for moment, tensors in final_state.items():
+            for k, per_task in tensors.items():
+                buffers[_buffer_name(moment, k)].copy_(per_task.mean(dim=0))
+        self.adam_moments.steps += steps
 
     def fine_tune(
-        self, theta: Mapping[str, Tensor], support_x: Tensor, support_y: Tensor, indices: Tensor, vectorised: bool
-    ) -> Params:
+        self,
+        theta: Mapping[str, Tensor],
+        support_x: Tensor,
+        support_y: Tensor,
+        indices: Tensor,
+        vectorised: bool,
+        state: dict[str, Params] | None = None,
+        first_step: int = 0,
+    ) -> tuple[Params, dict[str, Params]]:
         """phi_i = U^k(theta): one step of the inner optimiser per row of ``indices`` (steps, batch), each
-        on that mini-batch of the support set. Not differentiable with respect to theta."""
+        on that mini-batch of the support set, from Adam's ``state`` after ``first_step`` steps (None: fresh).
+        Returns phi and Adam's final state. Not differentiable with respect to theta."""
         params = {k: v.detach() for k, v in theta.items()}
-        state = {moment: {k: torch.zeros_like(v) for k, v in params.items()} for moment in ("m", "v")}  # Adam
+        if state is None:
+            state = {moment: {k: torch.zeros_like(v) for k, v in params.items()} for moment in ("m", "v")}
         with torch.enable_grad():
             for step in range(1, indices.shape[0] + 1):
                 x, y = support_x[indices[step - 1]], support_y[indices[step - 1]]
@@ -124,41 +183,53 @@ class Reptile(MetaLearner):
                 if self.inner_optimizer == "sgd":
                     params = sgd_step(params, grads, self.inner_lr)
                 else:
-                    params, state = adam_step(params, grads, state, step, self.inner_lr, self.adam_betas, self.adam_eps)
-        return {k: v.detach() for k, v in params.items()}
+                    params, state = adam_step(
+                        params, grads, state, first_step + step, self.inner_lr, self.adam_betas, self.adam_eps
+                    )
+        detached = {moment: {k: v.detach() for k, v in tensors.items()} for moment, tensors in state.items()}
+        return {k: v.detach() for k, v in params.items()}, detached
 
-    def _fine_tuned(self, batch: TaskBatch, steps: int, batch_size: int | None) -> tuple[Params, Tensor]:
-        """phi_i for every task (stacked along a leading task dimension) and its query predictions."""
+    def _fine_tuned(
+        self, batch: TaskBatch, steps: int, batch_size: int | None
+    ) -> tuple[Params, Tensor, dict[str, Params]]:
+        """phi_i for every task, its query predictions and Adam's final state (each stacked along a
+        leading task dimension)."""
         theta = parameters_of(self.model)
+        start, first_step = self.carried_moments()
         indices = minibatch_indices(batch.num_tasks, batch.support_x.shape[1], batch_size, steps)
         indices = indices.to(batch.support_x.device)
 
         def one_task(support_x, support_y, query_x, task_indices, vectorised):
-            phi = self.fine_tune(theta, support_x, support_y, task_indices, vectorised)
+            phi, state = self.fine_tune(theta, support_x, support_y, task_indices, vectorised, start, first_step)
             with torch.no_grad():
                 predictions = call(self.model, phi, query_x)
-            return (*phi.values(), predictions)
+            return (*phi.values(), *state["m"].values(), *state["v"].values(), predictions)
 
-        *phis, predictions = map_tasks(
+        *outputs, predictions = map_tasks(
             one_task, (batch.support_x, batch.support_y, batch.query_x, indices), self.strategy
         )
-        return dict(zip(theta.keys(), phis)), predictions
+        n = len(theta)
+        phis, m, v = (dict(zip(theta.keys(), outputs[i * n : (i + 1) * n])) for i in range(3))
+        return phis, predictions, {"m": m, "v": v}
 
     def meta_loss(self, batch: TaskBatch) -> MetaOutput:
         """Surrogate loss whose gradient is theta - mean_i phi_i (see the module docstring)."""
-        phis, predictions = self._fine_tuned(batch, self.inner_steps, self.inner_batch_size)
+        phis, predictions, final_state = self._fine_tuned(batch, self.inner_steps, self.inner_batch_size)
+        if self.adam_state == "carried":
+            self._carry(final_state, self.inner_steps)
         theta = parameters_of(self.model)
         loss = sum(0.5 * (theta[k] - phis[k].mean(dim=0)).square().sum() for k in theta)
         return MetaOutput(loss, predictions)
 
     def predict(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
         steps = self.eval_inner_steps if steps is None else steps
-        _, predictions = self._fine_tuned(batch, steps, self.eval_inner_batch_size)
+        _, predictions, _ = self._fine_tuned(batch, steps, self.eval_inner_batch_size)
         return predictions
 
     def extra_repr(self) -> str:
         return (
             f"inner_optimizer={self.inner_optimizer!r}, inner_lr={self.inner_lr}, inner_steps={self.inner_steps}, "
             f"inner_batch_size={self.inner_batch_size}, eval_inner_steps={self.eval_inner_steps}, "
-            f"eval_inner_batch_size={self.eval_inner_batch_size}, strategy={self.strategy!r}"
+            f"eval_inner_batch_size={self.eval_inner_batch_size}, adam_state={self.adam_state!r}, "
+            f"strategy={self.strategy!r}"
         )
