@@ -82,7 +82,7 @@ def test_pretrain_rejects_a_regression_data_set(capsys):
     assert "image data set" in error_line(capsys)
 
 
-def test_cosine_head_scores_direction_only_and_pretrains(folder: Path, tmp_path: Path):
+def test_cosine_head_scores_direction_only_and_pretrains_with_augmentation(folder: Path, tmp_path: Path):
     import torch
 
     from fastadapt.pretrain import CosineHead
@@ -95,7 +95,34 @@ def test_cosine_head_scores_direction_only_and_pretrains(folder: Path, tmp_path:
 
     pre = tmp_path / "pre"
     args = ["pretrain", "--dataset", "folder", "--data-dir", str(folder), "--image-size", "16", "--quiet"]
-    args += ["--head", "cosine", "--epochs", "1", "--batch-size", "16", "--val-episodes", "5", "--out", str(pre)]
+    args += [
+        "--head",
+        "cosine",
+        "--augment",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--val-episodes",
+        "5",
+        "--out",
+        str(pre),
+    ]
     assert main(args) == 0
     state = torch.load(pre / "pretrain.pt", weights_only=False)
-    assert state["config"]["head"] == "cosine" and "log_scale" in state["head"]
+    assert state["config"]["head"] == "cosine" and state["config"]["augment"] and "log_scale" in state["head"]
+
+
+def test_random_affine_moves_images_and_is_the_identity_at_zero_strength():
+    import torch
+
+    from fastadapt.pretrain import random_affine
+
+    images = torch.rand(4, 1, 12, 12)
+    same = random_affine(images, torch.Generator().manual_seed(0), degrees=0.0, scale=0.0, shift=0.0)
+    torch.testing.assert_close(same, images)
+    moved = random_affine(images, torch.Generator().manual_seed(0))
+    assert moved.shape == images.shape and not torch.allclose(moved, images)
+    # each image of the batch gets its own transform
+    twins = random_affine(images[:1].expand(2, -1, -1, -1), torch.Generator().manual_seed(1))
+    assert not torch.allclose(twins[0], twins[1])
