@@ -32,6 +32,7 @@ its bias-correction step count) carry over from task to task, and each test task
 (restored afterwards). ``adam_state="carried"`` does that: every task of a meta-batch starts from the
 carried moments, and after the meta-batch they become the tasks' mean (the code runs the tasks one after
 another, so there the next task starts from the previous one's); test tasks read them and leave them.
+Under torchrun each process carries the moments of its own tasks, averaged at every validation.
 ``adam_state="fresh"`` starts every task from zero moments, which with beta1 = 0 makes the first steps
 nearly sign descent: every weight moves by about ``inner_lr`` whatever its gradient's size.
 """
