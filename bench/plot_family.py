@@ -86,7 +86,11 @@ FAMILIES = {
             # Test characters drawn at random from every alphabet, as in Finn et al.'s code (--split maml).
             "MAML (paper's split)": ["maml_omniglot_5w1s_mamlsplit", "maml_omniglot_5w1s_mamlsplit_2proc"],
             "first-order MAML": ["fomaml_omniglot_5w1s_trainval", "fomaml_omniglot_20w1s_trainval"],
-            "Reptile": ["reptile_omniglot_5w1s_trainval", "reptile_omniglot_20w1s_trainval"],
+            "Reptile": [
+                "reptile_omniglot_5w1s_trainval",
+                "reptile_omniglot_5w1s_trainval_carried",
+                "reptile_omniglot_20w1s_trainval",
+            ],
             "Meta-SGD": ["metasgd_omniglot_5w1s_trainval", "metasgd_omniglot_20w1s_trainval"],
             "ANIL": ["anil_omniglot_5w1s_trainval", "anil_omniglot_20w1s_trainval"],
         },

@@ -1,9 +1,14 @@
 """Run one meta-training + meta-test job through the CLI and record its wall time.
 
     python bench/train_eval.py NAME -- fastadapt train ARGS...
+    python bench/train_eval.py NAME --stopped -- fastadapt train ARGS...
 
 Writes bench/results/NAME.json with the command, the machine, the training and total wall time and
 the eval.json of the run; docs/RESULTS.md is written from these files.
+
+``--stopped``: the run was stopped by hand (Ctrl-C) when its time budget ran out, before its schedule
+ended; meta-test the ``best.pt`` it kept with ``fastadapt eval`` (the settings the run's own final test
+would have used) and record that, with the step it reached.
 """
 
 from __future__ import annotations
@@ -20,19 +25,27 @@ from common import RESULTS, machine, write_json
 
 
 def main() -> None:
-    name, sep, *command = sys.argv[1:]
+    name, *rest = sys.argv[1:]
+    stopped = rest[0] == "--stopped"
+    sep, *command = rest[1:] if stopped else rest
     assert sep == "--", __doc__
     out_dir = Path(command[command.index("--out") + 1])
     started = time.time()
-    subprocess.run(command, check=True)
+    if stopped:
+        meta_test = ["fastadapt", "eval", "--checkpoint", str(out_dir / "best.pt"), "--out", str(out_dir)]
+        subprocess.run(meta_test, check=True)
+    else:
+        subprocess.run(command, check=True)
     total = time.time() - started
     metrics = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line]
     record = {
         "name": name,
         "command": shlex.join(command),
+        **({"stopped_at_step": max(r["step"] for r in metrics)} if stopped else {}),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
         "train_wall_s": max(r.get("elapsed_s", 0) for r in metrics),
+        # with --stopped: the meta-test alone
         "total_wall_s": round(total, 1),
         "eval": json.loads((out_dir / "eval.json").read_text()),
     }
