@@ -94,7 +94,7 @@ FAMILIES = {
             "Meta-SGD": ["metasgd_omniglot_5w1s_trainval", "metasgd_omniglot_20w1s_trainval"],
             "ANIL": ["anil_omniglot_5w1s_trainval", "anil_omniglot_20w1s_trainval"],
         },
-        y_min=75,
+        y_min=65,
     ),
 }
 
@@ -165,7 +165,7 @@ def plot_curves(name: str, family: Family) -> None:
             label = f"{method} ({record['name']})"
             ax.plot(curve["minutes"], curve["accuracy"], style, marker="o", ms=3, color=f"C{i}", label=label)
     for ax, setting in zip(axes[0], family.settings):
-        ax.set_title(f"{setting[0]}-way {setting[1]}-shot: validation accuracy (200 episodes)", fontsize=10)
+        ax.set_title(f"{setting[0]}-way {setting[1]}-shot: validation accuracy (100-200 episodes)", fontsize=10)
         ax.set_xlabel("training time (min; one CPU core, both for '2proc' runs)")
         ax.set_ylabel("validation accuracy (%)")
         ax.grid(alpha=0.3)
