@@ -8,7 +8,7 @@ the eval.json of the run; docs/RESULTS.md is written from these files.
 
 ``--stopped``: the run was stopped by hand (Ctrl-C) when its time budget ran out, before its schedule
 ended; meta-test the ``best.pt`` it kept with ``fastadapt eval`` (the settings the run's own final test
-would have used) and record that, with the step it reached.
+would have used) and record that, with the last step its metrics logged.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def main() -> None:
     record = {
         "name": name,
         "command": shlex.join(command),
-        **({"stopped_at_step": max(r["step"] for r in metrics)} if stopped else {}),
+        **({"last_logged_step": max(r["step"] for r in metrics)} if stopped else {}),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
         "train_wall_s": max(r.get("elapsed_s", 0) for r in metrics),

@@ -3,9 +3,9 @@ classification on the meta-training classes only, then write the embeddings of e
 
 ``pretrain``: backbone (Conv-4 for 28x28 Omniglot, ResNet-12 for 84x84 images) + a linear layer (or, with
 ``--head cosine``, scaled cosine similarities, Chen et al. 2019) over all training classes, cross-entropy,
-Adam with a cosine schedule. After every epoch the backbone is scored
-by nearest-centroid 5-way 1-shot episodes on the *validation* classes, and the best epoch is kept in
-``<out>/pretrain.pt`` (atomic). Validation and test classes are never trained on.
+Adam with a cosine schedule; ``--augment`` jitters the training images. After every epoch the backbone
+is scored by nearest-centroid 5-way 1-shot episodes on the *validation* classes, and the best epoch is
+kept in ``<out>/pretrain.pt`` (atomic). Validation and test classes are never trained on.
 
 ``embed``: the kept backbone, in eval mode, maps every image of train/val/test to its feature vector,
 divided by one scale (the mean length of the training vectors, so they have unit length on average);
@@ -94,7 +94,10 @@ def random_affine(
     """Each image rotated, scaled and shifted at random (one ``grid_sample`` for the batch); zeros fill
     what moves into view (Omniglot's background; border copies would smear strokes that touch the edge)."""
     n = images.shape[0]
-    uniform = lambda: torch.rand(n, generator=generator) * 2 - 1  # noqa: E731
+
+    def uniform() -> torch.Tensor:  # n draws from U(-1, 1)
+        return torch.rand(n, generator=generator) * 2 - 1
+
     angle = uniform() * math.radians(degrees)
     factor = 1 + uniform() * scale
     cos, sin = torch.cos(angle) / factor, torch.sin(angle) / factor
