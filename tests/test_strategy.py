@@ -1,6 +1,6 @@
 import torch
 
-from fastadapt.algorithms import MAML, ProtoNet
+from fastadapt.algorithms import MAML, ProtoNet, Reptile
 from fastadapt.config import make_config
 from fastadapt.datasets.sinusoid import SinusoidTasks
 from fastadapt.nets import MLP
@@ -19,6 +19,17 @@ def test_choose_strategy_measures_both_and_changes_no_parameter():
     assert all(torch.equal(before[k], v) for k, v in learner.state_dict().items())
     assert all(p.grad is None for p in learner.parameters())
     assert torch.equal(rng, torch.get_rng_state())
+
+
+def test_choose_strategy_leaves_buffers_a_meta_loss_updates():
+    """Reptile's carried Adam moments change on every meta-loss; timing must not advance them."""
+    torch.manual_seed(0)
+    learner = Reptile(MLP(1, (8,), 1), inner_lr=0.01, adam_state="carried", strategy="auto")
+    learner.meta_loss(SinusoidTasks(5, 5, seed=1).sample(2))  # moments that are not all zero
+    before = {k: v.clone() for k, v in learner.state_dict().items()}
+    choose_strategy(learner, SinusoidTasks(5, 5, seed=0).sample(4), trials=1)
+    assert int(learner.adam_moments.steps) == learner.inner_steps
+    assert all(torch.equal(before[k], v) for k, v in learner.state_dict().items())
 
 
 def test_fixed_strategies_and_methods_without_one_are_left_alone():

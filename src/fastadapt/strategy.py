@@ -25,9 +25,10 @@ def uses_strategy(learner: MetaLearner) -> bool:
 def time_strategies(learner: MetaLearner, batch: TaskBatch, trials: int = 2) -> dict[str, float]:
     """Median seconds of a meta-loss forward + backward pass under each strategy (after one warm-up of
     each). The strategies take turns, trial by trial, so a burst of load from elsewhere on the machine
-    falls on both rather than on whichever ran at that moment. Gradients are cleared afterwards and no
-    parameter changes."""
+    falls on both rather than on whichever ran at that moment. Gradients are cleared afterwards, and no
+    parameter or buffer changes (a meta-loss may update buffers: Reptile's carried Adam moments)."""
     original = learner.strategy
+    buffers = {name: b.detach().clone() for name, b in learner.named_buffers()}
     times: dict[str, list[float]] = {"loop": [], "vmap": []}
     try:
         for _ in range(trials + 1):
@@ -39,6 +40,9 @@ def time_strategies(learner: MetaLearner, batch: TaskBatch, trials: int = 2) -> 
         learner.zero_grad(set_to_none=True)
     finally:
         learner.strategy = original
+        with torch.no_grad():
+            for name, b in learner.named_buffers():
+                b.copy_(buffers[name])
     return {strategy: sorted(t[1:])[len(t[1:]) // 2] for strategy, t in times.items()}
 
 
