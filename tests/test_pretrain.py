@@ -126,3 +126,8 @@ def test_random_affine_moves_images_and_is_the_identity_at_zero_strength():
     # each image of the batch gets its own transform
     twins = random_affine(images[:1].expand(2, -1, -1, -1), torch.Generator().manual_seed(1))
     assert not torch.allclose(twins[0], twins[1])
+
+
+def test_pretrain_names_an_unknown_head(capsys):
+    assert main(["pretrain", "--dataset", "omniglot", "--head", "bogus", "--quiet"]) == 2
+    assert "unknown --head 'bogus'; choose one of: linear, cosine" in error_line(capsys)

@@ -115,7 +115,6 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--inner-optimizer", help="Reptile's inner optimiser: sgd or adam")
     o.add_argument(
         "--inner-adam-state",
-        choices=("fresh", "carried"),
         help="Reptile with Adam: fresh moments per task, or carried across tasks as the authors' code",
     )
     o.add_argument("--inner-batch-size", type=int, help="Reptile: support mini-batch per inner step (default: all)")
@@ -195,9 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="Adam learning rate, cosine-annealed to 0 (default 1e-3)")
     p.add_argument("--weight-decay", type=float, help="Adam weight decay (default 5e-4)")
     p.add_argument(
-        "--head",
-        choices=("linear", "cosine"),
-        help="classifier over the features: linear (default) or cosine similarity with a learned scale",
+        "--head", help="classifier over the features: linear (default) or cosine similarity with a learned scale"
     )
     p.add_argument(
         "--augment",

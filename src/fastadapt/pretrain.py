@@ -59,7 +59,7 @@ def validate_pretrain(config: PretrainConfig) -> None:
         if getattr(config, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(config, name)}).")
     if config.head not in HEADS:
-        raise ConfigError(f"unknown --head {config.head!r}; choose one of {HEADS}.")
+        raise ConfigError(f"unknown --head {config.head!r}; choose one of: {', '.join(HEADS)}.")
     if config.lr <= 0 or config.weight_decay < 0:
         raise ConfigError(f"--lr must be positive and --weight-decay >= 0 (got {config.lr}, {config.weight_decay}).")
     check_device(config.device)

@@ -141,11 +141,11 @@ class Reptile(MetaLearner):
                     self.adam_moments.register_buffer(_buffer_name(moment, name), torch.zeros_like(p.detach()))
             self.adam_moments.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
-    def carried_moments(self) -> tuple[dict[str, Params], int]:
-        """The Adam state a task starts from: zero moments at step 0, or the carried ones."""
-        theta = parameters_of(self.model)
+    def carried_moments(self) -> tuple[dict[str, Params] | None, int]:
+        """The Adam state a task starts from and its step count: None (fresh) at 0, or the carried ones."""
         if self.adam_state == "fresh":
-            return {moment: {k: torch.zeros_like(v) for k, v in theta.items()} for moment in ("m", "v")}, 0
+            return None, 0
+        theta = parameters_of(self.model)
         buffers = dict(self.adam_moments.named_buffers())
         state = {moment: {k: buffers[_buffer_name(moment, k)] for k in theta} for moment in ("m", "v")}
         return state, int(self.adam_moments.steps)
