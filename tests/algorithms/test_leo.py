@@ -107,6 +107,20 @@ def test_latent_inner_loop_lowers_the_support_loss():
     assert (finetuned < after).all()
 
 
+def test_one_latent_step_follows_the_support_loss_summed_over_examples():
+    """As the authors' tf.gradients of per-example losses: alpha multiplies the gradient of the sum."""
+    leo = small_leo(inner_lr=0.3).eval()
+    batch = vector_batch(tasks=2, ways=3, shots=2, query=1, dim=6)
+    with torch.no_grad():
+        mean, _ = leo.encode(batch.support_x, batch.support_y, batch.ways)
+    z = mean.clone().requires_grad_(True)
+    logits = linear_logits(batch.support_x, leo.decode(z))
+    summed = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch.support_y.flatten(), reduction="sum")
+    (grad,) = torch.autograd.grad(summed, z)
+    stepped = leo.latent_inner_loop(mean, batch.support_x, batch.support_y, steps=1)
+    torch.testing.assert_close(stepped, mean - 0.3 * grad)
+
+
 def test_meta_gradient_reaches_encoder_relation_decoder_and_learning_rates():
     leo = small_leo(dropout=0.3, grad_clip=None)
     leo.meta_loss(vector_batch(tasks=2, ways=3, shots=2, query=2, dim=6)).loss.backward()
