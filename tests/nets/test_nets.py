@@ -27,3 +27,40 @@ def test_pool_before_relu_is_the_standard_block():
 def test_sinusoid_mlp_shape():
     mlp = MLP(1, (40, 40), 1)
     assert [m.out_features for m in mlp if isinstance(m, torch.nn.Linear)] == [40, 40, 1]
+
+
+def _mean_var_batch_norm(x, weight, bias, eps=1e-5):
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)
+    var = (x - mean).square().mean(dim=(0, 2, 3), keepdim=True)
+    return (x - mean) * weight.view(1, -1, 1, 1) * torch.rsqrt(var + eps) + bias.view(1, -1, 1, 1)
+
+
+def test_episode_batch_norm_kernel_path_has_the_same_first_and_second_derivatives():
+    """Outside torch.func it calls torch's fused kernel; under vmap the mean/var form. Same function,
+    same gradient and same gradient-of-gradient (what second-order MAML differentiates)."""
+    from torch.func import vmap
+
+    from fastadapt.nets import EpisodeBatchNorm2d
+
+    torch.manual_seed(0)
+    norm = EpisodeBatchNorm2d(3).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(4, 3, 5, 5, dtype=torch.double, requires_grad=True)
+    probe = torch.randn(4, 3, 5, 5, dtype=torch.double)
+
+    def second_order(forward):
+        out = forward(x)
+        (gx,) = torch.autograd.grad((out * probe).sum(), x, create_graph=True)
+        return [out, gx, *torch.autograd.grad(gx.square().sum() + out.square().sum(), [x, norm.weight, norm.bias])]
+
+    fused = second_order(norm)
+    reference = second_order(lambda t: _mean_var_batch_norm(t, norm.weight, norm.bias))
+    for got, expected in zip(fused, reference):
+        torch.testing.assert_close(got, expected)
+    # under vmap (per-task statistics) the module still computes each task's own normalisation
+    tasks = torch.randn(2, 4, 3, 5, 5, dtype=torch.double)
+    batched = vmap(norm)(tasks)
+    for t in range(2):
+        torch.testing.assert_close(batched[t], _mean_var_batch_norm(tasks[t], norm.weight, norm.bias))
