@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--vmap-chunk",
         type=int,
         help="with vmap: N tasks per vectorised call, each chunk backpropagated before the next "
-        "(less memory, the same meta-gradient; default 8; 0: the whole meta-batch at once)",
+        "(less memory, the same meta-gradient; default 8, or 4 for several second-order steps; 0: all at once)",
     )
     m = t.add_argument_group("MAML++ switches (Antoniou et al. 2019; --algorithm maml++ turns them all on)")
     switch = dict(action=argparse.BooleanOptionalAction, default=None)

@@ -54,7 +54,7 @@ class Config(DataOptions):
     # Inner loops per task ("loop"), vectorised ("vmap"), or the faster of the two measured at the start.
     strategy: str = "auto"
     # With vmap: tasks per vectorised call, each chunk backpropagated before the next (0: all at once).
-    vmap_chunk: int = 8
+    vmap_chunk: int | None = None
     # Reptile's own inner optimiser, and mini-batches of the support set (None: the whole set).
     inner_optimizer: str = "sgd"
     # Reptile with Adam: "fresh" moments for every task, or moments "carried" across tasks (the authors' code).

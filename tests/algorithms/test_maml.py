@@ -51,3 +51,16 @@ def test_vmap_chunk_must_not_be_negative():
 
     with pytest.raises(ConfigError, match="--vmap-chunk"):
         MAML(MLP(1, (8,), 1), strategy="vmap", vmap_chunk=-1)
+
+
+def test_default_vmap_chunk_is_smaller_for_several_second_order_steps():
+    """Their graph grows with the steps; first order frees each step's graph."""
+    net = MLP(1, (8,), 1)
+    assert MAML(net, inner_steps=1, strategy="vmap").tasks_per_vmap_call() == 8
+    assert MAML(net, inner_steps=5, strategy="vmap").tasks_per_vmap_call() == 4
+    assert MAML(net, inner_steps=5, first_order=True, strategy="vmap").tasks_per_vmap_call() == 8
+    assert MAML(net, inner_steps=5, strategy="vmap", vmap_chunk=16).tasks_per_vmap_call() == 16
+    doa = MAML(net, inner_steps=5, first_order_steps=10, strategy="vmap")  # MAML++: first order until step 10
+    assert doa.tasks_per_vmap_call() == 8
+    doa.training_step = 10
+    assert doa.tasks_per_vmap_call() == 4

@@ -40,7 +40,7 @@ class ANIL(MAML):
         eval_inner_steps: int | None = None,
         strategy: Strategy = "loop",
         head: str = "head.",
-        vmap_chunk: int = 8,
+        vmap_chunk: int | None = None,
     ) -> None:
         super().__init__(model, inner_lr, inner_steps, first_order, eval_inner_steps, strategy, vmap_chunk=vmap_chunk)
         self.head_name = head.rstrip(".")

@@ -97,7 +97,7 @@ class MAML(MetaLearner):
         per_step_lr: bool = False,
         per_step_bn: bool = False,
         first_order_steps: int = 0,
-        vmap_chunk: int = 8,
+        vmap_chunk: int | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -107,10 +107,9 @@ class MAML(MetaLearner):
         self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
         self.strategy = strategy
         #: With vmap, tasks per vectorised call (0: all); each chunk is backpropagated before the next, so
-        #: peak memory is one chunk's graph. 8 measured as fast as the whole meta-batch of 32 on Omniglot
-        #: (docs/RESULTS.md, speed section) at 0.66x its memory.
+        #: peak memory is one chunk's graph. None: see :meth:`tasks_per_vmap_call`.
         self.vmap_chunk = vmap_chunk
-        if vmap_chunk < 0:
+        if vmap_chunk is not None and vmap_chunk < 0:
             raise ConfigError(f"--vmap-chunk must be a number of tasks >= 0 (0: all at once), not {vmap_chunk}.")
         self.multi_step_loss = multi_step_loss
         self.multi_step_loss_steps = multi_step_loss_steps
@@ -236,8 +235,17 @@ class MAML(MetaLearner):
             )
         return MetaOutput(query_losses.mean(), predictions)  # eq. (3): mean over the meta-batch
 
+    def tasks_per_vmap_call(self) -> int:
+        """The chunk size: ``vmap_chunk`` if given, else 8 tasks, or 4 for second order over several
+        inner steps, whose graph grows with the steps. On Omniglot (docs/RESULTS.md, speed section), 8 was as
+        fast as the whole meta-batch of 32 at 0.66x its memory; at 5 second-order steps 8 took 1.75x the
+        memory of a per-task loop, 4 took 1.37x and was 5% slower."""
+        if self.vmap_chunk is not None:
+            return self.vmap_chunk
+        return 4 if self.inner_steps > 1 and not self.uses_first_order() else 8
+
     def meta_backward(self, batch: TaskBatch) -> MetaOutput:
-        chunk = (self.vmap_chunk or batch.num_tasks) if self.strategy == "vmap" else 1
+        chunk = (self.tasks_per_vmap_call() or batch.num_tasks) if self.strategy == "vmap" else 1
         if chunk >= batch.num_tasks:
             return super().meta_backward(batch)
         # The meta-loss is a mean over tasks, so each chunk's graph (its inner loops and second-order

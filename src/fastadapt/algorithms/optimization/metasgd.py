@@ -35,7 +35,7 @@ class MetaSGD(MAML):
         first_order: bool = False,
         eval_inner_steps: int | None = None,
         strategy: Strategy = "loop",
-        vmap_chunk: int = 8,
+        vmap_chunk: int | None = None,
     ) -> None:
         super().__init__(model, inner_lr, inner_steps, first_order, eval_inner_steps, strategy, vmap_chunk=vmap_chunk)
         #: alpha: one learned learning-rate tensor per parameter tensor, same shape, meta-parameters.
