@@ -4,7 +4,7 @@ from fastadapt.algorithms import MAML, ProtoNet, Reptile
 from fastadapt.config import make_config
 from fastadapt.datasets.sinusoid import SinusoidTasks
 from fastadapt.nets import MLP
-from fastadapt.strategy import choose_strategy
+from fastadapt.strategy import choose_strategy, saved_activation_mib
 from fastadapt.train import train
 
 
@@ -30,6 +30,37 @@ def test_choose_strategy_leaves_buffers_a_meta_loss_updates():
     choose_strategy(learner, SinusoidTasks(5, 5, seed=0).sample(4), trials=1)
     assert int(learner.adam_moments.steps) == learner.inner_steps
     assert all(torch.equal(before[k], v) for k, v in learner.state_dict().items())
+
+
+def test_arithmetic_bound_tasks_keep_the_loop_without_a_vmap_trial(monkeypatch):
+    """Above the per-task activation limit, vmap is not timed (its trial alone would multiply peak memory)."""
+    from fastadapt.tasks.episodes import TaskBatch
+
+    def omniglot_like(queries: int) -> TaskBatch:
+        g = torch.Generator().manual_seed(0)
+        labels = torch.arange(5)
+        support = torch.randn(2, 5, 1, 28, 28, generator=g)
+        query = torch.randn(2, 5 * queries, 1, 28, 28, generator=g)
+        return TaskBatch(support, labels.repeat(2, 1), query, labels.repeat_interleave(queries).repeat(2, 1), 5)
+
+    from fastadapt.nets import Conv4
+
+    learner = MAML(Conv4(1, 16, 5, norm="episode"), inner_lr=0.4, strategy="auto")
+    one, fifteen = saved_activation_mib(learner, omniglot_like(1)), saved_activation_mib(learner, omniglot_like(15))
+    assert 0 < one < fifteen  # the query pass dominates what a task keeps for backward
+    assert all(p.grad is None for p in learner.parameters())
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("vmap must not be tried")
+
+    monkeypatch.setattr("fastadapt.strategy.time_strategies", no_timing)
+    monkeypatch.setattr("fastadapt.strategy.VMAP_TRIAL_LIMIT_MIB", (one + fifteen) / 2)
+    measured = choose_strategy(learner, omniglot_like(15))
+    assert learner.strategy == "loop" and measured["vmap_tried"] is False
+    assert measured["saved_mib_per_task"] == fifteen
+    learner.strategy = "auto"
+    monkeypatch.setattr("fastadapt.strategy.time_strategies", lambda *a, **k: {"loop": 2.0, "vmap": 1.0})
+    assert choose_strategy(learner, omniglot_like(1))["strategy"] == "vmap" == learner.strategy
 
 
 def test_fixed_strategies_and_methods_without_one_are_left_alone():

@@ -206,9 +206,14 @@ def _train(
         measured = choose_strategy(learner, probe)
         if replicas.enabled:  # every process follows rank 0's measurement
             learner.strategy = distributed.broadcast_object(learner.strategy)
-        if progress:
+        if progress and "seconds" in measured:
             timings = ", ".join(f"{k} {v:.3f}s" for k, v in measured["seconds"].items())
             print(f"strategy auto: {learner.strategy} (one training step: {timings})")
+        elif progress:
+            print(
+                f"strategy auto: loop, vmap not tried (one task saves {measured['saved_mib_per_task']:.0f} MiB "
+                f"of activations: arithmetic-bound; --strategy vmap forces it)"
+            )
 
     def checkpoint_state() -> dict[str, Any]:
         """The checkpoint; under torchrun a collective call (it gathers every rank's random state)."""
