@@ -196,6 +196,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, help="outer learning rate of every LEO run (default: the preset's)")
     parser.add_argument("--head", default="linear", help="pre-training classifier: linear or cosine")
     parser.add_argument("--augment", action="store_true", help="pre-train on randomly rotated/scaled/shifted images")
+    parser.add_argument("--network", default="conv4", help="pre-trained backbone: conv4, conv4-N (N filters)")
     parser.add_argument("--leo-args", default="", help="more `fastadapt train` options for every LEO run")
     args = parser.parse_args()
     work = Path(args.work)
@@ -209,7 +210,7 @@ def main() -> None:
 
     pre, emb = work / "pretrain", work / "embeddings"
     pretrain_cmd = ["fastadapt", "pretrain", "--dataset", "omniglot", "--split", args.split]
-    pretrain_cmd += ["--epochs", str(args.pretrain_epochs), "--head", args.head]
+    pretrain_cmd += ["--epochs", str(args.pretrain_epochs), "--head", args.head, "--network", args.network]
     pretrain_cmd += ["--augment"] if args.augment else []
     pretrain_cmd += ["--out", str(pre), "--quiet"]
     if not (pre / "pretrain.pt").is_file():

@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     o.add_argument(
         "--network",
-        help="conv4 (max-pool, 64 filters), conv4-32 (32 filters, mini-ImageNet MAML/Meta-LSTM learner), "
+        help="conv4 (max-pool, 64 filters), conv4-N (N filters; conv4-32: mini-ImageNet MAML/Meta-LSTM learner), "
         "conv4-stride (MAML's Omniglot net), resnet12 (TADAM/MetaOptNet, 64-160-320-640) or mlp",
     )
     r = t.add_argument_group("run")
@@ -188,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
         "centroid, 5-way 1-shot). Writes <out>/pretrain.pt and pretrain_metrics.jsonl.",
     )
     p.add_argument("--dataset", default="omniglot", help="omniglot or folder (default: omniglot)")
-    p.add_argument("--network", help="conv4, conv4-32 or resnet12 (default: resnet12 from 64 pixels, else conv4)")
+    p.add_argument(
+        "--network", help="conv4, conv4-N (N filters) or resnet12 (default: resnet12 from 64 pixels, else conv4)"
+    )
     p.add_argument("--epochs", type=int, help="passes over the training classes' images (default 10)")
     p.add_argument("--batch-size", type=int, help="images per step (default 128)")
     p.add_argument("--lr", type=float, help="Adam learning rate, cosine-annealed to 0 (default 1e-3)")

@@ -366,7 +366,7 @@ def validate_leo(config: Config) -> None:
 class PretrainConfig(DataOptions):
     """``fastadapt pretrain``: plain classification of the meta-training classes (LEO's first stage)."""
 
-    # conv4 / conv4-32 / resnet12; None: resnet12 for images of 64 pixels or more, conv4 below.
+    # conv4 / conv4-N (N filters) / resnet12; None: resnet12 for images of 64 pixels or more, conv4 below.
     network: str | None = None
     epochs: int = 10
     batch_size: int = 128

@@ -32,9 +32,9 @@ from fastadapt.config import Config, PretrainConfig, check_device
 from fastadapt.datasets import load_splits
 from fastadapt.datasets.embeddings import PARTS, write_embedding_split, write_json_atomically
 from fastadapt.errors import ConfigError, DataError
+from fastadapt.nets.conv import conv4_filters
 from fastadapt.tasks.samplers import ClassSplit, EpisodeSampler
 
-PRETRAIN_NETWORKS = ("conv4", "conv4-32", "resnet12")
 HEADS = ("linear", "cosine")
 CHECKPOINT_NAME = "pretrain.pt"
 
@@ -53,8 +53,11 @@ def _data_config(config: PretrainConfig) -> Config:
 def validate_pretrain(config: PretrainConfig) -> None:
     if config.dataset not in ("omniglot", "folder"):
         raise ConfigError(f"pretrain needs an image data set (omniglot or folder), not {config.dataset!r}.")
-    if default_network(config) not in PRETRAIN_NETWORKS:
-        raise ConfigError(f"unknown --network {config.network!r} for pretrain; choose one of {PRETRAIN_NETWORKS}.")
+    network = default_network(config)
+    if network != "resnet12" and conv4_filters(network) is None:
+        raise ConfigError(
+            f"unknown --network {config.network!r} for pretrain; choose conv4, conv4-N (N filters) or resnet12."
+        )
     for name in ("epochs", "batch_size", "val_episodes"):
         if getattr(config, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(config, name)}).")

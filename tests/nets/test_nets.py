@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from fastadapt.nets import MLP, Conv4, Conv4Stride
@@ -64,3 +65,17 @@ def test_episode_batch_norm_kernel_path_has_the_same_first_and_second_derivative
     batched = vmap(norm)(tasks)
     for t in range(2):
         torch.testing.assert_close(batched[t], _mean_var_batch_norm(tasks[t], norm.weight, norm.bias))
+
+
+def test_conv4_width_is_read_from_the_network_name():
+    from fastadapt.algorithms import build_network
+    from fastadapt.config import make_config
+    from fastadapt.errors import ConfigError
+    from fastadapt.nets.conv import conv4_filters
+
+    assert [conv4_filters(n) for n in ("conv4", "conv4-32", "conv4-96")] == [64, 32, 96]
+    assert [conv4_filters(n) for n in ("conv4-stride", "conv4-0", "conv4-", "resnet12", None)] == [None] * 5
+    net = build_network(make_config("protonet", "omniglot", network="conv4-96"), None)
+    assert net.out_features == 96 and net(torch.zeros(2, 1, 28, 28)).shape == (2, 96)
+    with pytest.raises(ConfigError, match="conv4-N"):
+        build_network(make_config("protonet", "omniglot", network="conv4-wide"), None)

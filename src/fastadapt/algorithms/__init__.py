@@ -19,6 +19,7 @@ from fastadapt.algorithms.optimization.metasgd import MetaSGD
 from fastadapt.algorithms.optimization.reptile import Reptile
 from fastadapt.errors import ConfigError
 from fastadapt.nets import MLP, Conv4, Conv4Stride, ResNet12
+from fastadapt.nets.conv import conv4_filters
 from fastadapt.nets.relation import relation_networks
 
 if TYPE_CHECKING:
@@ -39,21 +40,21 @@ ALGORITHMS: dict[str, type[MetaLearner]] = {
 }
 #: Methods that adapt the network's weights per task; their networks use per-episode batch statistics.
 GRADIENT_BASED = ("anil", "maml", "maml++", "meta-lstm", "metasgd", "reptile")
-NETWORKS = ("conv4", "conv4-32", "conv4-stride", "mlp", "resnet12")
+NETWORKS = ("conv4", "conv4-32", "conv4-stride", "mlp", "resnet12")  # and conv4-N, for any N filters
 
 
 def build_network(config: Config, num_outputs: int | None) -> nn.Module:
     """The backbone named by ``config.network``; ``num_outputs=None`` gives an embedding network."""
     episode_norm = "episode" if config.algorithm in GRADIENT_BASED else "running"
-    if config.network in ("conv4", "conv4-32", "resnet12") and config.image_size < 16:
+    hidden = conv4_filters(config.network)
+    if (hidden or config.network == "resnet12") and config.image_size < 16:
         # four 2x2 max-pools need at least 16 pixels
         raise ConfigError(
             f"--network {config.network} halves the image four times and needs --image-size of at least 16 "
             f"(got {config.image_size}); use a larger --image-size or --network conv4-stride."
         )
-    if config.network in ("conv4", "conv4-32"):
+    if hidden:
         # conv4-32: 32 filters, the learner of Ravi & Larochelle and of MAML on mini-ImageNet.
-        hidden = 32 if config.network == "conv4-32" else 64
         return Conv4(config.channels, hidden, num_outputs, norm=episode_norm, image_size=config.image_size)
     if config.network == "resnet12":
         return ResNet12(config.channels, num_classes=num_outputs, norm=episode_norm)
@@ -61,7 +62,7 @@ def build_network(config: Config, num_outputs: int | None) -> nn.Module:
         return Conv4Stride(config.channels, 64, num_outputs or 64, norm=episode_norm)
     if config.network == "mlp":
         return MLP(1, (40, 40), num_outputs or 1)
-    raise ConfigError(f"unknown network {config.network!r}; choose one of: {', '.join(NETWORKS)}.")
+    raise ConfigError(f"unknown network {config.network!r}; choose one of: {', '.join(NETWORKS)}, or conv4-N.")
 
 
 def _channels_last(module: nn.Module) -> nn.Module:

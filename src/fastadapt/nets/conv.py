@@ -11,6 +11,14 @@ from fastadapt.nets.layers import EpisodeBatchNorm2d
 Norm = Literal["running", "episode"]
 
 
+def conv4_filters(network: str | None) -> int | None:
+    """Filters of a max-pool Conv-4 name: 64 for "conv4", N for "conv4-N"; None for other networks."""
+    if network == "conv4":
+        return 64
+    prefix, _, filters = (network or "").partition("-")
+    return int(filters) if prefix == "conv4" and filters.isdigit() and int(filters) > 0 else None
+
+
 def _norm(channels: int, norm: Norm) -> nn.Module:
     # "running": nn.BatchNorm2d with running statistics (ProtoNets); "episode": batch statistics always
     # (MAML's reference code), exact under vmap and second-order differentiation.
