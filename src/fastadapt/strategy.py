@@ -8,7 +8,7 @@ resumed run continues with it.
 
 Before timing, it measures how much one task's meta-loss saves for the backward pass. Above
 ``VMAP_TRIAL_LIMIT_MIB`` the task is arithmetic-bound, and the loop is kept without trying vmap: vmap
-lost on every such workload measured (2.2-2.8x slower with 15 queries per class, 63-92 MiB per task),
+lost on every such workload measured (2.2-2.5x slower with 15 queries per class, 63-92 MiB per task),
 and its trial alone, a chunk of tasks vectorised at once, raised the process's peak memory 4-fold
 (docs/RESULTS.md, speed section). MAML's one-query Omniglot setting, where vmap wins, saves 3-11 MiB.
 """

@@ -20,7 +20,7 @@ class EpisodeBatchNorm2d(nn.Module):
     batch_norm kernel gives a wrong second-order meta-gradient, while this form is exact. Everywhere else
     (a per-task loop, evaluation) it calls that kernel, which computes the same function and its first and
     second derivatives (tested) in fewer passes over the activations: a second-order MAML step on 15 query
-    images per class took 1.4-1.6x less time with it (docs/RESULTS.md).
+    images per class ran 1.4-1.6x faster with it (docs/RESULTS.md).
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5) -> None:
