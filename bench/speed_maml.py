@@ -13,9 +13,12 @@ higher's ``innerloop_ctx``, torchopt's functional API (``torchopt.sgd`` + ``appl
 per-task loop with ``torch.autograd.grad``. Every implementation runs the same ``nn.Module`` from the same
 initial weights on the same batch.
 
-Before timing, every implementation's meta-gradient on one batch is compared with the plain loop's
-(asserted; the largest relative error per parameter tensor is printed). Timing is interleaved: in each of
-``--rounds`` rounds every implementation runs ``--steps`` steps in turn, so all see the same machine load.
+Before timing, every implementation's float32 meta-gradient on one batch is compared with the plain loop's
+computed in float64 (the largest relative error per parameter tensor is printed). It must be within
+``GRADIENT_TOLERANCE`` or within 3x the float32 plain loop's own error, whichever is larger (asserted):
+float32 rounding grows with the inner steps, to 2e-3 for the plain loop itself at (b), 5 first-order steps.
+Timing is interleaved: in each of ``--rounds`` rounds every implementation runs ``--steps`` steps in turn,
+so all see the same machine load.
 Reported: median seconds per step over all timed steps (after one warm-up step), the ratio of each peer's
 time to fastadapt auto's (> 1: fastadapt is faster), and VmHWM.
 
@@ -64,6 +67,15 @@ IMPLEMENTATIONS = (
 PEERS = ("learn2learn", "higher", "torchopt", "plain")
 #: float32 meta-gradients of different but exact implementations agree to about this relative error.
 GRADIENT_TOLERANCE = 1e-3
+
+
+def float64_reference(workload: str, steps: int, first_order: bool) -> list[torch.Tensor]:
+    """The plain loop's meta-gradient in float64, from the same weights and batch as every worker."""
+    model = make_model(workload).double()
+    batch = make_batch(workload)
+    batch = type(batch)(batch.support_x.double(), batch.support_y, batch.query_x.double(), batch.query_y, batch.ways)
+    plain_step_fn(model, steps, first_order)(batch)
+    return [p.grad.float() for p in model.parameters()]
 
 
 # --- learn2learn imports modules its MAML never uses ---------------------------------------------------------
@@ -309,13 +321,14 @@ def run_configuration(workload, steps, first_order, implementations, rounds, ste
         workers[name] = Worker(name, workload, steps, first_order, threads)
         workers[name].wait_ready()
     print(f"  {len(workers)} workers ready in {time.perf_counter() - started:.1f}s", flush=True)
-    reference = torch.load(workers["plain"].ready["grad_file"])
+    reference = float64_reference(workload, steps, first_order)
     errors = {}
     for name, w in workers.items():
         errors[name] = max_relative_error(reference, torch.load(w.ready["grad_file"]))
-        print(f"  gradient check {name:<15} relative error vs the plain loop {errors[name]:.2e}", flush=True)
-    bad = {n: e for n, e in errors.items() if not e < GRADIENT_TOLERANCE}
-    assert not bad, f"{label}: meta-gradients differ from the plain loop's: {bad}"
+        print(f"  gradient check {name:<15} relative error vs the plain loop in float64 {errors[name]:.2e}", flush=True)
+    tolerance = max(GRADIENT_TOLERANCE, 3 * errors["plain"])
+    bad = {n: e for n, e in errors.items() if not e < tolerance}
+    assert not bad, f"{label}: meta-gradients differ from the plain loop's (tolerance {tolerance:.1e}): {bad}"
     times = {name: [] for name in workers}
     for _ in range(rounds):  # interleaved: every implementation in turn, so all see the same load
         for name, w in workers.items():
