@@ -61,7 +61,7 @@ def saved_activation_mib(learner: MetaLearner, batch: TaskBatch) -> float:
 
     with _measuring(learner), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         learner.strategy = "loop"
-        learner.meta_loss(batch.tasks(0, 1))
+        learner.meta_loss(batch.task(0))
     return sum(storages.values()) / 2**20
 
 
