@@ -53,12 +53,14 @@ from torch.func import functional_call
 
 WAYS, SHOTS, META_BATCH, INNER_LR, OUTER_LR = 5, 1, 32, 0.4, 1e-3
 WORKLOADS = {"stride": 1, "pool": 15}  # queries per class
-#: fastadapt-vmap runs the meta-batch 8 tasks per vectorised call (the default); fastadapt-vmap-all all 32 at once.
+#: fastadapt-vmap runs the meta-batch 8 tasks per vectorised call (the default); fastadapt-vmap-all all 32 at once;
+#: fastadapt-compile is auto with ``compile=True`` (its one-off compile time is reported as "setup").
 IMPLEMENTATIONS = (
     "fastadapt-auto",
     "fastadapt-loop",
     "fastadapt-vmap",
     "fastadapt-vmap-all",
+    "fastadapt-compile",
     "learn2learn",
     "higher",
     "torchopt",
@@ -151,7 +153,9 @@ def fastadapt_step_fn(model, variant, steps, first_order, batch):
 
     strategy, _, whole = variant.partition("-")  # "vmap-all": the whole meta-batch in one vectorised call
     chunking = {"vmap_chunk": 0} if whole == "all" else {}  # otherwise MAML's default chunk size
-    learner = MAML(model, INNER_LR, steps, first_order=first_order, strategy=strategy, **chunking)
+    compile = strategy == "compile"  # "compile": auto, each strategy's meta-gradient through torch.compile
+    strategy = "auto" if compile else strategy
+    learner = MAML(model, INNER_LR, steps, first_order=first_order, strategy=strategy, compile=compile, **chunking)
     info = choose_strategy(learner, batch) if strategy == "auto" else {}
     return learner.meta_backward, info  # what `fastadapt train` calls (per-task backward for loop)
 
@@ -250,6 +254,7 @@ def worker(implementation: str, workload: str, steps: int, first_order: bool, th
     model = make_model(workload)
     batch = make_batch(workload)
     optimizer = torch.optim.Adam(model.parameters(), lr=OUTER_LR)
+    started = time.perf_counter()
     meta_gradient, info = make_step_fn(implementation, model, steps, first_order, batch)
 
     def training_step():
@@ -259,10 +264,17 @@ def worker(implementation: str, workload: str, steps: int, first_order: bool, th
 
     optimizer.zero_grad(set_to_none=True)
     meta_gradient(batch)  # the gradient check, on the initial weights, before any update
+    setup_seconds = time.perf_counter() - started  # auto's trials, compiling, the first step
     grad_file = Path(tempfile.mkdtemp()) / "grad.pt"
     torch.save([p.grad for p in model.parameters()], grad_file)
     training_step()  # warm-up
-    reply = {"ready": True, "grad_file": str(grad_file), "strategy": info.get("strategy"), "auto": info}
+    reply = {
+        "ready": True,
+        "grad_file": str(grad_file),
+        "strategy": info.get("strategy"),
+        "auto": info,
+        "setup_s": setup_seconds,
+    }
     print(json.dumps(reply), flush=True)
     for line in sys.stdin:
         command = json.loads(line)
@@ -349,12 +361,17 @@ def run_configuration(workload, steps, first_order, implementations, rounds, ste
                 "times_s": times[name],
                 "vmhwm_mib": memory[name],
                 "max_relative_gradient_error": errors[name],
+                "setup_s": workers[name].ready["setup_s"],
+                "strategy": workers[name].ready["strategy"],
             }
             for name in workers
         },
     }
     for name, r in result["implementations"].items():
-        print(f"  {name:<15} {r['median_s']:.3f} s/step  VmHWM {r['vmhwm_mib']:.0f} MiB", flush=True)
+        print(
+            f"  {name:<17} {r['median_s']:.3f} s/step  VmHWM {r['vmhwm_mib']:.0f} MiB  set-up {r['setup_s']:.1f} s",
+            flush=True,
+        )
     return result
 
 
@@ -373,6 +390,8 @@ def markdown_table(results) -> str:
             text = f"{impl[name]['median_s']:.3f}" if name in impl else "-"
             if name == "fastadapt-auto" and r.get("auto_chose"):
                 text += f" ({r['auto_chose']})"
+            if name == "fastadapt-compile" and name in impl:
+                text += f" ({impl[name]['strategy']}; compiled in {impl[name]['setup_s']:.0f} s)"
             cells.append(text)
         peers = {n: impl[n]["median_s"] for n in PEERS if n in impl}
         fastest = min(peers, key=peers.get)

@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--compile",
         action="store_true",
         default=None,
-        help="Meta-LSTM: torch.compile its per-coordinate update (~1 min once, then ~2x faster steps on CPU)",
+        help="torch.compile the meta-gradient of MAML, first-order MAML, MAML++, Meta-SGD and ANIL, or Meta-LSTM's "
+        "per-coordinate update: a one-off compile of one to several minutes, then faster steps",
     )
     o.add_argument(
         "--cosine-scale",

@@ -63,7 +63,7 @@ class Config(DataOptions):
     eval_inner_batch_size: int | None = None
     # Matching Networks: full context embeddings.
     fce: bool = False
-    # torch.compile the per-coordinate update of learned optimisers (Meta-LSTM): slower start, faster steps.
+    # torch.compile the MAML family's meta-gradient or Meta-LSTM's per-coordinate update: slower start, faster steps.
     compile: bool = False
     # Matching Networks: initial value of a learned scale on the cosine similarities (None or 0: none).
     cosine_scale: float | None = None

@@ -104,6 +104,8 @@ def map_tasks(
     """Apply ``fn(*task_tensors, vectorised=...)`` to every task (leading dimension of each tensor in
     ``per_task``) and stack its tuple of outputs along a new task dimension."""
     if strategy == "vmap":
+        if per_task[0].shape[0] == 1:  # one task needs no batching, only torch.func's gradients
+            return tuple(out.unsqueeze(0) for out in fn(*(t[0] for t in per_task), vectorised=True))
         return vmap(lambda *args: fn(*args, vectorised=True), randomness="different")(*per_task)
     if strategy not in ("loop", "auto"):
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")

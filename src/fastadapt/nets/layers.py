@@ -20,7 +20,8 @@ class EpisodeBatchNorm2d(nn.Module):
     batch_norm kernel gives a wrong second-order meta-gradient, while this form is exact. Everywhere else
     (a per-task loop, evaluation) it calls that kernel, which computes the same function and its first and
     second derivatives (tested) in fewer passes over the activations: a second-order MAML step on 15 query
-    images per class ran 1.4-1.6x faster with it (docs/RESULTS.md).
+    images per class ran 1.4-1.6x faster with it (docs/RESULTS.md). Under ``torch.compile`` it takes the
+    mean/var form too: the compiler fuses its passes, and the functorch check cannot be traced.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5) -> None:
@@ -30,7 +31,7 @@ class EpisodeBatchNorm2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not is_functorch_wrapped(x):
+        if not torch.compiler.is_compiling() and not is_functorch_wrapped(x):
             return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
         mean = x.mean(dim=(0, 2, 3), keepdim=True)
         var = (x - mean).square().mean(dim=(0, 2, 3), keepdim=True)

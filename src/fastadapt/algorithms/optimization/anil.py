@@ -41,8 +41,18 @@ class ANIL(MAML):
         strategy: Strategy = "loop",
         head: str = "head.",
         vmap_chunk: int | None = None,
+        compile: bool = False,
     ) -> None:
-        super().__init__(model, inner_lr, inner_steps, first_order, eval_inner_steps, strategy, vmap_chunk=vmap_chunk)
+        super().__init__(
+            model,
+            inner_lr,
+            inner_steps,
+            first_order,
+            eval_inner_steps,
+            strategy,
+            vmap_chunk=vmap_chunk,
+            compile=compile,
+        )
         self.head_name = head.rstrip(".")
         try:
             model.get_submodule(self.head_name)
@@ -89,7 +99,7 @@ class ANIL(MAML):
         self, features: Tensor, support_y: Tensor, steps: int, first_order: bool, vectorised: bool = False
     ) -> Params:
         """w'_i: ``steps`` gradient steps of the head alone on the support set's features."""
-        _, head = self.split(parameters_of(self.model))
+        _, head = self.split(self.theta())
         support_loss = lambda w: task_loss(call(self.head, w, features), support_y)
         return inner_sgd(support_loss, head, steps, self.inner_lr, first_order=first_order, vectorised=vectorised)
 
@@ -97,13 +107,15 @@ class ANIL(MAML):
         self, support_x: Tensor, support_y: Tensor, steps: int, first_order: bool, vectorised: bool = False
     ) -> Params:
         """All adapted parameters of one task: the body's are theta's own tensors, the head's are w'_i."""
-        theta = parameters_of(self.model)
+        theta = self.theta()
         body, _ = self.split(theta)
         fast_head = self.adapt_head(self.features(theta, support_x), support_y, steps, first_order, vectorised)
         return {**body, **{self.head_prefix + k: v for k, v in fast_head.items()}}
 
-    def _adapted_query(self, batch: TaskBatch, steps: int, first_order: bool) -> tuple[Tensor, Tensor]:
-        theta = parameters_of(self.model)
+    def _adapted_query(
+        self, batch: TaskBatch, steps: int, first_order: bool, strategy: Strategy
+    ) -> tuple[Tensor, Tensor]:
+        theta = self.theta()
 
         def one_task(support_x, support_y, query_x, query_y, vectorised):
             support_features = self.features(theta, support_x)  # the body runs once per set, not per step
@@ -112,7 +124,7 @@ class ANIL(MAML):
             predictions = call(self.head, fast_head, query_features)
             return task_loss(predictions, query_y), predictions
 
-        return map_tasks(one_task, (batch.support_x, batch.support_y, batch.query_x, batch.query_y), self.strategy)
+        return map_tasks(one_task, (batch.support_x, batch.support_y, batch.query_x, batch.query_y), strategy)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, head={self.head_name!r}"

@@ -41,8 +41,11 @@ The trainer sets :attr:`MAML.training_step` before each outer step; the MSL and 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from fastadapt.algorithms.base import MetaLearner, MetaOutput, task_loss
@@ -98,6 +101,7 @@ class MAML(MetaLearner):
         per_step_bn: bool = False,
         first_order_steps: int = 0,
         vmap_chunk: int | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
@@ -116,6 +120,11 @@ class MAML(MetaLearner):
         self.per_step_lr = per_step_lr
         self.per_step_bn = per_step_bn
         self.first_order_steps = first_order_steps
+        #: torch.compile the meta-gradient of each chunk of tasks (one task with the loop); see meta_backward.
+        self.compile = compile
+        self._compiled_gradient: Callable[..., tuple[Params, tuple[Tensor, Tensor]]] | None = None
+        #: Names of theta's tensors while a compiled trace runs, where ``requires_grad`` cannot pick them.
+        self._theta_names: tuple[str, ...] | None = None
         #: The outer step in progress (set by the trainer before each meta_loss); MSL and DOA read it.
         self.training_step = 0
         if (multi_step_loss or per_step_lr or per_step_bn) and inner_steps < 1:
@@ -149,6 +158,14 @@ class MAML(MetaLearner):
                 }
             )
 
+    def theta(self) -> Params:
+        """The network's meta-learned weights: its trainable parameters, or inside ``functional_call``
+        the tensors standing in for them."""
+        if self._theta_names is None:
+            return parameters_of(self.model)
+        params = dict(self.model.named_parameters())
+        return {name: params[name] for name in self._theta_names}
+
     def inner_learning_rate(self) -> float | dict[str, Tensor]:
         """alpha of eq. (1): a fixed scalar here; Meta-SGD learns one per parameter."""
         return self.inner_lr
@@ -158,7 +175,7 @@ class MAML(MetaLearner):
         if not self.per_step_lr:
             return self.inner_learning_rate()
         row = min(step, self.inner_steps - 1)
-        return {name: self.step_lrs[parameter_key(name)][row] for name in parameters_of(self.model)}
+        return {name: self.step_lrs[parameter_key(name)][row] for name in self.theta()}
 
     def network(self, params: Params, x: Tensor, step: int) -> Tensor:
         """The network with weights ``params`` on ``x`` in inner step ``step`` (0-based; with BNWB, the
@@ -175,7 +192,7 @@ class MAML(MetaLearner):
         support_loss = lambda params, step: task_loss(self.network(params, support_x, step), support_y)
         return inner_sgd_trajectory(
             support_loss,
-            parameters_of(self.model),
+            self.theta(),
             steps,
             self.step_learning_rate,
             first_order=first_order,
@@ -192,16 +209,18 @@ class MAML(MetaLearner):
         # MAML++'s code scores the query set after step j's update with step j's batch-norm weights.
         return self.network(params, query_x, max(steps_done - 1, 0))
 
-    def _adapted_query(self, batch: TaskBatch, steps: int, first_order: bool) -> tuple[Tensor, Tensor]:
+    def _adapted_query(
+        self, batch: TaskBatch, steps: int, first_order: bool, strategy: Strategy
+    ) -> tuple[Tensor, Tensor]:
         def one_task(support_x, support_y, query_x, query_y, vectorised):
             fast = self.adapt(support_x, support_y, steps, first_order, vectorised)
             predictions = self._query_pass(fast, query_x, steps)
             return task_loss(predictions, query_y), predictions
 
-        return map_tasks(one_task, (batch.support_x, batch.support_y, batch.query_x, batch.query_y), self.strategy)
+        return map_tasks(one_task, (batch.support_x, batch.support_y, batch.query_x, batch.query_y), strategy)
 
     def _multi_step_query(
-        self, batch: TaskBatch, steps: int, first_order: bool, weights: list[float]
+        self, batch: TaskBatch, steps: int, first_order: bool, weights: Sequence[float] | Tensor, strategy: Strategy
     ) -> tuple[Tensor, Tensor]:
         """MSL: sum_j v_j L^query(theta_i^(j)) per task, and the query predictions after the last step."""
 
@@ -213,7 +232,7 @@ class MAML(MetaLearner):
                 loss = loss + weight * task_loss(predictions, query_y)
             return loss, predictions
 
-        return map_tasks(one_task, (batch.support_x, batch.support_y, batch.query_x, batch.query_y), self.strategy)
+        return map_tasks(one_task, (batch.support_x, batch.support_y, batch.query_x, batch.query_y), strategy)
 
     def step_loss_weights(self) -> list[float] | None:
         """MSL's importance weights at the current training step, or None once only the last step counts."""
@@ -226,12 +245,22 @@ class MAML(MetaLearner):
         return self.first_order or self.training_step < self.first_order_steps
 
     def meta_loss(self, batch: TaskBatch) -> MetaOutput:
-        weights = self.step_loss_weights()
-        if weights is None:
-            query_losses, predictions = self._adapted_query(batch, self.inner_steps, self.uses_first_order())
+        return self(batch, self.strategy, self.uses_first_order(), self.step_loss_weights())
+
+    def forward(
+        self,
+        batch: TaskBatch,
+        strategy: Strategy,
+        first_order: bool,
+        step_weights: Sequence[float] | Tensor | None = None,
+    ) -> MetaOutput:
+        """The meta-loss with the schedules' values passed in (so a compiled trace depends on them, not on
+        the step counter): the first-order switch and MSL's weights (None: the last step's loss only)."""
+        if step_weights is None:
+            query_losses, predictions = self._adapted_query(batch, self.inner_steps, first_order, strategy)
         else:
             query_losses, predictions = self._multi_step_query(
-                batch, self.inner_steps, self.uses_first_order(), weights
+                batch, self.inner_steps, first_order, step_weights, strategy
             )
         return MetaOutput(query_losses.mean(), predictions)  # eq. (3): mean over the meta-batch
 
@@ -246,6 +275,8 @@ class MAML(MetaLearner):
 
     def meta_backward(self, batch: TaskBatch) -> MetaOutput:
         chunk = (self.tasks_per_vmap_call() or batch.num_tasks) if self.strategy == "vmap" else 1
+        if self.compile:
+            return self._compiled_meta_backward(batch, chunk)
         if chunk >= batch.num_tasks:
             return super().meta_backward(batch)
         # The meta-loss is a mean over tasks, so each chunk's graph (its inner loops and second-order
@@ -260,10 +291,48 @@ class MAML(MetaLearner):
             predictions.append(output.predictions.detach())
         return MetaOutput(total, torch.cat(predictions))
 
+    def _compiled_meta_backward(self, batch: TaskBatch, chunk: int) -> MetaOutput:
+        """meta_backward through ``torch.compile``: each chunk's meta-gradient is one functional program,
+        ``torch.func.grad`` of the meta-loss whose inner loops are ``torch.func.grad`` too, vectorised over
+        the chunk's tasks (one task with the loop strategy). Inductor then fuses the elementwise work around
+        the convolutions (batch norm, ReLU, pooling, the SGD updates) that eager mode runs pass by pass.
+        The first call compiles (tens of seconds to minutes); so does a new shape, first-order switch or
+        MSL phase. Gradients are the eager ones to float32 rounding (tested)."""
+        if self._compiled_gradient is None:
+
+            def chunk_gradient(params, part, first_order, step_weights):
+                def loss(params):
+                    output = functional_call(self, params, (part, "vmap", first_order, step_weights))
+                    return output.loss, (output.loss, output.predictions)
+
+                return torch.func.grad(loss, has_aux=True)(params)
+
+            self._compiled_gradient = torch.compile(chunk_gradient, dynamic=False)
+        trainable = {name: p for name, p in self.named_parameters() if p.requires_grad}
+        params = {name: p.detach() for name, p in trainable.items()}
+        weights = self.step_loss_weights()
+        weights = None if weights is None else torch.tensor(weights)
+        total, predictions = 0.0, []
+        self._theta_names = tuple(parameters_of(self.model))
+        try:
+            for start in range(0, batch.num_tasks, chunk):
+                part = batch.tasks(start, start + chunk)
+                grads, (loss, part_predictions) = self._compiled_gradient(
+                    params, part, self.uses_first_order(), weights
+                )
+                weight = part.num_tasks / batch.num_tasks
+                for name, p in trainable.items():
+                    p.grad = grads[name] * weight if p.grad is None else p.grad + grads[name] * weight
+                total = total + loss.detach() * weight
+                predictions.append(part_predictions.detach())
+        finally:
+            self._theta_names = None
+        return MetaOutput(total, torch.cat(predictions))
+
     def predict(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
         steps = self.eval_inner_steps if steps is None else steps
         # No meta-gradient is needed at test time, so the inner loop need not be differentiable.
-        _, predictions = self._adapted_query(batch, steps, first_order=True)
+        _, predictions = self._adapted_query(batch, steps, first_order=True, strategy=self.strategy)
         return predictions.detach()
 
     def extra_repr(self) -> str:
@@ -276,4 +345,6 @@ class MAML(MetaLearner):
         switches = [name for name in ("per_step_lr", "per_step_bn") if getattr(self, name)]
         if self.first_order_steps:
             switches.append(f"first_order_steps={self.first_order_steps}")
+        if self.compile:
+            switches.append("compile")
         return ", ".join([text, *switches])

@@ -36,8 +36,18 @@ class MetaSGD(MAML):
         eval_inner_steps: int | None = None,
         strategy: Strategy = "loop",
         vmap_chunk: int | None = None,
+        compile: bool = False,
     ) -> None:
-        super().__init__(model, inner_lr, inner_steps, first_order, eval_inner_steps, strategy, vmap_chunk=vmap_chunk)
+        super().__init__(
+            model,
+            inner_lr,
+            inner_steps,
+            first_order,
+            eval_inner_steps,
+            strategy,
+            vmap_chunk=vmap_chunk,
+            compile=compile,
+        )
         #: alpha: one learned learning-rate tensor per parameter tensor, same shape, meta-parameters.
         self.inner_lrs = nn.ParameterDict(
             {
@@ -49,4 +59,4 @@ class MetaSGD(MAML):
     def inner_learning_rate(self) -> dict[str, Tensor]:
         """alpha as a mapping parameter name -> tensor, the form ``inner_sgd`` takes as ``lr``; MAML's
         ``adapt`` then computes theta'_i = theta - alpha o grad (eq. 1)."""
-        return {name: self.inner_lrs[parameter_key(name)] for name in parameters_of(self.model)}
+        return {name: self.inner_lrs[parameter_key(name)] for name in self.theta()}
