@@ -8,10 +8,11 @@ meta-gradient, and the outer Adam step, on two workloads (issue 3, "Speed"):
 
 each with 1 and 5 inner steps, second and first order. Implementations, each in its own process (so that
 VmHWM, the peak resident memory, is per implementation): fastadapt ``loop``, ``vmap`` and ``auto`` (which
-measures both on the first batch and keeps the faster), learn2learn's ``MAML`` (``clone()``/``adapt()``),
-higher's ``innerloop_ctx``, torchopt's functional API (``torchopt.sgd`` + ``apply_updates``) and a plain
-per-task loop with ``torch.autograd.grad``. Every implementation runs the same ``nn.Module`` from the same
-initial weights on the same batch.
+measures both on the first batch and keeps the faster), ``compile`` (``auto`` with ``compile=True``: each
+strategy's meta-gradient through ``torch.compile``; its compile time is reported as set-up),
+learn2learn's ``MAML`` (``clone()``/``adapt()``), higher's ``innerloop_ctx``, torchopt's functional API
+(``torchopt.sgd`` + ``apply_updates``) and a plain per-task loop with ``torch.autograd.grad``. Every
+implementation runs the same ``nn.Module`` from the same initial weights on the same batch.
 
 Before timing, every implementation's float32 meta-gradient on one batch is compared with the plain loop's
 computed in float64 (the largest relative error per parameter tensor is printed). It must be within
