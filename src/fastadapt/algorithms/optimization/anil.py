@@ -43,16 +43,8 @@ class ANIL(MAML):
         vmap_chunk: int | None = None,
         compile: bool = False,
     ) -> None:
-        super().__init__(
-            model,
-            inner_lr,
-            inner_steps,
-            first_order,
-            eval_inner_steps,
-            strategy,
-            vmap_chunk=vmap_chunk,
-            compile=compile,
-        )
+        speed = dict(vmap_chunk=vmap_chunk, compile=compile)
+        super().__init__(model, inner_lr, inner_steps, first_order, eval_inner_steps, strategy, **speed)
         self.head_name = head.rstrip(".")
         try:
             model.get_submodule(self.head_name)

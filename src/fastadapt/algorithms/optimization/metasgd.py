@@ -38,16 +38,8 @@ class MetaSGD(MAML):
         vmap_chunk: int | None = None,
         compile: bool = False,
     ) -> None:
-        super().__init__(
-            model,
-            inner_lr,
-            inner_steps,
-            first_order,
-            eval_inner_steps,
-            strategy,
-            vmap_chunk=vmap_chunk,
-            compile=compile,
-        )
+        speed = dict(vmap_chunk=vmap_chunk, compile=compile)
+        super().__init__(model, inner_lr, inner_steps, first_order, eval_inner_steps, strategy, **speed)
         #: alpha: one learned learning-rate tensor per parameter tensor, same shape, meta-parameters.
         self.inner_lrs = nn.ParameterDict(
             {
