@@ -272,11 +272,18 @@ def validate(config: Config) -> None:
         raise ConfigError(f"--lr must be positive (got {config.lr}).")
     validate_maml_plus_plus(config)
     validate_leo(config)
+    if config.compile and config.algorithm not in COMPILED_ALGORITHMS:
+        raise ConfigError(
+            f"--compile applies to --algorithm {', '.join(COMPILED_ALGORITHMS)}, not {config.algorithm}; "
+            "drop --compile."
+        )
     if config.cosine_scale is not None and config.cosine_scale < 0:
         raise ConfigError(f"--cosine-scale must be positive, or 0 for none (got {config.cosine_scale}).")
 
 
 MAML_PLUS_PLUS_SWITCHES = ("multi_step_loss", "per_step_lr", "per_step_bn", "first_order_steps")
+#: The methods that --compile speeds up: the MAML family's meta-gradient, Meta-LSTM's update.
+COMPILED_ALGORITHMS = ("maml", "maml++", "metasgd", "anil", "meta-lstm")
 
 
 def validate_maml_plus_plus(config: Config) -> None:

@@ -84,3 +84,12 @@ def test_compile_leaves_evaluation_eager():
     learner.predict(batch)
     assert learner._compiled_gradient is None
     assert "compile" in repr(learner)
+
+
+def test_compile_is_refused_where_it_does_nothing():
+    from fastadapt.config import make_config
+    from fastadapt.errors import ConfigError
+
+    assert make_config("maml", "omniglot", compile=True).compile
+    with pytest.raises(ConfigError, match="--compile applies to --algorithm maml"):
+        make_config("protonet", "omniglot", compile=True)
