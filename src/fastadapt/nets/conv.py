@@ -6,7 +6,7 @@ from typing import Literal
 
 from torch import nn
 
-from fastadapt.nets.layers import EpisodeBatchNorm2d
+from fastadapt.nets.layers import EpisodeBatchNorm2d, MaxPool2x2
 
 Norm = Literal["running", "episode"]
 
@@ -47,7 +47,7 @@ class Conv4(nn.Module):
             layers += [
                 nn.Conv2d(in_channels if i == 0 else hidden, hidden, 3, padding=1),
                 _norm(hidden, norm),
-                nn.MaxPool2d(2),
+                MaxPool2x2(),
                 nn.ReLU(),
             ]
         self.features = nn.Sequential(*layers, nn.Flatten())
