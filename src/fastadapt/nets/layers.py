@@ -52,9 +52,8 @@ class _StridedMaxPool2x2(torch.autograd.Function):
         pooled = torch.maximum(top, bottom)
         if ctx.needs_input_grad[0]:
             height, width = x.shape[-2:]
-            corner = torch.arange(0, height, 2, device=x.device).view(-1, 1) * width + torch.arange(
-                0, width, 2, device=x.device
-            ).view(1, -1)
+            rows = torch.arange(0, height, 2, device=x.device).view(-1, 1)
+            corner = rows * width + torch.arange(0, width, 2, device=x.device)  # each window's top left
             # A strict > keeps the first of equal values, as torch's kernel does.
             offset = torch.where(bottom > top, width + (bottom_right > bottom_left), (top_right > top_left).long())
             ctx.save_for_backward(x, corner + offset)
