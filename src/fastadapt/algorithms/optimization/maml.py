@@ -120,7 +120,7 @@ class MAML(MetaLearner):
         self.per_step_lr = per_step_lr
         self.per_step_bn = per_step_bn
         self.first_order_steps = first_order_steps
-        #: torch.compile the meta-gradient of each chunk of tasks (one task with the loop); see meta_backward.
+        #: torch.compile the meta-gradient of each chunk of tasks (one task with the loop); see _compiled_backward.
         self.compile = compile
         self._compiled_gradient: Callable[..., tuple[Params, tuple[Tensor, Tensor]]] | None = None
         #: Names of theta's tensors while a compiled trace runs, where ``requires_grad`` cannot pick them.
@@ -275,27 +275,31 @@ class MAML(MetaLearner):
 
     def meta_backward(self, batch: TaskBatch) -> MetaOutput:
         chunk = (self.tasks_per_vmap_call() or batch.num_tasks) if self.strategy == "vmap" else 1
-        if self.compile:
-            return self._compiled_meta_backward(batch, chunk)
-        if chunk >= batch.num_tasks:
+        if chunk >= batch.num_tasks and not self.compile:
             return super().meta_backward(batch)
         # The meta-loss is a mean over tasks, so each chunk's graph (its inner loops and second-order
         # terms) can be freed after its own backward pass: peak memory of one chunk (one task for loop).
+        backward = self._compiled_backward if self.compile else self._eager_backward
         total, predictions = 0.0, []
         for start in range(0, batch.num_tasks, chunk):
             part = batch.tasks(start, start + chunk)
-            output = self.meta_loss(part)
             weight = part.num_tasks / batch.num_tasks
-            (output.loss * weight).backward()
-            total = total + output.loss.detach() * weight
-            predictions.append(output.predictions.detach())
+            loss, part_predictions = backward(part, weight)
+            total = total + loss * weight
+            predictions.append(part_predictions)
         return MetaOutput(total, torch.cat(predictions))
 
-    def _compiled_meta_backward(self, batch: TaskBatch, chunk: int) -> MetaOutput:
-        """meta_backward through ``torch.compile``: each chunk's meta-gradient is one functional program,
-        ``torch.func.grad`` of the meta-loss whose inner loops are ``torch.func.grad`` too, vectorised over
-        the chunk's tasks (one task with the loop strategy). Inductor then fuses the elementwise work around
-        the convolutions (batch norm, ReLU, pooling, the SGD updates) that eager mode runs pass by pass.
+    def _eager_backward(self, part: TaskBatch, weight: float) -> tuple[Tensor, Tensor]:
+        """Adds ``weight`` x the meta-gradient of ``part`` to ``.grad``; returns its loss and predictions."""
+        output = self.meta_loss(part)
+        (output.loss * weight).backward()
+        return output.loss.detach(), output.predictions.detach()
+
+    def _compiled_backward(self, part: TaskBatch, weight: float) -> tuple[Tensor, Tensor]:
+        """:meth:`_eager_backward` through ``torch.compile``: the chunk's meta-gradient is one functional
+        program, ``torch.func.grad`` of the meta-loss whose inner loops are ``torch.func.grad`` too, vectorised
+        over the chunk's tasks (one task with the loop strategy). Inductor then fuses the elementwise work
+        around the convolutions (batch norm, ReLU, pooling, the SGD updates) that eager mode runs pass by pass.
         The first call compiles (tens of seconds to minutes); so does a new shape, first-order switch or
         MSL phase. Gradients are the eager ones to float32 rounding (tested)."""
         if self._compiled_gradient is None:
@@ -308,26 +312,18 @@ class MAML(MetaLearner):
                 return torch.func.grad(loss, has_aux=True)(params)
 
             self._compiled_gradient = torch.compile(chunk_gradient, dynamic=False)
-        trainable = {name: p for name, p in self.named_parameters() if p.requires_grad}
-        params = {name: p.detach() for name, p in trainable.items()}
+        trainable = parameters_of(self)
         weights = self.step_loss_weights()
         weights = None if weights is None else torch.tensor(weights)
-        total, predictions = 0.0, []
         self._theta_names = tuple(parameters_of(self.model))
         try:
-            for start in range(0, batch.num_tasks, chunk):
-                part = batch.tasks(start, start + chunk)
-                grads, (loss, part_predictions) = self._compiled_gradient(
-                    params, part, self.uses_first_order(), weights
-                )
-                weight = part.num_tasks / batch.num_tasks
-                for name, p in trainable.items():
-                    p.grad = grads[name] * weight if p.grad is None else p.grad + grads[name] * weight
-                total = total + loss.detach() * weight
-                predictions.append(part_predictions.detach())
+            params = {name: p.detach() for name, p in trainable.items()}
+            grads, (loss, predictions) = self._compiled_gradient(params, part, self.uses_first_order(), weights)
         finally:
             self._theta_names = None
-        return MetaOutput(total, torch.cat(predictions))
+        for name, p in trainable.items():
+            p.grad = grads[name] * weight if p.grad is None else p.grad + grads[name] * weight
+        return loss.detach(), predictions.detach()
 
     def predict(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
         steps = self.eval_inner_steps if steps is None else steps
