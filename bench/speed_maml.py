@@ -55,9 +55,12 @@ from torch.func import functional_call
 WAYS, SHOTS, META_BATCH, INNER_LR, OUTER_LR = 5, 1, 32, 0.4, 1e-3
 WORKLOADS = {"stride": 1, "pool": 15}  # queries per class
 #: fastadapt-vmap runs the meta-batch 8 tasks per vectorised call (the default); fastadapt-vmap-all all 32 at once;
-#: fastadapt-compile is auto with ``compile=True`` (its one-off compile time is reported as "setup").
+#: fastadapt-compile is auto with ``compile=True`` (its one-off compile time is reported as "setup");
+#: fastadapt-auto-serial is auto with ``workers=1``: with more than one thread, tasks run one at a time and each
+#: operation uses every thread, as the peers do (the others run one task per thread, fastadapt.taskpool).
 IMPLEMENTATIONS = (
     "fastadapt-auto",
+    "fastadapt-auto-serial",
     "fastadapt-loop",
     "fastadapt-vmap",
     "fastadapt-vmap-all",
@@ -152,11 +155,14 @@ def fastadapt_step_fn(model, variant, steps, first_order, batch):
     from fastadapt.algorithms import MAML
     from fastadapt.strategy import choose_strategy
 
-    strategy, _, whole = variant.partition("-")  # "vmap-all": the whole meta-batch in one vectorised call
-    chunking = {"vmap_chunk": 0} if whole == "all" else {}  # otherwise MAML's default chunk size
+    strategy, _, option = variant.partition("-")
+    chunking = {"vmap_chunk": 0} if option == "all" else {}  # "vmap-all": the whole meta-batch in one vmap call
+    serial = {"workers": 1} if option == "serial" else {}  # "auto-serial": one task at a time, on all threads
     compile = strategy == "compile"  # "compile": auto, each strategy's meta-gradient through torch.compile
     strategy = "auto" if compile else strategy
-    learner = MAML(model, INNER_LR, steps, first_order=first_order, strategy=strategy, compile=compile, **chunking)
+    learner = MAML(
+        model, INNER_LR, steps, first_order=first_order, strategy=strategy, compile=compile, **chunking, **serial
+    )
     info = choose_strategy(learner, batch) if strategy == "auto" else {}
     return learner.meta_backward, info  # what `fastadapt train` calls (per-task backward for loop)
 

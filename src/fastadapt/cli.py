@@ -140,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
         "per-coordinate update: a one-off compile of one to several minutes, then faster steps",
     )
     o.add_argument(
+        "--workers",
+        type=int,
+        help="MAML family: train this many tasks at once on a CPU, each on one core with one torch thread "
+        "(default: one per torch thread; 1: one task at a time, each operation on every thread)",
+    )
+    o.add_argument(
         "--cosine-scale",
         type=float,
         help="Matching Networks: initial value of a learned scale on the cosines (Omniglot preset 10; 0: none)",

@@ -65,6 +65,8 @@ class Config(DataOptions):
     fce: bool = False
     # torch.compile the MAML family's meta-gradient or Meta-LSTM's per-coordinate update: slower start, faster steps.
     compile: bool = False
+    # The MAML family: tasks trained side by side on this many CPU threads, one core each (None: one per thread).
+    workers: int | None = None
     # Matching Networks: initial value of a learned scale on the cosine similarities (None or 0: none).
     cosine_scale: float | None = None
     # Outer optimiser (Adam or SGD) and schedule: "step" multiplies lr by lr_decay every lr_decay_every
@@ -123,7 +125,18 @@ LR_SCHEDULES = ("step", "linear", "cosine")
 
 #: Settings that may differ between a checkpoint and the run resuming it.
 RUN_ONLY_FIELDS = frozenset(
-    {"steps", "out", "device", "data_dir", "test_episodes", "strategy", "vmap_chunk", "val_every", "compile"}
+    {
+        "steps",
+        "out",
+        "device",
+        "data_dir",
+        "test_episodes",
+        "strategy",
+        "vmap_chunk",
+        "val_every",
+        "compile",
+        "workers",
+    }
 )
 
 # fmt: off
@@ -277,13 +290,21 @@ def validate(config: Config) -> None:
             f"--compile applies to --algorithm {', '.join(COMPILED_ALGORITHMS)}, not {config.algorithm}; "
             "drop --compile."
         )
+    if config.workers is not None and config.algorithm not in MAML_FAMILY:
+        raise ConfigError(
+            f"--workers applies to --algorithm {', '.join(MAML_FAMILY)}, not {config.algorithm}; drop --workers."
+        )
+    if config.workers is not None and config.workers < 1:
+        raise ConfigError(f"--workers must be at least 1 (got {config.workers}); leave it out for one per CPU core.")
     if config.cosine_scale is not None and config.cosine_scale < 0:
         raise ConfigError(f"--cosine-scale must be positive, or 0 for none (got {config.cosine_scale}).")
 
 
 MAML_PLUS_PLUS_SWITCHES = ("multi_step_loss", "per_step_lr", "per_step_bn", "first_order_steps")
+#: MAML and the methods built on it, which share its meta-gradient machinery (--workers, --vmap-chunk).
+MAML_FAMILY = ("maml", "maml++", "metasgd", "anil")
 #: The methods that --compile speeds up: the MAML family's meta-gradient, Meta-LSTM's update.
-COMPILED_ALGORITHMS = ("maml", "maml++", "metasgd", "anil", "meta-lstm")
+COMPILED_ALGORITHMS = (*MAML_FAMILY, "meta-lstm")
 
 
 def validate_maml_plus_plus(config: Config) -> None:

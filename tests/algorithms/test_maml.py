@@ -64,3 +64,50 @@ def test_default_vmap_chunk_is_smaller_for_several_second_order_steps():
     assert doa.tasks_per_vmap_call() == 8
     doa.training_step = 10
     assert doa.tasks_per_vmap_call() == 4
+
+
+@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+def test_tasks_on_several_workers_give_the_same_meta_gradient_and_predictions(strategy):
+    """Workers (fastadapt.taskpool) change where tasks run, not what is computed: MAML++ with per-step
+    batch-norm weights and learning rates, Meta-SGD and ANIL, second order, vmap in chunks of 2."""
+    from helpers import image_batch
+
+    from fastadapt.algorithms import ANIL, MetaSGD
+    from fastadapt.nets import Conv4
+
+    batch = image_batch(tasks=5, ways=3, shots=2, query=2, size=16)
+    makers = {
+        "maml++": lambda net, **kw: MAML(net, 0.1, 2, per_step_bn=True, per_step_lr=True, **kw),
+        "metasgd": lambda net, **kw: MetaSGD(net, 0.1, 1, **kw),
+        "anil": lambda net, **kw: ANIL(net, 0.1, 2, head="head.", **kw),
+    }
+    for name, make in makers.items():
+        results = []
+        for workers in (1, 3):
+            torch.manual_seed(0)
+            learner = make(Conv4(1, 4, 3, norm="episode", image_size=16).double(), strategy=strategy, vmap_chunk=2)
+            learner.workers = workers
+            output = learner.meta_backward(batch)
+            grads = [p.grad for p in learner.parameters() if p.requires_grad]
+            with torch.no_grad():
+                predictions = learner.predict(batch)
+            results.append((output, grads, predictions))
+        (serial, serial_grads, serial_predictions), (spread, spread_grads, spread_predictions) = results
+        torch.testing.assert_close(spread.loss, serial.loss, msg=name)
+        torch.testing.assert_close(spread.predictions, serial.predictions, msg=name)
+        assert len(spread_grads) == len(serial_grads) and None not in spread_grads
+        for a, b in zip(spread_grads, serial_grads):
+            torch.testing.assert_close(a, b, msg=name)
+        torch.testing.assert_close(spread_predictions, serial_predictions, msg=name)
+        assert not spread_predictions.requires_grad
+
+
+def test_workers_default_to_one_per_cpu_thread_and_one_with_compile():
+    from fastadapt.errors import ConfigError
+
+    net = MLP(1, (8,), 1)
+    assert MAML(net).task_workers() == torch.get_num_threads()
+    assert MAML(net, compile=True).task_workers() == 1
+    assert MAML(net, workers=3).task_workers() == 3
+    with pytest.raises(ConfigError, match="--workers"):
+        MAML(net, workers=0)

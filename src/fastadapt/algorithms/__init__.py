@@ -136,7 +136,8 @@ def build_algorithm(config: Config) -> MetaLearner:
                 **common,
             )
         # MAML and the methods built on it (ANIL, Meta-SGD) share these settings.
-        maml_family = dict(common, first_order=config.first_order, vmap_chunk=config.vmap_chunk, compile=config.compile)
+        speed = dict(vmap_chunk=config.vmap_chunk, compile=config.compile, workers=config.workers)
+        maml_family = dict(common, first_order=config.first_order, **speed)
         if config.algorithm == "anil":
             # Conv4/Conv4Stride call their classifier "head"; an MLP is an nn.Sequential ending in it.
             head = f"{len(model) - 1}." if config.network == "mlp" else "head."

@@ -42,8 +42,9 @@ class ANIL(MAML):
         head: str = "head.",
         vmap_chunk: int | None = None,
         compile: bool = False,
+        workers: int | None = None,
     ) -> None:
-        speed = dict(vmap_chunk=vmap_chunk, compile=compile)
+        speed = dict(vmap_chunk=vmap_chunk, compile=compile, workers=workers)
         super().__init__(model, inner_lr, inner_steps, first_order, eval_inner_steps, strategy, **speed)
         self.head_name = head.rstrip(".")
         try:

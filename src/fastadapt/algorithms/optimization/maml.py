@@ -60,6 +60,7 @@ from fastadapt.functional import (
     parameters_of,
 )
 from fastadapt.nets.layers import EpisodeBatchNorm2d
+from fastadapt.taskpool import available_workers, concurrent_gradients, map_parts
 from fastadapt.tasks.episodes import TaskBatch
 
 #: MAML++'s floor on the weight of each non-final step's query loss, times the number of steps.
@@ -102,6 +103,7 @@ class MAML(MetaLearner):
         first_order_steps: int = 0,
         vmap_chunk: int | None = None,
         compile: bool = False,
+        workers: int | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -122,6 +124,11 @@ class MAML(MetaLearner):
         self.first_order_steps = first_order_steps
         #: torch.compile the meta-gradient of each chunk of tasks (one task with the loop); see _compiled_backward.
         self.compile = compile
+        #: Chunks of tasks (single tasks with the loop) run side by side on this many threads, one core each
+        #: (fastadapt.taskpool). None: one per torch thread on a CPU, 1 on a GPU or with compile.
+        self.workers = workers
+        if workers is not None and workers < 1:
+            raise ConfigError(f"--workers must be at least 1 (or left out: one per CPU core), not {workers}.")
         self._compiled_gradient: Callable[..., tuple[Params, tuple[Tensor, Tensor]]] | None = None
         #: Names of theta's tensors while a compiled trace runs, where ``requires_grad`` cannot pick them.
         self._theta_names: tuple[str, ...] | None = None
@@ -273,16 +280,25 @@ class MAML(MetaLearner):
             return self.vmap_chunk
         return 4 if self.inner_steps > 1 and not self.uses_first_order() else 8
 
+    def task_workers(self) -> int:
+        """How many chunks of tasks run at once: ``workers``, or by default one per CPU thread (the compiled
+        program runs one chunk at a time)."""
+        if self.workers is not None:
+            return self.workers
+        return 1 if self.compile else available_workers(next(self.parameters()).device)
+
     def meta_backward(self, batch: TaskBatch) -> MetaOutput:
         chunk = (self.tasks_per_vmap_call() or batch.num_tasks) if self.strategy == "vmap" else 1
         if chunk >= batch.num_tasks and not self.compile:
             return super().meta_backward(batch)
         # The meta-loss is a mean over tasks, so each chunk's graph (its inner loops and second-order
         # terms) can be freed after its own backward pass: peak memory of one chunk (one task for loop).
+        parts = [batch.tasks(start, start + chunk) for start in range(0, batch.num_tasks, chunk)]
+        if self.task_workers() > 1 and not self.compile:
+            return self._concurrent_backward(parts, batch.num_tasks)
         backward = self._compiled_backward if self.compile else self._eager_backward
         total, predictions = 0.0, []
-        for start in range(0, batch.num_tasks, chunk):
-            part = batch.tasks(start, start + chunk)
+        for part in parts:
             weight = part.num_tasks / batch.num_tasks
             loss, part_predictions = backward(part, weight)
             total = total + loss * weight
@@ -294,6 +310,22 @@ class MAML(MetaLearner):
         output = self.meta_loss(part)
         (output.loss * weight).backward()
         return output.loss.detach(), output.predictions.detach()
+
+    def _concurrent_backward(self, parts: list[TaskBatch], num_tasks: int) -> MetaOutput:
+        """:meth:`_eager_backward` of every part, the parts spread over :meth:`task_workers` threads."""
+        trainable = parameters_of(self)
+
+        def weighted_loss(learner: MAML, part: TaskBatch) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+            output = learner.meta_loss(part)
+            weighted = output.loss * (part.num_tasks / num_tasks)
+            return weighted, (weighted.detach(), output.predictions.detach())
+
+        grads, outputs = concurrent_gradients(self, list(trainable.values()), parts, weighted_loss, self.task_workers())
+        for p, grad in zip(trainable.values(), grads):
+            if grad is not None:
+                p.grad = grad if p.grad is None else p.grad + grad
+        losses, predictions = zip(*outputs)
+        return MetaOutput(sum(losses), torch.cat(predictions))
 
     def _compiled_backward(self, part: TaskBatch, weight: float) -> tuple[Tensor, Tensor]:
         """:meth:`_eager_backward` through ``torch.compile``: the chunk's meta-gradient is one functional
@@ -327,6 +359,14 @@ class MAML(MetaLearner):
 
     def predict(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
         steps = self.eval_inner_steps if steps is None else steps
+        workers = self.task_workers()
+        if workers > 1 and batch.num_tasks > 1:
+            chunk = -(-batch.num_tasks // workers)  # one share per worker: vmap keeps its batching
+            parts = [batch.tasks(start, start + chunk) for start in range(0, batch.num_tasks, chunk)]
+            return torch.cat(map_parts(self, parts, lambda learner, part: learner._predict(part, steps), workers))
+        return self._predict(batch, steps)
+
+    def _predict(self, batch: TaskBatch, steps: int) -> Tensor:
         # No meta-gradient is needed at test time, so the inner loop need not be differentiable.
         _, predictions = self._adapted_query(batch, steps, first_order=True, strategy=self.strategy)
         return predictions.detach()
@@ -343,4 +383,6 @@ class MAML(MetaLearner):
             switches.append(f"first_order_steps={self.first_order_steps}")
         if self.compile:
             switches.append("compile")
+        if self.workers is not None:
+            switches.append(f"workers={self.workers}")
         return ", ".join([text, *switches])

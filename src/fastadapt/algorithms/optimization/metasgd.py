@@ -37,8 +37,9 @@ class MetaSGD(MAML):
         strategy: Strategy = "loop",
         vmap_chunk: int | None = None,
         compile: bool = False,
+        workers: int | None = None,
     ) -> None:
-        speed = dict(vmap_chunk=vmap_chunk, compile=compile)
+        speed = dict(vmap_chunk=vmap_chunk, compile=compile, workers=workers)
         super().__init__(model, inner_lr, inner_steps, first_order, eval_inner_steps, strategy, **speed)
         #: alpha: one learned learning-rate tensor per parameter tensor, same shape, meta-parameters.
         self.inner_lrs = nn.ParameterDict(

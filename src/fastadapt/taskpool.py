@@ -1,0 +1,128 @@
+"""Running the tasks of a meta-batch side by side on a CPU's cores.
+
+A task's inner loop and query pass are small operations (a few to a few dozen images), which torch's intra-op
+threads split poorly. Giving each core whole tasks instead, one torch thread each, was faster on the 2-core
+machine of docs/RESULTS.md for every MAML workload measured (speed section).
+
+``torch.func.functional_call`` swaps tensors into a module while it runs, so two threads cannot run one module
+at the same time. Each worker therefore runs its own :func:`replica` of the meta-learner: a copy of the module
+tree that shares every parameter and buffer.
+
+Worker ``w`` takes chunks ``w, w + workers, ...`` in order and sums their gradients; the workers' sums are
+then added in worker order. So the result depends on the number of workers but not on thread timing, and a
+run repeats exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TypeVar
+
+import torch
+from torch import Tensor, nn
+
+Part = TypeVar("Part")
+Result = TypeVar("Result")
+#: What a chunk's loss function returns: the loss to differentiate, and anything to hand back (its output).
+LossOf = Callable[[nn.Module, Part], tuple[Tensor, object]]
+
+
+def replica(module: nn.Module) -> nn.Module:
+    """A copy of ``module``'s tree of submodules that shares its parameters, buffers and other attributes,
+    with dictionaries of its own (parameters, buffers, submodules, hooks), so that ``functional_call`` or a
+    hook on the copy leaves the original untouched."""
+    clone = copy.copy(module)
+    for name, value in vars(module).items():
+        if isinstance(value, (dict, set)):
+            clone.__dict__[name] = value.copy()
+    clone._modules = {name: None if child is None else replica(child) for name, child in module._modules.items()}
+    return clone
+
+
+def available_workers(device: torch.device | str = "cpu") -> int:
+    """One worker per torch thread on a CPU; on a GPU one (its kernels already fill the device)."""
+    return torch.get_num_threads() if torch.device(device).type == "cpu" else 1
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Each worker's operations run single-threaded: the workers already occupy the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _add(total: list[Tensor | None], grads: Sequence[Tensor | None]) -> list[Tensor | None]:
+    return [t if g is None else g if t is None else t + g for t, g in zip(total, grads)]
+
+
+def _share_out(
+    learner: nn.Module, parts: Sequence[Part], workers: int, work: Callable[[nn.Module, Sequence[Part]], Result]
+) -> list[Result]:
+    """``work(replica, parts[w::workers])`` for each worker ``w``: worker 0 on the calling thread, the others
+    on threads of their own, all at once."""
+    grad_enabled = torch.is_grad_enabled()  # thread-local: an evaluation's no_grad must reach the workers
+    results: list[Result] = [None] * workers  # type: ignore[list-item]
+    errors: list[BaseException] = []
+
+    def run(worker: int) -> None:
+        try:
+            with torch.set_grad_enabled(grad_enabled):
+                results[worker] = work(replica(learner), parts[worker::workers])
+        except BaseException as error:  # re-raised on the calling thread
+            errors.append(error)
+
+    with one_torch_thread():
+        threads = [threading.Thread(target=run, args=(w,), name=f"fastadapt-task-{w}") for w in range(1, workers)]
+        for thread in threads:
+            thread.start()
+        run(0)
+        for thread in threads:
+            thread.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def map_parts(
+    learner: nn.Module, parts: Sequence[Part], fn: Callable[[nn.Module, Part], Result], workers: int
+) -> list[Result]:
+    """``[fn(learner, part) for part in parts]``, on ``workers`` threads."""
+    workers = max(1, min(workers, len(parts)))
+    per_worker = _share_out(learner, parts, workers, lambda own, share: [fn(own, part) for part in share])
+    outputs: list[Result] = [None] * len(parts)  # type: ignore[list-item]
+    for worker, results in enumerate(per_worker):
+        outputs[worker::workers] = results
+    return outputs
+
+
+def concurrent_gradients(
+    learner: nn.Module, params: Sequence[Tensor], parts: Sequence[Part], loss_of: LossOf, workers: int
+) -> tuple[list[Tensor | None], list[object]]:
+    """The gradient of ``sum(loss_of(learner, part)[0] for part in parts)`` with respect to ``params``
+    (None where a parameter was not used), computed on ``workers`` threads, and each part's output in order.
+
+    A worker holds one part's graph at a time, so peak memory grows with the number of workers, not parts."""
+    workers = max(1, min(workers, len(parts)))
+
+    def work(own: nn.Module, share: Sequence[Part]) -> tuple[list[Tensor | None], list[object]]:
+        total: list[Tensor | None] = [None] * len(params)
+        outputs = []
+        for part in share:
+            loss, output = loss_of(own, part)
+            total = _add(total, torch.autograd.grad(loss, params, allow_unused=True))
+            outputs.append(output)
+        return total, outputs
+
+    total: list[Tensor | None] = [None] * len(params)
+    outputs: list[object] = [None] * len(parts)
+    for worker, (grads, worker_outputs) in enumerate(_share_out(learner, parts, workers, work)):
+        total = _add(total, grads)
+        outputs[worker::workers] = worker_outputs
+    return total, outputs
