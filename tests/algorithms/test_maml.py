@@ -56,11 +56,14 @@ def test_vmap_chunk_must_not_be_negative():
 def test_default_vmap_chunk_is_smaller_for_several_second_order_steps():
     """Their graph grows with the steps; first order frees each step's graph."""
     net = MLP(1, (8,), 1)
-    assert MAML(net, inner_steps=1, strategy="vmap").tasks_per_vmap_call() == 8
-    assert MAML(net, inner_steps=5, strategy="vmap").tasks_per_vmap_call() == 4
-    assert MAML(net, inner_steps=5, first_order=True, strategy="vmap").tasks_per_vmap_call() == 8
+    assert MAML(net, inner_steps=1, strategy="vmap", workers=1).tasks_per_vmap_call() == 8
+    assert MAML(net, inner_steps=5, strategy="vmap", workers=1).tasks_per_vmap_call() == 4
+    # Workers share the tasks in flight, so the memory they hold stays that of one worker's chunk.
+    assert MAML(net, inner_steps=5, strategy="vmap", workers=2).tasks_per_vmap_call() == 2
+    assert MAML(net, inner_steps=1, strategy="vmap", workers=16).tasks_per_vmap_call() == 1
+    assert MAML(net, inner_steps=5, first_order=True, strategy="vmap", workers=1).tasks_per_vmap_call() == 8
     assert MAML(net, inner_steps=5, strategy="vmap", vmap_chunk=16).tasks_per_vmap_call() == 16
-    doa = MAML(net, inner_steps=5, first_order_steps=10, strategy="vmap")  # MAML++: first order until step 10
+    doa = MAML(net, inner_steps=5, first_order_steps=10, strategy="vmap", workers=1)  # MAML++: first order until step 10
     assert doa.tasks_per_vmap_call() == 8
     doa.training_step = 10
     assert doa.tasks_per_vmap_call() == 4

@@ -275,10 +275,12 @@ class MAML(MetaLearner):
         """The chunk size: ``vmap_chunk`` if given, else 8 tasks, or 4 for second order over several
         inner steps, whose graph grows with the steps. On Omniglot (docs/RESULTS.md, speed section), 8 was as
         fast as the whole meta-batch of 32 at 0.66x its memory; at 5 second-order steps 8 took 1.75x the
-        memory of a per-task loop, 4 took 1.37x and was 5% slower."""
+        memory of a per-task loop, 4 took 1.37x and was 5% slower. Several workers share these tasks, so
+        that the tasks in flight, and the memory they hold, stay the same."""
         if self.vmap_chunk is not None:
             return self.vmap_chunk
-        return 4 if self.inner_steps > 1 and not self.uses_first_order() else 8
+        in_flight = 4 if self.inner_steps > 1 and not self.uses_first_order() else 8
+        return max(1, in_flight // self.task_workers())
 
     def task_workers(self) -> int:
         """How many chunks of tasks run at once: ``workers``, or by default one per CPU thread (the compiled
