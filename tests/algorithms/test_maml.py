@@ -63,7 +63,7 @@ def test_default_vmap_chunk_is_smaller_for_several_second_order_steps():
     assert MAML(net, inner_steps=1, strategy="vmap", workers=16).tasks_per_vmap_call() == 1
     assert MAML(net, inner_steps=5, first_order=True, strategy="vmap", workers=1).tasks_per_vmap_call() == 8
     assert MAML(net, inner_steps=5, strategy="vmap", vmap_chunk=16).tasks_per_vmap_call() == 16
-    doa = MAML(net, inner_steps=5, first_order_steps=10, strategy="vmap", workers=1)  # MAML++: first order until step 10
+    doa = MAML(net, inner_steps=5, first_order_steps=10, strategy="vmap", workers=1)  # first order until step 10
     assert doa.tasks_per_vmap_call() == 8
     doa.training_step = 10
     assert doa.tasks_per_vmap_call() == 4
