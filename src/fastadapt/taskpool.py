@@ -42,6 +42,18 @@ def replica(module: nn.Module) -> nn.Module:
     return clone
 
 
+def timing_dependent_modules(module: nn.Module) -> list[str]:
+    """Submodules whose forward pass draws random numbers (dropout) or writes to buffers (batch norm's running
+    statistics). Run by several workers, the order of those draws or writes would follow thread timing, and
+    a run would no longer repeat exactly."""
+    return [
+        name
+        for name, sub in module.named_modules()
+        if isinstance(sub, nn.modules.dropout._DropoutNd)
+        or (isinstance(sub, nn.modules.batchnorm._NormBase) and sub.track_running_stats)
+    ]
+
+
 def available_workers(device: torch.device | str = "cpu") -> int:
     """One worker per torch thread on a CPU; on a GPU one (its kernels already fill the device)."""
     return torch.get_num_threads() if torch.device(device).type == "cpu" else 1

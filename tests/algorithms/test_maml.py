@@ -111,6 +111,11 @@ def test_workers_default_to_one_per_cpu_thread_and_one_with_compile():
     net = MLP(1, (8,), 1)
     assert MAML(net).task_workers() == torch.get_num_threads()
     assert MAML(net, compile=True).task_workers() == 1
+    # Dropout's draws and running batch-norm statistics would follow thread timing: one worker by default.
+    assert MAML(torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.Dropout(0.1))).task_workers() == 1
+    assert MAML(torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.BatchNorm1d(8))).task_workers() == 1
+    episode_norm = torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.BatchNorm1d(8, track_running_stats=False))
+    assert MAML(episode_norm).task_workers() == torch.get_num_threads()
     assert MAML(net, workers=3).task_workers() == 3
     with pytest.raises(ConfigError, match="--workers"):
         MAML(net, workers=0)

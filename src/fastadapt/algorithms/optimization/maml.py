@@ -60,7 +60,7 @@ from fastadapt.functional import (
     parameters_of,
 )
 from fastadapt.nets.layers import EpisodeBatchNorm2d
-from fastadapt.taskpool import available_workers, concurrent_gradients, map_parts
+from fastadapt.taskpool import available_workers, concurrent_gradients, map_parts, timing_dependent_modules
 from fastadapt.tasks.episodes import TaskBatch
 
 #: MAML++'s floor on the weight of each non-final step's query loss, times the number of steps.
@@ -283,11 +283,14 @@ class MAML(MetaLearner):
         return max(1, in_flight // self.task_workers())
 
     def task_workers(self) -> int:
-        """How many chunks of tasks run at once: ``workers``, or by default one per CPU thread (the compiled
-        program runs one chunk at a time)."""
+        """How many chunks of tasks run at once: ``workers``, or by default one per CPU thread. The default is
+        one for the compiled program, and for a network with dropout or running batch-norm statistics, whose
+        random draws or buffer updates would otherwise follow thread timing (runs must repeat exactly)."""
         if self.workers is not None:
             return self.workers
-        return 1 if self.compile else available_workers(next(self.parameters()).device)
+        if self.compile or timing_dependent_modules(self.model):
+            return 1
+        return available_workers(next(self.parameters()).device)
 
     def meta_backward(self, batch: TaskBatch) -> MetaOutput:
         chunk = (self.tasks_per_vmap_call() or batch.num_tasks) if self.strategy == "vmap" else 1
