@@ -163,7 +163,7 @@ def fastadapt_step_fn(model, variant, steps, first_order, batch):
     learner = MAML(
         model, INNER_LR, steps, first_order=first_order, strategy=strategy, compile=compile, **chunking, **serial
     )
-    info = choose_strategy(learner, batch) if strategy == "auto" else {}
+    info = choose_strategy(learner, batch)  # auto's strategy, and workers (one, or one per thread) unless fixed
     return learner.meta_backward, info  # what `fastadapt train` calls (per-task backward for loop)
 
 
@@ -278,7 +278,9 @@ def worker(implementation: str, workload: str, steps: int, first_order: bool, th
     reply = {
         "ready": True,
         "grad_file": str(grad_file),
-        "strategy": info.get("strategy"),
+        "strategy": info.get("strategy") + (f", {info['workers']} workers" if info.get("workers", 1) > 1 else "")
+        if info.get("strategy")
+        else None,
         "auto": info,
         "setup_s": setup_seconds,
     }

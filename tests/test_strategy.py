@@ -64,10 +64,35 @@ def test_arithmetic_bound_tasks_keep_the_loop_without_a_vmap_trial(monkeypatch):
 
 
 def test_fixed_strategies_and_methods_without_one_are_left_alone():
-    learner = MAML(MLP(1, (8,), 1), strategy="vmap")
+    learner = MAML(MLP(1, (8,), 1), strategy="vmap", workers=1)
     assert choose_strategy(learner, SinusoidTasks(5, 5).sample(2)) == {}
     assert learner.strategy == "vmap"
     assert choose_strategy(ProtoNet(torch.nn.Identity()), None) == {}
+
+
+def test_open_workers_are_measured_one_against_one_per_thread(monkeypatch):
+    """workers=None: one worker is timed against one per thread, with the strategy fixed or not; the real
+    timing runs threads and changes nothing."""
+    batch = SinusoidTasks(5, 5, seed=0).sample(4)
+    learner = MAML(MLP(1, (8,), 1), inner_lr=0.01, strategy="loop")
+    monkeypatch.setattr(learner, "most_workers", lambda: 2)
+    before = {k: v.clone() for k, v in learner.state_dict().items()}
+    measured = choose_strategy(learner, batch, trials=1)
+    assert set(measured["seconds"]) == {"loop", "loop, 2 workers"} and learner.workers in (1, 2)
+    assert all(torch.equal(before[k], v) for k, v in learner.state_dict().items())
+    assert all(p.grad is None for p in learner.parameters())
+
+    seen = []
+
+    def timing(learner, batch, trials, candidates):
+        seen.append(candidates)
+        return {"loop": 2.0, "loop, 2 workers": 1.5, "vmap": 1.2, "vmap, 2 workers": 1.8}
+
+    monkeypatch.setattr("fastadapt.strategy.time_strategies", timing)
+    learner.strategy, learner.workers = "auto", None
+    measured = choose_strategy(learner, batch)
+    assert seen == [[("loop", 1), ("loop", 2), ("vmap", 1), ("vmap", 2)]]
+    assert (learner.strategy, learner.workers) == ("vmap", 1) == (measured["strategy"], measured["workers"])
 
 
 def test_auto_training_records_its_choice_in_the_checkpoint(tmp_path):
@@ -78,6 +103,7 @@ def test_auto_training_records_its_choice_in_the_checkpoint(tmp_path):
     assert result.learner.strategy in ("loop", "vmap")
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     assert state["strategy"] == result.learner.strategy
+    assert state["workers"] == result.learner.workers == 1  # the tests run one torch thread
 
 
 def test_resume_keeps_the_measured_choice(tmp_path, monkeypatch):

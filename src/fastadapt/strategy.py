@@ -30,6 +30,15 @@ def uses_strategy(learner: MetaLearner) -> bool:
     return hasattr(learner, "strategy")
 
 
+def uses_workers(learner: MetaLearner) -> bool:
+    """The MAML family, whose tasks may run side by side (``workers``; fastadapt.taskpool)."""
+    return hasattr(learner, "most_workers")
+
+
+def _label(strategy: str, workers: int | None) -> str:
+    return strategy if workers in (None, 1) else f"{strategy}, {workers} workers"
+
+
 #: One task's saved activations (MiB) above which ``auto`` keeps the loop untimed (module docstring).
 VMAP_TRIAL_LIMIT_MIB = 32.0
 
@@ -39,12 +48,15 @@ def _measuring(learner: MetaLearner) -> Iterator[None]:
     """Leaves strategy, gradients and buffers as they were (a meta-loss may update buffers: Reptile's
     carried Adam moments)."""
     original = learner.strategy
+    original_workers = getattr(learner, "workers", None)
     buffers = {name: b.detach().clone() for name, b in learner.named_buffers()}
     try:
         yield
         learner.zero_grad(set_to_none=True)
     finally:
         learner.strategy = original
+        if uses_workers(learner):
+            learner.workers = original_workers
         with torch.no_grad():
             for name, b in learner.named_buffers():
                 b.copy_(buffers[name])
@@ -65,32 +77,65 @@ def saved_activation_mib(learner: MetaLearner, batch: TaskBatch) -> float:
     return sum(storages.values()) / 2**20
 
 
-def time_strategies(learner: MetaLearner, batch: TaskBatch, trials: int = 2) -> dict[str, float]:
-    """Median seconds of a meta-loss forward + backward pass under each strategy (after one warm-up of
-    each). The strategies take turns, trial by trial, so a burst of load from elsewhere on the machine
-    falls on both rather than on whichever ran at that moment. Gradients are cleared afterwards, and no
-    parameter or buffer changes."""
-    times: dict[str, list[float]] = {"loop": [], "vmap": []}
+def time_strategies(
+    learner: MetaLearner, batch: TaskBatch, trials: int = 2, candidates: list[tuple[str, int | None]] | None = None
+) -> dict[str, float]:
+    """Median seconds of a meta-loss forward + backward pass under each candidate (strategy, workers; None:
+    the learner's own), after one warm-up of each; by default loop and vmap. The candidates take turns,
+    trial by trial, so a burst of load from elsewhere on the machine falls on all rather than on whichever
+    ran at that moment. Gradients are cleared afterwards, and no parameter or buffer changes."""
+    candidates = candidates or [("loop", None), ("vmap", None)]
+    times: dict[tuple[str, int | None], list[float]] = {candidate: [] for candidate in candidates}
     with _measuring(learner):
         for _ in range(trials + 1):
-            for strategy in times:
+            for strategy, workers in times:
                 learner.strategy = strategy
+                if workers is not None:
+                    learner.workers = workers
                 started = time.perf_counter()
                 learner.meta_backward(batch)
-                times[strategy].append(time.perf_counter() - started)
-    return {strategy: sorted(t[1:])[len(t[1:]) // 2] for strategy, t in times.items()}
+                times[strategy, workers].append(time.perf_counter() - started)
+    return {_label(*candidate): sorted(t[1:])[len(t[1:]) // 2] for candidate, t in times.items()}
 
 
 def choose_strategy(learner: MetaLearner, batch: TaskBatch, trials: int = 2) -> dict[str, Any]:
-    """Resolve ``strategy="auto"`` on ``learner`` to the faster of "loop" and "vmap" for ``batch``.
-    Returns what was measured; does nothing for a learner without a strategy or with a fixed one."""
-    if not uses_strategy(learner) or learner.strategy != "auto":
+    """Resolve ``strategy="auto"`` to the faster of "loop" and "vmap" for ``batch``, and for the MAML
+    family ``workers=None`` to the faster of one worker and one per thread. Returns what was measured; does
+    nothing for a learner with neither left open."""
+    open_strategy = uses_strategy(learner) and learner.strategy == "auto"
+    open_workers = uses_workers(learner) and learner.workers is None
+    if not open_strategy and not open_workers:
         return {}
     with torch.random.fork_rng(devices=[]):  # measuring must not change what training draws
         per_task_mib = saved_activation_mib(learner, batch)
-        if per_task_mib > VMAP_TRIAL_LIMIT_MIB:
-            learner.strategy = "loop"
-            return {"strategy": "loop", "saved_mib_per_task": per_task_mib, "vmap_tried": False}
-        seconds = time_strategies(learner, batch, trials)
-    learner.strategy = min(seconds, key=seconds.get)
-    return {"strategy": learner.strategy, "saved_mib_per_task": per_task_mib, "seconds": seconds}
+        arithmetic_bound = per_task_mib > VMAP_TRIAL_LIMIT_MIB
+        strategies = ["loop"] if arithmetic_bound else ["loop", "vmap"]
+        strategies = strategies if open_strategy else [learner.strategy]
+        most = learner.most_workers() if open_workers else 1
+        worker_counts = [1, most] if most > 1 else [1] if open_workers else [None]
+        candidates = [(strategy, workers) for strategy in strategies for workers in worker_counts]
+        seconds = time_strategies(learner, batch, trials, candidates) if len(candidates) > 1 else {}
+    by_label = {_label(*candidate): candidate for candidate in candidates}
+    chosen = by_label[min(seconds, key=seconds.get)] if seconds else candidates[0]
+    learner.strategy = chosen[0]
+    if open_workers:
+        learner.workers = chosen[1]
+    measured: dict[str, Any] = {"strategy": learner.strategy, "saved_mib_per_task": per_task_mib}
+    if open_workers:
+        measured["workers"] = learner.workers
+    if open_strategy:
+        measured["vmap_tried"] = not arithmetic_bound
+    return {**measured, "seconds": seconds} if seconds else measured
+
+
+def describe_choice(measured: dict[str, Any]) -> str:
+    """One line on what :func:`choose_strategy` measured and chose, for the trainer's log."""
+    chosen = _label(measured["strategy"], measured.get("workers"))
+    timings = ", ".join(f"{label} {seconds:.3f}s" for label, seconds in measured.get("seconds", {}).items())
+    line = f"auto: {chosen}" + (f" (one training step: {timings})" if timings else "")
+    if measured.get("vmap_tried") is False:
+        line += (
+            f"; vmap not tried (one task saves {measured['saved_mib_per_task']:.0f} MiB of activations: "
+            "arithmetic-bound; --strategy vmap forces it)"
+        )
+    return line

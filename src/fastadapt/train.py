@@ -27,7 +27,7 @@ from fastadapt.config import Config
 from fastadapt.datasets import DATASETS, load_splits, task_source
 from fastadapt.errors import ConfigError, TrainingDiverged
 from fastadapt.evaluate import evaluate, mean_ci95
-from fastadapt.strategy import choose_strategy
+from fastadapt.strategy import choose_strategy, describe_choice
 
 #: Seed offset of the fixed validation episodes (the same episodes at every validation).
 VAL_SEED_OFFSET = 500_009
@@ -189,6 +189,8 @@ def _train(
         window = dict(state.get("window", window))
         if config.strategy == "auto" and state.get("strategy") in ("loop", "vmap"):
             learner.strategy = state["strategy"]  # keep the measured choice: resume stays exact
+        if config.workers is None and isinstance(state.get("workers"), int) and hasattr(learner, "workers"):
+            learner.workers = state["workers"]  # the same: the gradient sums' order depends on it
         recorded = _truncate_metrics(metrics_path, step) if replicas.is_main else 0.0
         elapsed_before = state.get("elapsed_s", recorded)
     else:
@@ -198,7 +200,7 @@ def _train(
             _load_initial_weights(learner, config)
     if replicas.enabled:
         distributed.broadcast_module(learner)
-    if getattr(learner, "strategy", None) == "auto":
+    if getattr(learner, "strategy", None) == "auto" or getattr(learner, "workers", 0) is None:
         # Measure on the first training batch, then rewind the sampler so training draws it again.
         sampler_state = train_tasks.state_dict()
         probe = train_tasks.sample(tasks_per_process).to(device)
@@ -206,14 +208,10 @@ def _train(
         measured = choose_strategy(learner, probe)
         if replicas.enabled:  # every process follows rank 0's measurement
             learner.strategy = distributed.broadcast_object(learner.strategy)
-        if progress and "seconds" in measured:
-            timings = ", ".join(f"{k} {v:.3f}s" for k, v in measured["seconds"].items())
-            print(f"strategy auto: {learner.strategy} (one training step: {timings})")
-        elif progress:
-            print(
-                f"strategy auto: loop, vmap not tried (one task saves {measured['saved_mib_per_task']:.0f} MiB "
-                f"of activations: arithmetic-bound; --strategy vmap forces it)"
-            )
+            if "workers" in measured:
+                learner.workers = distributed.broadcast_object(learner.workers)
+        if progress:
+            print(describe_choice(measured))
 
     def checkpoint_state() -> dict[str, Any]:
         """The checkpoint; under torchrun a collective call (it gathers every rank's random state)."""
@@ -232,6 +230,7 @@ def _train(
             "torch_rng": torch.get_rng_state(),
             "window": dict(window),
             "strategy": getattr(learner, "strategy", None),
+            "workers": getattr(learner, "workers", None),
             "elapsed_s": time.time() - started,
             "world_size": replicas.world_size,
             "ranks": ranks,

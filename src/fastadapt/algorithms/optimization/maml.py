@@ -125,7 +125,7 @@ class MAML(MetaLearner):
         #: torch.compile the meta-gradient of each chunk of tasks (one task with the loop); see _compiled_backward.
         self.compile = compile
         #: Chunks of tasks (single tasks with the loop) run side by side on this many threads, one core each
-        #: (fastadapt.taskpool). None: one per torch thread on a CPU, 1 on a GPU or with compile.
+        #: (fastadapt.taskpool). None: measured, like strategy="auto" (fastadapt.strategy); one until then.
         self.workers = workers
         if workers is not None and workers < 1:
             raise ConfigError(f"--workers must be at least 1 (or left out: one per CPU core), not {workers}.")
@@ -283,11 +283,14 @@ class MAML(MetaLearner):
         return max(1, in_flight // self.task_workers())
 
     def task_workers(self) -> int:
-        """How many chunks of tasks run at once: ``workers``, or by default one per CPU thread. The default is
-        one for the compiled program, and for a network with dropout or running batch-norm statistics, whose
-        random draws or buffer updates would otherwise follow thread timing (runs must repeat exactly)."""
-        if self.workers is not None:
-            return self.workers
+        """How many chunks of tasks run at once: ``workers``; one until :func:`fastadapt.strategy.choose_strategy`
+        has measured one against :meth:`most_workers` (``workers=None``)."""
+        return 1 if self.workers is None else self.workers
+
+    def most_workers(self) -> int:
+        """The workers worth measuring: one per CPU thread, but one on a GPU, for the compiled program, and for a
+        network with dropout or running batch-norm statistics, whose random draws or buffer updates would
+        otherwise follow thread timing (runs must repeat exactly)."""
         if self.compile or timing_dependent_modules(self.model):
             return 1
         return available_workers(next(self.parameters()).device)
