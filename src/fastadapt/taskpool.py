@@ -2,7 +2,8 @@
 
 A task's inner loop and query pass are small operations (a few to a few dozen images), which torch's intra-op
 threads split poorly. Giving each core whole tasks instead, one torch thread each, was faster on the 2-core
-machine of docs/RESULTS.md for every MAML workload measured (speed section).
+machine of docs/RESULTS.md for the Omniglot-shaped MAML workloads, and slower for a small sinusoid MLP (speed
+section). So the number of workers is measured (fastadapt.strategy.choose_strategy) unless it is set.
 
 ``torch.func.functional_call`` swaps tensors into a module while it runs, so two threads cannot run one module
 at the same time. Each worker therefore runs its own :func:`replica` of the meta-learner: a copy of the module
