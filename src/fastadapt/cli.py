@@ -143,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         help="MAML family: train this many tasks at once on a CPU, each on one core with one torch thread "
-        "(default: one per torch thread, or 1 for networks with dropout or running batch-norm statistics; "
-        "1: one task at a time, each operation on every thread)",
+        "(default: measured on the first meta-batch, one against one per torch thread; always 1 for networks with "
+        "dropout or running batch-norm statistics; 1: one task at a time, each operation on every thread)",
     )
     o.add_argument(
         "--cosine-scale",

@@ -65,7 +65,7 @@ class Config(DataOptions):
     fce: bool = False
     # torch.compile the MAML family's meta-gradient or Meta-LSTM's per-coordinate update: slower start, faster steps.
     compile: bool = False
-    # The MAML family: tasks trained side by side on this many CPU threads, one core each (None: one per thread).
+    # The MAML family: tasks trained side by side on this many CPU threads, one core each (None: measured).
     workers: int | None = None
     # Matching Networks: initial value of a learned scale on the cosine similarities (None or 0: none).
     cosine_scale: float | None = None
