@@ -78,8 +78,9 @@ def _add(total: list[Tensor | None], grads: Sequence[Tensor | None]) -> list[Ten
 def _share_out(
     learner: nn.Module, parts: Sequence[Part], workers: int, work: Callable[[nn.Module, Sequence[Part]], Result]
 ) -> list[Result]:
-    """``work(replica, parts[w::workers])`` for each worker ``w``: worker 0 on the calling thread, the others
-    on threads of their own, all at once."""
+    """``work(replica, parts[w::n])`` for each worker ``w`` of ``n = min(workers, len(parts))``: worker 0 on the
+    calling thread, the others on threads of their own, all at once. Returns the ``n`` results."""
+    workers = max(1, min(workers, len(parts)))
     grad_enabled = torch.is_grad_enabled()  # thread-local: an evaluation's no_grad must reach the workers
     results: list[Result] = [None] * workers  # type: ignore[list-item]
     errors: list[BaseException] = []
@@ -103,16 +104,20 @@ def _share_out(
     return results
 
 
+def _in_part_order(per_worker: Sequence[Sequence[Result]], parts: int) -> list[Result]:
+    """Worker ``w``'s outputs belong to parts ``w, w + n, ...``: put them back in part order."""
+    outputs: list[Result] = [None] * parts  # type: ignore[list-item]
+    for worker, results in enumerate(per_worker):
+        outputs[worker :: len(per_worker)] = results
+    return outputs
+
+
 def map_parts(
     learner: nn.Module, parts: Sequence[Part], fn: Callable[[nn.Module, Part], Result], workers: int
 ) -> list[Result]:
     """``[fn(learner, part) for part in parts]``, on ``workers`` threads."""
-    workers = max(1, min(workers, len(parts)))
     per_worker = _share_out(learner, parts, workers, lambda own, share: [fn(own, part) for part in share])
-    outputs: list[Result] = [None] * len(parts)  # type: ignore[list-item]
-    for worker, results in enumerate(per_worker):
-        outputs[worker::workers] = results
-    return outputs
+    return _in_part_order(per_worker, len(parts))
 
 
 def concurrent_gradients(
@@ -122,7 +127,6 @@ def concurrent_gradients(
     (None where a parameter was not used), computed on ``workers`` threads, and each part's output in order.
 
     A worker holds one part's graph at a time, so peak memory grows with the number of workers, not parts."""
-    workers = max(1, min(workers, len(parts)))
 
     def work(own: nn.Module, share: Sequence[Part]) -> tuple[list[Tensor | None], list[object]]:
         total: list[Tensor | None] = [None] * len(params)
@@ -133,9 +137,8 @@ def concurrent_gradients(
             outputs.append(output)
         return total, outputs
 
+    per_worker = _share_out(learner, parts, workers, work)
     total: list[Tensor | None] = [None] * len(params)
-    outputs: list[object] = [None] * len(parts)
-    for worker, (grads, worker_outputs) in enumerate(_share_out(learner, parts, workers, work)):
+    for grads, _ in per_worker:  # in worker order: the same sums every run
         total = _add(total, grads)
-        outputs[worker::workers] = worker_outputs
-    return total, outputs
+    return total, _in_part_order([outputs for _, outputs in per_worker], len(parts))
