@@ -41,7 +41,7 @@ The trainer sets :attr:`MAML.training_step` before each outer step; the MSL and 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -86,6 +86,13 @@ def batch_norm_layers(model: nn.Module) -> list[str]:
     ]
 
 
+def _add_to_grads(params: Iterable[Tensor], grads: Iterable[Tensor | None]) -> None:
+    """What ``backward()`` does with gradients computed elsewhere: add each to ``.grad`` (None: unused)."""
+    for p, grad in zip(params, grads):
+        if grad is not None:
+            p.grad = grad if p.grad is None else p.grad + grad
+
+
 class MAML(MetaLearner):
     def __init__(
         self,
@@ -128,7 +135,7 @@ class MAML(MetaLearner):
         #: (fastadapt.taskpool). None: measured, like strategy="auto" (fastadapt.strategy); one until then.
         self.workers = workers
         if workers is not None and workers < 1:
-            raise ConfigError(f"--workers must be at least 1 (or left out: one per CPU core), not {workers}.")
+            raise ConfigError(f"--workers must be at least 1 (or left out, to have it measured), not {workers}.")
         self._compiled_gradient: Callable[..., tuple[Params, tuple[Tensor, Tensor]]] | None = None
         #: Names of theta's tensors while a compiled trace runs, where ``requires_grad`` cannot pick them.
         self._theta_names: tuple[str, ...] | None = None
@@ -329,9 +336,7 @@ class MAML(MetaLearner):
             return weighted, (weighted.detach(), output.predictions.detach())
 
         grads, outputs = concurrent_gradients(self, list(trainable.values()), parts, weighted_loss, self.task_workers())
-        for p, grad in zip(trainable.values(), grads):
-            if grad is not None:
-                p.grad = grad if p.grad is None else p.grad + grad
+        _add_to_grads(trainable.values(), grads)
         losses, predictions = zip(*outputs)
         return MetaOutput(sum(losses), torch.cat(predictions))
 
@@ -361,8 +366,7 @@ class MAML(MetaLearner):
             grads, (loss, predictions) = self._compiled_gradient(params, part, self.uses_first_order(), weights)
         finally:
             self._theta_names = None
-        for name, p in trainable.items():
-            p.grad = grads[name] * weight if p.grad is None else p.grad + grads[name] * weight
+        _add_to_grads(trainable.values(), [grads[name] * weight for name in trainable])
         return loss.detach(), predictions.detach()
 
     def predict(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
