@@ -294,8 +294,6 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"--workers applies to --algorithm {', '.join(MAML_FAMILY)}, not {config.algorithm}; drop --workers."
         )
-    if config.workers is not None and config.workers < 1:
-        raise ConfigError(f"--workers must be at least 1 (got {config.workers}); leave it out for one per CPU core.")
     if config.cosine_scale is not None and config.cosine_scale < 0:
         raise ConfigError(f"--cosine-scale must be positive, or 0 for none (got {config.cosine_scale}).")
 
