@@ -38,6 +38,19 @@ def uses_workers(learner: MetaLearner) -> bool:
     return hasattr(learner, "most_workers")
 
 
+def _open_choices(learner: MetaLearner) -> tuple[bool, bool]:
+    """Whether the strategy ("auto") and the number of workers (None) are left for measuring."""
+    return (
+        uses_strategy(learner) and learner.strategy == "auto",
+        uses_workers(learner) and learner.workers is None,
+    )
+
+
+def needs_measuring(learner: MetaLearner) -> bool:
+    """Whether :func:`choose_strategy` has anything to choose for ``learner``."""
+    return any(_open_choices(learner))
+
+
 def _label(strategy: str, workers: int | None) -> str:
     return strategy if workers in (None, 1) else f"{strategy}, {workers} workers"
 
@@ -105,8 +118,7 @@ def choose_strategy(learner: MetaLearner, batch: TaskBatch, trials: int = 2) -> 
     """Resolve ``strategy="auto"`` to the faster of "loop" and "vmap" for ``batch``, and for the MAML
     family ``workers=None`` to the faster of one worker and one per thread. Returns what was measured; does
     nothing for a learner with neither left open."""
-    open_strategy = uses_strategy(learner) and learner.strategy == "auto"
-    open_workers = uses_workers(learner) and learner.workers is None
+    open_strategy, open_workers = _open_choices(learner)
     if not open_strategy and not open_workers:
         return {}
     with torch.random.fork_rng(devices=[]):  # measuring must not change what training draws

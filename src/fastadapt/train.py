@@ -27,7 +27,7 @@ from fastadapt.config import Config
 from fastadapt.datasets import DATASETS, load_splits, task_source
 from fastadapt.errors import ConfigError, TrainingDiverged
 from fastadapt.evaluate import evaluate, mean_ci95
-from fastadapt.strategy import choose_strategy, describe_choice
+from fastadapt.strategy import choose_strategy, describe_choice, needs_measuring
 
 #: Seed offset of the fixed validation episodes (the same episodes at every validation).
 VAL_SEED_OFFSET = 500_009
@@ -200,7 +200,7 @@ def _train(
             _load_initial_weights(learner, config)
     if replicas.enabled:
         distributed.broadcast_module(learner)
-    if getattr(learner, "strategy", None) == "auto" or getattr(learner, "workers", 0) is None:
+    if needs_measuring(learner):
         # Measure on the first training batch, then rewind the sampler so training draws it again.
         sampler_state = train_tasks.state_dict()
         probe = train_tasks.sample(tasks_per_process).to(device)
