@@ -275,12 +275,12 @@ def worker(implementation: str, workload: str, steps: int, first_order: bool, th
     grad_file = Path(tempfile.mkdtemp()) / "grad.pt"
     torch.save([p.grad for p in model.parameters()], grad_file)
     training_step()  # warm-up
+    from fastadapt.strategy import choice_label
+
     reply = {
         "ready": True,
         "grad_file": str(grad_file),
-        "strategy": info.get("strategy") + (f", {info['workers']} workers" if info.get("workers", 1) > 1 else "")
-        if info.get("strategy")
-        else None,
+        "strategy": choice_label(info["strategy"], info.get("workers")) if "strategy" in info else None,
         "auto": info,
         "setup_s": setup_seconds,
     }

@@ -51,7 +51,8 @@ def needs_measuring(learner: MetaLearner) -> bool:
     return any(_open_choices(learner))
 
 
-def _label(strategy: str, workers: int | None) -> str:
+def choice_label(strategy: str, workers: int | None) -> str:
+    """How a measured choice is named in logs and benchmark tables: "vmap", "loop, 2 workers"."""
     return strategy if workers in (None, 1) else f"{strategy}, {workers} workers"
 
 
@@ -111,7 +112,7 @@ def time_strategies(
                 started = time.perf_counter()
                 learner.meta_backward(batch)
                 times[strategy, workers].append(time.perf_counter() - started)
-    return {_label(*candidate): sorted(t[1:])[len(t[1:]) // 2] for candidate, t in times.items()}
+    return {choice_label(*candidate): sorted(t[1:])[len(t[1:]) // 2] for candidate, t in times.items()}
 
 
 def choose_strategy(learner: MetaLearner, batch: TaskBatch, trials: int = 2) -> dict[str, Any]:
@@ -130,7 +131,7 @@ def choose_strategy(learner: MetaLearner, batch: TaskBatch, trials: int = 2) -> 
         worker_counts = [1, most] if most > 1 else [1] if open_workers else [None]
         candidates = [(strategy, workers) for strategy in strategies for workers in worker_counts]
         seconds = time_strategies(learner, batch, trials, candidates) if len(candidates) > 1 else {}
-    by_label = {_label(*candidate): candidate for candidate in candidates}
+    by_label = {choice_label(*candidate): candidate for candidate in candidates}
     chosen = by_label[min(seconds, key=seconds.get)] if seconds else candidates[0]
     learner.strategy = chosen[0]
     if open_workers:
@@ -145,7 +146,7 @@ def choose_strategy(learner: MetaLearner, batch: TaskBatch, trials: int = 2) -> 
 
 def describe_choice(measured: dict[str, Any]) -> str:
     """One line on what :func:`choose_strategy` measured and chose, for the trainer's log."""
-    chosen = _label(measured["strategy"], measured.get("workers"))
+    chosen = choice_label(measured["strategy"], measured.get("workers"))
     timings = ", ".join(f"{label} {seconds:.3f}s" for label, seconds in measured.get("seconds", {}).items())
     line = f"auto: {chosen}" + (f" (one training step: {timings})" if timings else "")
     if measured.get("vmap_tried") is False:
