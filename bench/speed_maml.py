@@ -405,12 +405,13 @@ def markdown_table(results) -> str:
         peers = {n: impl[n]["median_s"] for n in PEERS if n in impl}
         fastest = min(peers, key=peers.get)
         speedup = peers[fastest] / impl["fastadapt-auto"]["median_s"]
-        memory = impl["fastadapt-auto"]["vmhwm_mib"] / impl["learn2learn"]["vmhwm_mib"]
+        reference = impl.get("learn2learn")  # the memory target's reference; a run may leave it out
+        memory = f"{impl['fastadapt-auto']['vmhwm_mib'] / reference['vmhwm_mib']:.2f}" if reference else "-"
         workload = f"({'a' if r['workload'] == 'stride' else 'b'}) {r['workload']}, {r['queries_per_class']} q/class"
         lines.append(
             f"| {workload} | {r['inner_steps']} | {r['order']} | "
             + " | ".join(cells)
-            + f" | {speedup:.2f}x vs {fastest} | {memory:.2f} |"
+            + f" | {speedup:.2f}x vs {fastest} | {memory} |"
         )
     return "\n".join(lines)
 
