@@ -3,8 +3,8 @@
 One step = the meta-loss of a meta-batch of 32 Omniglot-shaped (1x28x28) 5-way 1-shot tasks, its
 meta-gradient, and the outer Adam step, on two workloads (issue 3, "Speed"):
 
-- (a) ``stride``: MAML's Omniglot network (stride-2 Conv-4, ``Conv4Stride``), 1 query per class;
-- (b) ``pool``: the max-pool Conv-4 (``Conv4``, batch statistics per episode), 15 queries per class;
+- (a) ``stride``: MAML's Omniglot network (stride-2 Conv-4), 1 query per class;
+- (b) ``pool``: the max-pool Conv-4 (batch statistics per episode), 15 queries per class;
 
 each with 1 and 5 inner steps, second and first order. Implementations, each in its own process (so that
 VmHWM, the peak resident memory, is per implementation): fastadapt ``loop``, ``vmap`` and ``auto`` (which
@@ -12,7 +12,10 @@ measures both on the first batch and keeps the faster), ``compile`` (``auto`` wi
 strategy's meta-gradient through ``torch.compile``; its compile time is reported as set-up),
 learn2learn's ``MAML`` (``clone()``/``adapt()``), higher's ``innerloop_ctx``, torchopt's functional API
 (``torchopt.sgd`` + ``apply_updates``) and a plain per-task loop with ``torch.autograd.grad``. Every
-implementation runs the same ``nn.Module`` from the same initial weights on the same batch.
+implementation is given the same ``nn.Module``, from the same initial weights, and the same batch. By default
+(``--model torch``) that network is built from torch's layers, as learn2learn's users write it (``TorchConv4``),
+and each library runs it its own way: fastadapt swaps in its faster, exact equivalents (fastadapt.fastlayers).
+``--model fastadapt`` gives every implementation fastadapt's own ``Conv4``/``Conv4Stride`` and so its faster layers.
 
 Before timing, every implementation's float32 meta-gradient on one batch is compared with the plain loop's
 computed in float64 (the largest relative error per parameter tensor is printed). It must be within
@@ -57,10 +60,12 @@ WORKLOADS = {"stride": 1, "pool": 15}  # queries per class
 #: fastadapt-vmap runs the meta-batch 8 tasks per vectorised call (the default); fastadapt-vmap-all all 32 at once;
 #: fastadapt-compile is auto with ``compile=True`` (its one-off compile time is reported as "setup");
 #: fastadapt-auto-serial is auto with ``workers=1``: with more than one thread, tasks run one at a time and each
-#: operation uses every thread, as the peers do (the others run one task per thread, fastadapt.taskpool).
+#: operation uses every thread, as the peers do (the others run one task per thread, fastadapt.taskpool);
+#: fastadapt-auto-torchlayers is auto with ``fast_layers=False``: it runs torch's layers as given.
 IMPLEMENTATIONS = (
     "fastadapt-auto",
     "fastadapt-auto-serial",
+    "fastadapt-auto-torchlayers",
     "fastadapt-loop",
     "fastadapt-vmap",
     "fastadapt-vmap-all",
@@ -71,6 +76,12 @@ IMPLEMENTATIONS = (
     "plain",
 )
 PEERS = ("learn2learn", "higher", "torchopt", "plain")
+#: The network every implementation is given: "torch", torch's layers as learn2learn users write the Conv-4 (each
+#: library runs it its own way; fastadapt swaps in its faster equivalents, fastadapt.fastlayers), or "fastadapt",
+#: fastadapt.nets' Conv4/Conv4Stride, whose faster layers every implementation then runs (until the tenth session,
+#: the only protocol). Set from --model.
+MODELS = ("torch", "fastadapt")
+MODEL = "torch"
 #: float32 meta-gradients of different but exact implementations agree to about this relative error.
 GRADIENT_TOLERANCE = 1e-3
 
@@ -126,10 +137,37 @@ def import_learn2learn():
 
 
 # --- the workload -----------------------------------------------------------------------------------------------
+class TorchConv4(nn.Module):
+    """The Conv-4 as a user of learn2learn writes it (its ``OmniglotCNN``/``ConvBase``, MAML's reference code):
+    4 x [conv3x3, ``nn.BatchNorm2d(track_running_stats=False)``, ``nn.ReLU``(, ``nn.MaxPool2d(2)``)], then a linear
+    classifier on the flattened map (max-pool) or its spatial mean (stride 2). The same functions as
+    ``fastadapt.nets``' ``Conv4``/``Conv4Stride``, from torch's own layers."""
+
+    def __init__(self, workload: str, hidden: int = 64) -> None:
+        super().__init__()
+        self.strided = workload == "stride"
+        layers: list[nn.Module] = []
+        for i in range(4):
+            layers += [
+                nn.Conv2d(1 if i == 0 else hidden, hidden, 3, stride=2 if self.strided else 1, padding=1),
+                nn.BatchNorm2d(hidden, track_running_stats=False),
+                nn.ReLU(),
+            ]
+            layers += [] if self.strided else [nn.MaxPool2d(2)]
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(hidden, WAYS)  # 28x28 -> 1x1 after four poolings
+
+    def forward(self, x):
+        features = self.features(x)
+        return self.head(features.mean(dim=(2, 3)) if self.strided else features.flatten(1))
+
+
 def make_model(workload: str) -> nn.Module:
     from fastadapt.nets import Conv4, Conv4Stride
 
     torch.manual_seed(0)
+    if MODEL == "torch":
+        return TorchConv4(workload)
     if workload == "stride":
         return Conv4Stride(1, 64, WAYS, norm="episode")
     return Conv4(1, 64, WAYS, norm="episode", image_size=28)
@@ -157,11 +195,12 @@ def fastadapt_step_fn(model, variant, steps, first_order, batch):
 
     strategy, _, option = variant.partition("-")
     chunking = {"vmap_chunk": 0} if option == "all" else {}  # "vmap-all": the whole meta-batch in one vmap call
-    serial = {"workers": 1} if option == "serial" else {}  # "auto-serial": one task at a time, on all threads
+    options = {"workers": 1} if option == "serial" else {}  # "auto-serial": one task at a time, on all threads
+    options |= {"fast_layers": False} if option == "torchlayers" else {}  # torch's layers as the user wrote them
     compile = strategy == "compile"  # "compile": auto, each strategy's meta-gradient through torch.compile
     strategy = "auto" if compile else strategy
     learner = MAML(
-        model, INNER_LR, steps, first_order=first_order, strategy=strategy, compile=compile, **chunking, **serial
+        model, INNER_LR, steps, first_order=first_order, strategy=strategy, compile=compile, **chunking, **options
     )
     info = choose_strategy(learner, batch)  # auto's strategy, and workers (one, or one per thread) unless fixed
     return learner.meta_backward, info  # what `fastadapt train` calls (per-task backward for loop)
@@ -302,7 +341,7 @@ def worker(implementation: str, workload: str, steps: int, first_order: bool, th
 class Worker:
     def __init__(self, implementation, workload, steps, first_order, threads):
         command = [sys.executable, __file__, "--worker", implementation, workload, str(steps), str(int(first_order))]
-        command += ["--threads", str(threads)]
+        command += ["--threads", str(threads), "--model", MODEL]
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
 
     def wait_ready(self):
@@ -449,11 +488,13 @@ def plot(results, path: Path) -> None:
 
 
 def main() -> None:
+    global MODEL
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--worker", nargs=4, metavar=("IMPL", "WORKLOAD", "STEPS", "FIRST_ORDER"), help=argparse.SUPPRESS
     )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads per process")
+    parser.add_argument("--model", default=MODEL, choices=MODELS, help="the network given to every implementation")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per configuration")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per implementation per round")
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
@@ -464,6 +505,7 @@ def main() -> None:
     parser.add_argument("--plot", default=str(ROOT / "docs/speed_maml.png"))
     parser.add_argument("--combine", nargs="+", metavar="JSON", help="merge the results of earlier runs, run nothing")
     args = parser.parse_args()
+    MODEL = args.model
     if args.combine:
         records = [json.loads(Path(f).read_text()) for f in args.combine]
         record = {**records[0], "runs": [{k: v for k, v in r.items() if k != "results"} for r in records]}
@@ -489,6 +531,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}",
         "torch": torch.__version__,
         "threads": args.threads,
+        "model": args.model,
         "niceness": os.nice(0),
         "setting": f"{META_BATCH} tasks, {WAYS}-way {SHOTS}-shot, 1x28x28, inner lr {INNER_LR}, outer Adam {OUTER_LR}",
         "rounds": args.rounds,

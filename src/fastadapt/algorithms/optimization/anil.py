@@ -43,8 +43,9 @@ class ANIL(MAML):
         vmap_chunk: int | None = None,
         compile: bool = False,
         workers: int | None = None,
+        fast_layers: bool = True,
     ) -> None:
-        speed = dict(vmap_chunk=vmap_chunk, compile=compile, workers=workers)
+        speed = dict(vmap_chunk=vmap_chunk, compile=compile, workers=workers, fast_layers=fast_layers)
         super().__init__(model, inner_lr, inner_steps, first_order, eval_inner_steps, strategy, **speed)
         self.head_name = head.rstrip(".")
         try:

@@ -50,6 +50,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from fastadapt.algorithms.base import MetaLearner, MetaOutput, task_loss
 from fastadapt.errors import ConfigError
+from fastadapt.fastlayers import with_fast_layers
 from fastadapt.functional import (
     Params,
     Strategy,
@@ -111,8 +112,12 @@ class MAML(MetaLearner):
         vmap_chunk: int | None = None,
         compile: bool = False,
         workers: int | None = None,
+        fast_layers: bool = True,
     ) -> None:
         super().__init__()
+        #: With ``fast_layers``, torch's layers that fastadapt has an exact, faster (and vmap-safe) equivalent for
+        #: are swapped in; the parameters, and their names, stay the model's own (fastadapt.fastlayers).
+        model = with_fast_layers(model) if fast_layers else model
         self.model = model
         self.inner_lr = inner_lr
         self.inner_steps = inner_steps
