@@ -82,6 +82,9 @@ PEERS = ("learn2learn", "higher", "torchopt", "plain")
 #: the only protocol). Set from --model.
 MODELS = ("torch", "fastadapt")
 MODEL = "torch"
+#: --keep-freed-memory: every worker, peers included, first calls fastadapt.taskpool.keep_freed_memory (as
+#: ``fastadapt train`` does): a setting of the process's C library, so every implementation gets it or none.
+KEEP_FREED_MEMORY = False
 #: float32 meta-gradients of different but exact implementations agree to about this relative error.
 GRADIENT_TOLERANCE = 1e-3
 
@@ -297,6 +300,10 @@ def peak_resident_mib() -> float:
 # --- a worker: one implementation, one configuration, commands on stdin ------------------------------------------
 def worker(implementation: str, workload: str, steps: int, first_order: bool, threads: int) -> None:
     torch.set_num_threads(threads)
+    if KEEP_FREED_MEMORY:
+        from fastadapt.taskpool import keep_freed_memory
+
+        assert keep_freed_memory(), "--keep-freed-memory needs glibc"
     model = make_model(workload)
     batch = make_batch(workload)
     optimizer = torch.optim.Adam(model.parameters(), lr=OUTER_LR)
@@ -341,7 +348,7 @@ def worker(implementation: str, workload: str, steps: int, first_order: bool, th
 class Worker:
     def __init__(self, implementation, workload, steps, first_order, threads):
         command = [sys.executable, __file__, "--worker", implementation, workload, str(steps), str(int(first_order))]
-        command += ["--threads", str(threads), "--model", MODEL]
+        command += ["--threads", str(threads), "--model", MODEL] + ["--keep-freed-memory"] * KEEP_FREED_MEMORY
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
 
     def wait_ready(self):
@@ -488,13 +495,16 @@ def plot(results, path: Path) -> None:
 
 
 def main() -> None:
-    global MODEL
+    global MODEL, KEEP_FREED_MEMORY
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--worker", nargs=4, metavar=("IMPL", "WORKLOAD", "STEPS", "FIRST_ORDER"), help=argparse.SUPPRESS
     )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads per process")
     parser.add_argument("--model", default=MODEL, choices=MODELS, help="the network given to every implementation")
+    parser.add_argument(
+        "--keep-freed-memory", action="store_true", help="glibc keeps freed memory, in every implementation's process"
+    )
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per configuration")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per implementation per round")
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
@@ -505,7 +515,7 @@ def main() -> None:
     parser.add_argument("--plot", default=str(ROOT / "docs/speed_maml.png"))
     parser.add_argument("--combine", nargs="+", metavar="JSON", help="merge the results of earlier runs, run nothing")
     args = parser.parse_args()
-    MODEL = args.model
+    MODEL, KEEP_FREED_MEMORY = args.model, args.keep_freed_memory
     if args.combine:
         records = [json.loads(Path(f).read_text()) for f in args.combine]
         record = {**records[0], "runs": [{k: v for k, v in r.items() if k != "results"} for r in records]}
@@ -532,6 +542,7 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": args.threads,
         "model": args.model,
+        "keep_freed_memory": args.keep_freed_memory,
         "niceness": os.nice(0),
         "setting": f"{META_BATCH} tasks, {WAYS}-way {SHOTS}-shot, 1x28x28, inner lr {INNER_LR}, outer Adam {OUTER_LR}",
         "rounds": args.rounds,

@@ -16,7 +16,15 @@ class UserNet(nn.Module):
     def __init__(self, ways: int = 3) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(1, 8, 3, padding=1), EpisodeBatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten()
+            nn.Conv2d(1, 8, 3, padding=1),
+            nn.BatchNorm2d(8, track_running_stats=False),  # swapped for EpisodeBatchNorm2d (fastadapt.fastlayers)
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 8, 3, padding=1),
+            EpisodeBatchNorm2d(8),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
         )
         self.head = nn.Linear(32, ways)
 

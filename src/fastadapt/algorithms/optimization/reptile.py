@@ -46,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from fastadapt.algorithms.base import MetaLearner, MetaOutput, task_loss
+from fastadapt.fastlayers import with_fast_layers
 from fastadapt.functional import (
     Params,
     Strategy,
@@ -114,6 +115,7 @@ class Reptile(MetaLearner):
         adam_eps: float = 1e-8,
         adam_state: AdamState = "fresh",
         strategy: Strategy = "loop",
+        fast_layers: bool = True,
     ) -> None:
         super().__init__()
         if inner_optimizer not in INNER_OPTIMIZERS:
@@ -122,6 +124,8 @@ class Reptile(MetaLearner):
             raise ValueError(f"unknown Adam state {adam_state!r}; choose one of {ADAM_STATES}")
         if adam_state == "carried" and inner_optimizer != "adam":
             raise ValueError("a carried Adam state needs the Adam inner optimiser (inner_optimizer='adam')")
+        # torch's layers with an exact, faster equivalent run as fastadapt's (fastadapt.fastlayers), as in MAML.
+        model = with_fast_layers(model) if fast_layers else model
         self.model = model
         self.inner_lr = inner_lr
         self.inner_steps = inner_steps
