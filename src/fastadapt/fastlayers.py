@@ -24,7 +24,7 @@ from __future__ import annotations
 from torch import nn
 
 from fastadapt.nets.layers import EpisodeBatchNorm2d, MaxPool2x2
-from fastadapt.taskpool import replica
+from fastadapt.taskpool import shallow_replica
 
 #: Non-decreasing activations, which commute with max pooling.
 _MONOTONE = (nn.ReLU, nn.LeakyReLU)
@@ -88,6 +88,6 @@ def with_fast_layers(model: nn.Module) -> nn.Module:
             children = dict(zip(children, order))
     if all(children[name] is child for name, child in model._modules.items()):
         return model
-    copy = replica(model)
+    copy = shallow_replica(model)  # its submodules are the ones above: copied where something was swapped
     copy._modules = children
     return copy

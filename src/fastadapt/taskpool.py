@@ -33,14 +33,21 @@ Result = TypeVar("Result")
 LossOf = Callable[[nn.Module, Part], tuple[Tensor, object]]
 
 
-def replica(module: nn.Module) -> nn.Module:
-    """A copy of ``module``'s tree of submodules that shares its parameters, buffers and other attributes,
-    with dictionaries of its own (parameters, buffers, submodules, hooks), so that ``functional_call`` or a
-    hook on the copy leaves the original untouched."""
+def shallow_replica(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` alone that shares its parameters, buffers, submodules and other attributes, with
+    dictionaries of its own (parameters, buffers, submodules, hooks)."""
     clone = copy.copy(module)
     for name, value in vars(module).items():
         if isinstance(value, (dict, set)):
             clone.__dict__[name] = value.copy()
+    return clone
+
+
+def replica(module: nn.Module) -> nn.Module:
+    """A copy of ``module``'s tree of submodules that shares its parameters, buffers and other attributes,
+    with dictionaries of its own (parameters, buffers, submodules, hooks), so that ``functional_call`` or a
+    hook on the copy leaves the original untouched."""
+    clone = shallow_replica(module)
     clone._modules = {name: None if child is None else replica(child) for name, child in module._modules.items()}
     return clone
 

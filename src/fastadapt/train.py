@@ -27,7 +27,7 @@ from fastadapt.config import Config
 from fastadapt.datasets import DATASETS, load_splits, task_source
 from fastadapt.errors import ConfigError, TrainingDiverged
 from fastadapt.evaluate import evaluate, mean_ci95
-from fastadapt.strategy import choose_strategy, describe_choice, needs_measuring
+from fastadapt.strategy import choose_strategy, describe_choice, needs_measuring, uses_workers
 
 #: Seed offset of the fixed validation episodes (the same episodes at every validation).
 VAL_SEED_OFFSET = 500_009
@@ -189,7 +189,7 @@ def _train(
         window = dict(state.get("window", window))
         if config.strategy == "auto" and state.get("strategy") in ("loop", "vmap"):
             learner.strategy = state["strategy"]  # keep the measured choice: resume stays exact
-        if config.workers is None and isinstance(state.get("workers"), int) and hasattr(learner, "workers"):
+        if config.workers is None and isinstance(state.get("workers"), int) and uses_workers(learner):
             learner.workers = state["workers"]  # the same: the gradient sums' order depends on it
         recorded = _truncate_metrics(metrics_path, step) if replicas.is_main else 0.0
         elapsed_before = state.get("elapsed_s", recorded)

@@ -57,6 +57,10 @@ class TaskBatch:
             self.ways,
         )
 
+    def chunks(self, size: int) -> list[TaskBatch]:
+        """The batch in consecutive parts of ``size`` episodes (the last may be smaller), as views."""
+        return [self.tasks(start, start + size) for start in range(0, self.num_tasks, size)]
+
 
 def stack_episodes(episodes: list[TaskBatch]) -> TaskBatch:
     """Concatenate batches (each with a task dimension) along the task dimension."""

@@ -313,7 +313,7 @@ class MAML(MetaLearner):
             return super().meta_backward(batch)
         # The meta-loss is a mean over tasks, so each chunk's graph (its inner loops and second-order
         # terms) can be freed after its own backward pass: peak memory of one chunk (one task for loop).
-        parts = [batch.tasks(start, start + chunk) for start in range(0, batch.num_tasks, chunk)]
+        parts = batch.chunks(chunk)
         if self.task_workers() > 1 and not self.compile:
             return self._concurrent_backward(parts, batch.num_tasks)
         backward = self._compiled_backward if self.compile else self._eager_backward
@@ -379,7 +379,7 @@ class MAML(MetaLearner):
         workers = self.task_workers()
         if workers > 1 and batch.num_tasks > 1:
             chunk = -(-batch.num_tasks // workers)  # one share per worker: vmap keeps its batching
-            parts = [batch.tasks(start, start + chunk) for start in range(0, batch.num_tasks, chunk)]
+            parts = batch.chunks(chunk)
             return torch.cat(map_parts(self, parts, lambda learner, part: learner._predict(part, steps), workers))
         return self._predict(batch, steps)
 
