@@ -106,3 +106,50 @@ def test_strided_max_pool_equals_torchs_in_values_gradients_and_second_derivativ
     channels_last = x.detach().contiguous(memory_format=torch.channels_last)
     assert torch.equal(MaxPool2x2()(channels_last), torch.nn.functional.max_pool2d(channels_last, 2))
     assert torch.equal(MaxPool2x2()(x.detach()), results[0][0].detach())
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("affine", [True, False])
+def test_episode_batch_norm_closed_form_second_derivative_passes_gradgradcheck(channels_last, affine):
+    """The backward pass's own derivative is written out (_EpisodeBatchNormBackward): numerically checked, and
+    equal to torch's batch norm differentiated twice, for every cotangent, in both layouts and without an affine."""
+    from fastadapt.nets import EpisodeBatchNorm2d
+
+    torch.manual_seed(0)
+    norm = EpisodeBatchNorm2d(4, affine=affine).double()
+    if affine:
+        with torch.no_grad():
+            norm.weight.uniform_(-1.5, 1.5)  # both signs
+            norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(3, 4, 5, 6, dtype=torch.double) * 2 + 1
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    weights = [norm.weight, norm.bias] if affine else []
+
+    def layer(x, *weight_and_bias):
+        return torch.func.functional_call(norm, dict(zip(["weight", "bias"], weight_and_bias)), (x,))
+
+    assert torch.autograd.gradgradcheck(layer, (x, *weights))
+
+    def torch_layer(x, *weight_and_bias):
+        return torch.nn.functional.batch_norm(x, None, None, *(weight_and_bias or (None, None)), training=True)
+
+    grad_out = torch.randn(3, 4, 5, 6, dtype=torch.double, requires_grad=True)
+    cotangents = [torch.randn_like(t) for t in (x, *weights)]
+    results = []
+    for forward in (layer, torch_layer):
+        grads = torch.autograd.grad(forward(x, *weights), (x, *weights), grad_out, create_graph=True)
+        for used in (slice(None), slice(0, 1), slice(1, None)):  # every cotangent; dx's alone; the weights' alone
+            pairs = list(zip(grads, cotangents))[used]
+            if pairs:
+                total = sum((g * c).sum() for g, c in pairs)
+                results.append(
+                    torch.autograd.grad(total, (x, *weights, grad_out), allow_unused=True, retain_graph=True)
+                )
+    half = len(results) // 2
+    for ours, theirs in zip(results[:half], results[half:]):
+        for a, b in zip(ours, theirs):
+            assert (a is None) == (b is None) or torch.count_nonzero(a if b is None else b) == 0
+            if a is not None and b is not None:
+                torch.testing.assert_close(a, b)

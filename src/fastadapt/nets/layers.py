@@ -12,16 +12,109 @@ def is_functorch_wrapped(x: torch.Tensor) -> bool:
     return torch._C._functorch.is_functorch_wrapped_tensor(x)
 
 
+def _per_channel(t: torch.Tensor) -> torch.Tensor:
+    return t.view(1, -1, 1, 1)
+
+
+def _batch_norm_backward(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    mean: torch.Tensor,
+    invstd: torch.Tensor,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """torch's kernel, one pass pair: (gamma r P(grad), sum(grad x_hat), sum(grad)) per channel, where
+    P(g) = g - mean(g) - x_hat mean(g x_hat) and r = 1 / sqrt(var + eps)."""
+    return torch.ops.aten.native_batch_norm_backward(
+        grad, x, weight, None, None, mean, invstd, True, eps, [True, True, True]
+    )
+
+
+class _EpisodeBatchNormBackward(torch.autograd.Function):
+    """The backward pass of batch norm with batch statistics, as a function of (x, gamma, dy) whose own derivative
+    (second-order MAML differentiates the inner loop's gradient) is written out below.
+
+    With x_hat = (x - mu) r, the backward pass is dbeta = sum(dy), dgamma = sum(dy x_hat) and
+    dx = gamma r P(dy). For cotangents (u, u_gamma, u_beta) of (dx, dgamma, dbeta), with M values per channel,
+    a = dgamma, b = sum(u x_hat) and S = sum(u P(dy)) = sum(u dy) - sum(u) sum(dy) / M - a b / M:
+
+    - d/d dy     = gamma r P(u) + u_gamma x_hat + u_beta
+    - d/d gamma  = r S
+    - d/d x      = r (w - mean(w) - x_hat (mean(w x_hat) + gamma r S / M)),  w = u_gamma dy - gamma r (a u + b dy) / M
+
+    Every full-size term is one of torch's batch-norm kernels or a multiply-add: torch's own formula for this
+    derivative took 2.4-4x as long for a (5, 64, 28, 28) batch, and 12x in channels-last layout
+    (docs/RESULTS.md, speed section). Checked against it by ``gradgradcheck`` in float64 (tests/nets)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, grad_y, mean, invstd, eps):
+        ctx.set_materialize_grads(False)  # unused cotangents arrive as None and cost nothing
+        grad_x, grad_weight, grad_bias = _batch_norm_backward(grad_y, x, weight, mean, invstd, eps)
+        ctx.save_for_backward(x, weight, grad_y, mean, invstd, grad_weight, grad_bias)  # the sums, even without weight
+        ctx.eps = eps
+        return grad_x, grad_weight, grad_bias
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, u, u_gamma, u_beta):
+        x, weight, grad_y, mean, invstd, a, sum_dy = ctx.saved_tensors
+        m = x.numel() // x.shape[1]
+        r = invstd
+        gamma_r = r if weight is None else weight * r
+        zero = torch.zeros_like(r)
+        u_gamma = zero if u_gamma is None else u_gamma
+        u_beta = zero if u_beta is None else u_beta
+        if u is None:
+            projected, b, sum_u, s = None, zero, zero, zero
+        else:
+            projected, b, sum_u = _batch_norm_backward(u, x, weight, mean, invstd, ctx.eps)
+            s = (u * grad_y).sum(dim=(0, 2, 3)) - (sum_u * sum_dy + a * b) / m
+        dy_coefficient = u_gamma - gamma_r * b / m  # w = dy_coefficient dy - u_coefficient u
+        u_coefficient = gamma_r * a / m
+        mean_w = (dy_coefficient * sum_dy - u_coefficient * sum_u) / m
+        k = (dy_coefficient * a - u_coefficient * b + gamma_r * s) / m
+        # r (w - mean_w - k x_hat), x_hat = (x - mean) r: three multiply-adds over the batch
+        grad_x = torch.addcmul(_per_channel(r * (k * r * mean - mean_w)), grad_y, _per_channel(r * dy_coefficient))
+        grad_x.addcmul_(x, _per_channel(-k * r * r))
+        if u is not None:
+            grad_x.addcmul_(u, _per_channel(-r * u_coefficient))
+        shift = _per_channel(u_beta - u_gamma * r * mean)  # u_gamma x_hat + u_beta = (u_gamma r) x + shift
+        if projected is None:
+            grad_dy = torch.addcmul(shift, x, _per_channel(u_gamma * r))
+        else:
+            grad_dy = projected.addcmul_(x, _per_channel(u_gamma * r)).add_(shift)
+        return grad_x, None if weight is None else r * s, grad_dy, None, None, None
+
+
+class _EpisodeBatchNorm(torch.autograd.Function):
+    """Training-mode batch norm (torch's kernel) whose backward pass is :class:`_EpisodeBatchNormBackward`."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        y, mean, invstd = torch.ops.aten.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.eps = eps
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight, mean, invstd = ctx.saved_tensors
+        grad_x, grad_weight, grad_bias = _EpisodeBatchNormBackward.apply(x, weight, grad_y, mean, invstd, ctx.eps)
+        return (grad_x, grad_weight, grad_bias, None) if weight is not None else (grad_x, None, None, None)
+
+
 class EpisodeBatchNorm2d(nn.Module):
     """Batch norm that always normalises with the statistics of the batch it is given, as in the MAML
     reference code (per task: the support set during adaptation, the query set when scoring).
 
     Under ``torch.func`` transforms (``vmap``, ``grad``) it is written from ``mean``/``var``: there, torch's
     batch_norm kernel gives a wrong second-order meta-gradient, while this form is exact. Everywhere else
-    (a per-task loop, evaluation) it calls that kernel, which computes the same function and its first and
-    second derivatives (tested) in fewer passes over the activations: a second-order MAML step on 15 query
-    images per class ran 1.4-1.6x faster with it (docs/RESULTS.md). Under ``torch.compile`` it takes the
-    mean/var form too: the compiler fuses its passes, and the functorch check cannot be traced.
+    (a per-task loop, evaluation) it calls that kernel, which computes the same function and its first
+    derivatives in fewer passes over the activations (a second-order MAML step on 15 query images per class ran
+    1.4-1.6x faster with it), and differentiates the backward pass with :class:`_EpisodeBatchNormBackward`'s
+    closed form, for second-order MAML (docs/RESULTS.md). Under ``torch.compile`` it takes the mean/var form
+    too: the compiler fuses its passes, and the functorch check cannot be traced.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
@@ -33,7 +126,7 @@ class EpisodeBatchNorm2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.compiler.is_compiling() and not is_functorch_wrapped(x):
-            return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
+            return _EpisodeBatchNorm.apply(x, self.weight, self.bias, self.eps)
         mean = x.mean(dim=(0, 2, 3), keepdim=True)
         var = (x - mean).square().mean(dim=(0, 2, 3), keepdim=True)
         scale = torch.rsqrt(var + self.eps)
