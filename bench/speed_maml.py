@@ -61,11 +61,13 @@ WORKLOADS = {"stride": 1, "pool": 15}  # queries per class
 #: fastadapt-compile is auto with ``compile=True`` (its one-off compile time is reported as "setup");
 #: fastadapt-auto-serial is auto with ``workers=1``: with more than one thread, tasks run one at a time and each
 #: operation uses every thread, as the peers do (the others run one task per thread, fastadapt.taskpool);
-#: fastadapt-auto-torchlayers is auto with ``fast_layers=False``: it runs torch's layers as given.
+#: fastadapt-auto-torchlayers is auto with ``fast_layers=False``: it runs torch's layers as given;
+#: fastadapt-auto-standard is auto with ``channels_last=False``: the images stay in the standard (NCHW) layout.
 IMPLEMENTATIONS = (
     "fastadapt-auto",
     "fastadapt-auto-serial",
     "fastadapt-auto-torchlayers",
+    "fastadapt-auto-standard",
     "fastadapt-loop",
     "fastadapt-vmap",
     "fastadapt-vmap-all",
@@ -200,6 +202,7 @@ def fastadapt_step_fn(model, variant, steps, first_order, batch):
     chunking = {"vmap_chunk": 0} if option == "all" else {}  # "vmap-all": the whole meta-batch in one vmap call
     options = {"workers": 1} if option == "serial" else {}  # "auto-serial": one task at a time, on all threads
     options |= {"fast_layers": False} if option == "torchlayers" else {}  # torch's layers as the user wrote them
+    options |= {"channels_last": False} if option == "standard" else {}  # images in the standard layout
     compile = strategy == "compile"  # "compile": auto, each strategy's meta-gradient through torch.compile
     strategy = "auto" if compile else strategy
     learner = MAML(
@@ -326,7 +329,9 @@ def worker(implementation: str, workload: str, steps: int, first_order: bool, th
     reply = {
         "ready": True,
         "grad_file": str(grad_file),
-        "strategy": choice_label(info["strategy"], info.get("workers")) if "strategy" in info else None,
+        "strategy": choice_label(info["strategy"], info.get("workers"), info.get("channels_last"))
+        if "strategy" in info
+        else None,
         "auto": info,
         "setup_s": setup_seconds,
     }

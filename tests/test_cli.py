@@ -281,6 +281,8 @@ def test_protonet_on_sinusoid(capsys, tmp_path: Path) -> None:
         (["--eval-query", "6"], "--shots/--query"),  # 1 + 6 > 6 in validation/test episodes
         (["--image-size", "8"], "--image-size"),  # too small for Conv-4's four poolings
         (["--strategy", "threads"], "--strategy"),
+        (["--workers", "2"], "--workers applies to --algorithm maml"),  # protonet has no such machinery
+        (["--no-channels-last"], "--channels-last/--no-channels-last applies to --algorithm maml"),
         (["--steps", "0"], "--steps"),
         (["--device", "tpu9"], "--device"),
         pytest.param(

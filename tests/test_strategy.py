@@ -45,7 +45,7 @@ def test_arithmetic_bound_tasks_keep_the_loop_without_a_vmap_trial(monkeypatch):
 
     from fastadapt.nets import Conv4
 
-    learner = MAML(Conv4(1, 16, 5, norm="episode"), inner_lr=0.4, strategy="auto")
+    learner = MAML(Conv4(1, 16, 5, norm="episode"), inner_lr=0.4, strategy="auto", channels_last=False)
     one, fifteen = saved_activation_mib(learner, omniglot_like(1)), saved_activation_mib(learner, omniglot_like(15))
     assert 0 < one < fifteen  # the query pass dominates what a task keeps for backward
     assert all(p.grad is None for p in learner.parameters())
@@ -91,7 +91,7 @@ def test_open_workers_are_measured_one_against_one_per_thread(monkeypatch):
     monkeypatch.setattr("fastadapt.strategy.time_strategies", timing)
     learner.strategy, learner.workers = "auto", None
     measured = choose_strategy(learner, batch)
-    assert seen == [[("loop", 1), ("loop", 2), ("vmap", 1), ("vmap", 2)]]
+    assert seen == [[("loop", 1, None), ("loop", 2, None), ("vmap", 1, None), ("vmap", 2, None)]]
     assert (learner.strategy, learner.workers) == ("vmap", 1) == (measured["strategy"], measured["workers"])
 
 
@@ -116,3 +116,69 @@ def test_resume_keeps_the_measured_choice(tmp_path, monkeypatch):
     monkeypatch.setattr("fastadapt.strategy.time_strategies", lambda *a, **k: {first: 9.0, other: 1.0})
     resumed = train(make_config(**{**config.to_dict(), "steps": 4}), resume=True, progress=False)
     assert resumed.learner.strategy == first
+
+
+def test_open_layout_is_measured_on_image_batches():
+    """channels_last=None: both layouts are timed on image batches (really, here) and the faster is kept; nothing
+    else changes. Batches without images keep the standard layout, untimed."""
+    from helpers import image_batch
+
+    from fastadapt.nets import Conv4Stride
+
+    torch.manual_seed(0)
+    learner = MAML(Conv4Stride(1, 8, 3), inner_lr=0.4, strategy="loop", workers=1)
+    before = {k: v.clone() for k, v in learner.state_dict().items()}
+    measured = choose_strategy(learner, image_batch(tasks=2, ways=3, shots=1, query=2, dtype=torch.float32), trials=1)
+    assert set(measured["seconds"]) == {"loop", "loop, channels-last"}
+    fastest = min(measured["seconds"], key=measured["seconds"].get)
+    assert learner.channels_last == measured["channels_last"] == (fastest == "loop, channels-last")
+    assert all(torch.equal(before[k], v) for k, v in learner.state_dict().items())
+    assert all(p.grad is None for p in learner.parameters())
+
+    learner = MAML(MLP(1, (8,), 1), inner_lr=0.01, strategy="loop", workers=1)
+    assert choose_strategy(learner, SinusoidTasks(5, 5, seed=0).sample(2)) == {}
+    assert learner.channels_last is False
+
+
+def test_a_network_that_fails_on_channels_last_images_keeps_the_standard_layout(monkeypatch):
+    from helpers import random_batch
+
+    from fastadapt.strategy import describe_choice
+
+    class FlattenByView(torch.nn.Module):  # .view needs the standard layout of 3-channel images
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(3 * 4 * 4, 3)
+
+        def forward(self, x):
+            return self.linear(x.view(len(x), -1))
+
+    seen = []
+    monkeypatch.setattr("fastadapt.strategy.time_strategies", lambda learner, batch, trials, c: seen.append(c) or {})
+    learner = MAML(FlattenByView(), inner_lr=0.1, strategy="loop", workers=None)
+    monkeypatch.setattr(learner, "most_workers", lambda: 2)
+    measured = choose_strategy(learner, random_batch(tasks=2, shape=(3, 4, 4), dtype=torch.float32))
+    assert seen == [[("loop", 1, False), ("loop", 2, False)]]
+    assert learner.channels_last is False and measured["channels_last_failed"]
+    assert "channels-last not tried" in describe_choice(measured)
+
+
+def test_the_measured_layout_is_checkpointed_resumed_and_evaluated_with(tmp_path, monkeypatch):
+    from helpers import make_image_folder
+
+    from fastadapt.evaluate import load_learner
+
+    folder = make_image_folder(tmp_path / "images", size=16)
+    settings = dict(data_dir=str(folder), image_size=16, ways=3, shots=1, query=2, eval_query=2, meta_batch_size=2)
+    config = make_config(
+        "maml", "folder", steps=2, val_every=2, val_episodes=2, test_episodes=2, strategy="loop", workers=1,
+        network="conv4-stride", out=str(tmp_path / "run"), **settings,
+    )  # fmt: skip
+    monkeypatch.setattr("fastadapt.strategy.time_strategies", lambda *a, **k: {"loop": 2.0, "loop, channels-last": 1.0})
+    assert train(config, progress=False).learner.channels_last is True
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["channels_last"] is True
+    # Were it measured again, the standard layout would win; the resumed run and evaluation keep the saved one.
+    monkeypatch.setattr("fastadapt.strategy.time_strategies", lambda *a, **k: {"loop": 1.0, "loop, channels-last": 2.0})
+    resumed = train(make_config(**{**config.to_dict(), "steps": 4}), resume=True, progress=False)
+    assert resumed.learner.channels_last is True
+    assert load_learner(tmp_path / "run" / "last.pt")[0].channels_last is True

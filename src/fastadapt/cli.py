@@ -147,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
         "dropout or running batch-norm statistics; 1: one task at a time, each operation on every thread)",
     )
     o.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="MAML family: copy image batches to channels-last layout, where a CPU's convolutions, batch norm and "
+        "pooling run faster (default: measured on the first meta-batch, like --workers)",
+    )
+    o.add_argument(
         "--cosine-scale",
         type=float,
         help="Matching Networks: initial value of a learned scale on the cosines (Omniglot preset 10; 0: none)",

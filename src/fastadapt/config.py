@@ -67,6 +67,8 @@ class Config(DataOptions):
     compile: bool = False
     # The MAML family: tasks trained side by side on this many CPU threads, one core each (None: measured).
     workers: int | None = None
+    # The MAML family: image batches in channels-last layout (None: measured on the first meta-batch).
+    channels_last: bool | None = None
     # Matching Networks: initial value of a learned scale on the cosine similarities (None or 0: none).
     cosine_scale: float | None = None
     # Outer optimiser (Adam or SGD) and schedule: "step" multiplies lr by lr_decay every lr_decay_every
@@ -136,6 +138,7 @@ RUN_ONLY_FIELDS = frozenset(
         "val_every",
         "compile",
         "workers",
+        "channels_last",
     }
 )
 
@@ -290,10 +293,11 @@ def validate(config: Config) -> None:
             f"--compile applies to --algorithm {', '.join(COMPILED_ALGORITHMS)}, not {config.algorithm}; "
             "drop --compile."
         )
-    if config.workers is not None and config.algorithm not in MAML_FAMILY:
-        raise ConfigError(
-            f"--workers applies to --algorithm {', '.join(MAML_FAMILY)}, not {config.algorithm}; drop --workers."
-        )
+    for option, flag in MAML_FAMILY_OPTIONS.items():
+        if getattr(config, option) is not None and config.algorithm not in MAML_FAMILY:
+            raise ConfigError(
+                f"{flag} applies to --algorithm {', '.join(MAML_FAMILY)}, not {config.algorithm}; drop {flag}."
+            )
     if config.cosine_scale is not None and config.cosine_scale < 0:
         raise ConfigError(f"--cosine-scale must be positive, or 0 for none (got {config.cosine_scale}).")
 
@@ -301,6 +305,8 @@ def validate(config: Config) -> None:
 MAML_PLUS_PLUS_SWITCHES = ("multi_step_loss", "per_step_lr", "per_step_bn", "first_order_steps")
 #: MAML and the methods built on it, which share its meta-gradient machinery (--workers, --vmap-chunk).
 MAML_FAMILY = ("maml", "maml++", "metasgd", "anil")
+#: Settings of that machinery alone (None: measured), and how the command line spells them.
+MAML_FAMILY_OPTIONS = {"workers": "--workers", "channels_last": "--channels-last/--no-channels-last"}
 #: The methods that --compile speeds up: the MAML family's meta-gradient, Meta-LSTM's update.
 COMPILED_ALGORITHMS = (*MAML_FAMILY, "meta-lstm")
 

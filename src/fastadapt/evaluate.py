@@ -108,6 +108,8 @@ def load_learner(checkpoint: Path, **overrides: Any) -> tuple[MetaLearner, Confi
     learner.load_state_dict(state["model"])
     if getattr(learner, "strategy", None) == "auto" and state.get("strategy") in ("loop", "vmap"):
         learner.strategy = state["strategy"]  # what training measured as faster
+    if getattr(learner, "channels_last", False) is None and isinstance(state.get("channels_last"), bool):
+        learner.channels_last = state["channels_last"]  # the same
     return learner.to(config.device), config
 
 

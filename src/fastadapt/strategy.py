@@ -1,5 +1,5 @@
-"""Choosing how inner loops run: a per-task loop or ``vmap`` across tasks, and on one worker or one per CPU
-thread (fastadapt.taskpool), by measuring them.
+"""Choosing how inner loops run: a per-task loop or ``vmap`` across tasks, on one worker or one per CPU
+thread (fastadapt.taskpool), and on images in the standard or the channels-last layout, by measuring them.
 
 Which is faster depends on the workload (measured on a 2-core CPU: vmap ~1.8x faster than a loop for
 MAML's Omniglot setting with one query per class, 2-3x slower with 15), so ``strategy="auto"`` times
@@ -7,7 +7,10 @@ whole training steps (forward, inner loops and the meta-gradient's backward pass
 first meta-batch, before any update, and keeps the faster. The choice is stored in checkpoints, so a
 resumed run continues with it. With ``workers=None`` (the MAML family), one worker is timed against one per
 thread in the same way: two workers were 1.2-2x faster on the Omniglot-shaped workloads, but up to 2x slower
-on a small sinusoid MLP.
+on a small sinusoid MLP. With ``channels_last=None`` (the MAML family, image batches), both layouts are timed
+too: channels-last made a second-order MAML step with 15 queries per class 1.3x faster on a CPU, and changed
+nothing measurable with one query per class (docs/RESULTS.md). A network that cannot take channels-last
+inputs (a ``.view`` of its input, say) keeps the standard layout.
 
 Before timing, it measures how much one task's meta-loss saves for the backward pass. Above
 ``VMAP_TRIAL_LIMIT_MIB`` the task is arithmetic-bound, and the loop is kept without trying vmap: vmap
@@ -38,11 +41,17 @@ def uses_workers(learner: MetaLearner) -> bool:
     return hasattr(learner, "most_workers")
 
 
-def _open_choices(learner: MetaLearner) -> tuple[bool, bool]:
-    """Whether the strategy ("auto") and the number of workers (None) are left for measuring."""
+def uses_layout(learner: MetaLearner) -> bool:
+    """The MAML family, which may run image batches channels-last (``channels_last``)."""
+    return hasattr(learner, "channels_last")
+
+
+def _open_choices(learner: MetaLearner) -> tuple[bool, bool, bool]:
+    """Whether the strategy ("auto"), the number of workers (None) and the layout (None) are left for measuring."""
     return (
         uses_strategy(learner) and learner.strategy == "auto",
         uses_workers(learner) and learner.workers is None,
+        uses_layout(learner) and learner.channels_last is None,
     )
 
 
@@ -51,9 +60,10 @@ def needs_measuring(learner: MetaLearner) -> bool:
     return any(_open_choices(learner))
 
 
-def choice_label(strategy: str, workers: int | None) -> str:
-    """How a measured choice is named in logs and benchmark tables: "vmap", "loop, 2 workers"."""
-    return strategy if workers in (None, 1) else f"{strategy}, {workers} workers"
+def choice_label(strategy: str, workers: int | None, channels_last: bool | None = None) -> str:
+    """How a measured choice is named in logs and benchmark tables: "vmap", "loop, 2 workers, channels-last"."""
+    label = strategy if workers in (None, 1) else f"{strategy}, {workers} workers"
+    return f"{label}, channels-last" if channels_last else label
 
 
 #: One task's saved activations (MiB) above which ``auto`` keeps the loop untimed (module docstring).
@@ -66,6 +76,7 @@ def _measuring(learner: MetaLearner) -> Iterator[None]:
     carried Adam moments)."""
     original = learner.strategy
     original_workers = getattr(learner, "workers", None)
+    original_layout = getattr(learner, "channels_last", None)
     buffers = {name: b.detach().clone() for name, b in learner.named_buffers()}
     try:
         yield
@@ -74,6 +85,8 @@ def _measuring(learner: MetaLearner) -> Iterator[None]:
         learner.strategy = original
         if uses_workers(learner):
             learner.workers = original_workers
+        if uses_layout(learner):
+            learner.channels_last = original_layout
         with torch.no_grad():
             for name, b in learner.named_buffers():
                 b.copy_(buffers[name])
@@ -94,33 +107,53 @@ def saved_activation_mib(learner: MetaLearner, batch: TaskBatch) -> float:
     return sum(storages.values()) / 2**20
 
 
+Candidate = tuple[str, int | None, bool | None]  # strategy, workers, channels_last (None: the learner's own)
+
+
 def time_strategies(
-    learner: MetaLearner, batch: TaskBatch, trials: int = 2, candidates: list[tuple[str, int | None]] | None = None
+    learner: MetaLearner, batch: TaskBatch, trials: int = 2, candidates: list[Candidate] | None = None
 ) -> dict[str, float]:
-    """Median seconds of a meta-loss forward + backward pass under each candidate (strategy, workers; None:
-    the learner's own), after one warm-up of each; by default loop and vmap. The candidates take turns,
+    """Median seconds of a meta-loss forward + backward pass under each candidate (strategy, workers, layout;
+    None: the learner's own), after one warm-up of each; by default loop and vmap. The candidates take turns,
     trial by trial, so a burst of load from elsewhere on the machine falls on all rather than on whichever
     ran at that moment. Gradients are cleared afterwards, and no parameter or buffer changes."""
-    candidates = candidates or [("loop", None), ("vmap", None)]
-    times: dict[tuple[str, int | None], list[float]] = {candidate: [] for candidate in candidates}
+    candidates = candidates or [("loop", None, None), ("vmap", None, None)]
+    times: dict[Candidate, list[float]] = {candidate: [] for candidate in candidates}
     with _measuring(learner):
         for _ in range(trials + 1):
-            for strategy, workers in times:
+            for strategy, workers, channels_last in times:
                 learner.strategy = strategy
                 if workers is not None:
                     learner.workers = workers
+                if channels_last is not None:
+                    learner.channels_last = channels_last
                 started = time.perf_counter()
                 learner.meta_backward(batch)
-                times[strategy, workers].append(time.perf_counter() - started)
+                times[strategy, workers, channels_last].append(time.perf_counter() - started)
     return {choice_label(*candidate): sorted(t[1:])[len(t[1:]) // 2] for candidate, t in times.items()}
+
+
+def takes_channels_last(learner: MetaLearner, batch: TaskBatch) -> bool:
+    """Whether the learner's network runs on channels-last images: one task's prediction is tried (a ``.view`` of
+    a channels-last input fails, for one)."""
+    with _measuring(learner), torch.no_grad():
+        learner.channels_last = True
+        try:
+            learner.predict(batch.task(0))
+        except RuntimeError:
+            return False
+    return True
 
 
 def choose_strategy(learner: MetaLearner, batch: TaskBatch, trials: int = 2) -> dict[str, Any]:
     """Resolve ``strategy="auto"`` to the faster of "loop" and "vmap" for ``batch``, and for the MAML
-    family ``workers=None`` to the faster of one worker and one per thread. Returns what was measured; does
-    nothing for a learner with neither left open."""
-    open_strategy, open_workers = _open_choices(learner)
-    if not open_strategy and not open_workers:
+    family ``workers=None`` to the faster of one worker and one per thread and ``channels_last=None`` to the
+    faster layout of image batches (the standard one for other batches). Returns what was measured; does
+    nothing for a learner with none of them left open."""
+    open_strategy, open_workers, open_layout = _open_choices(learner)
+    if open_layout and (not batch.has_images or getattr(learner, "compile", False)):
+        learner.channels_last, open_layout = False, False  # only image batches have a layout to choose
+    if not (open_strategy or open_workers or open_layout):
         return {}
     with torch.random.fork_rng(devices=[]):  # measuring must not change what training draws
         per_task_mib = saved_activation_mib(learner, batch)
@@ -129,16 +162,24 @@ def choose_strategy(learner: MetaLearner, batch: TaskBatch, trials: int = 2) -> 
         strategies = strategies if open_strategy else [learner.strategy]
         most = learner.most_workers() if open_workers else 1
         worker_counts = [1, most] if most > 1 else [1] if open_workers else [None]
-        candidates = [(strategy, workers) for strategy in strategies for workers in worker_counts]
+        channels_last_runs = open_layout and takes_channels_last(learner, batch)
+        layouts = [False, True] if channels_last_runs else [False] if open_layout else [None]
+        candidates = [(s, w, layout) for s in strategies for w in worker_counts for layout in layouts]
         seconds = time_strategies(learner, batch, trials, candidates) if len(candidates) > 1 else {}
     by_label = {choice_label(*candidate): candidate for candidate in candidates}
     chosen = by_label[min(seconds, key=seconds.get)] if seconds else candidates[0]
     learner.strategy = chosen[0]
     if open_workers:
         learner.workers = chosen[1]
+    if open_layout:
+        learner.channels_last = chosen[2]
     measured: dict[str, Any] = {"strategy": learner.strategy, "saved_mib_per_task": per_task_mib}
     if open_workers:
         measured["workers"] = learner.workers
+    if open_layout:
+        measured["channels_last"] = learner.channels_last
+        if not channels_last_runs:
+            measured["channels_last_failed"] = True
     if open_strategy:
         measured["vmap_tried"] = not arithmetic_bound
     return {**measured, "seconds": seconds} if seconds else measured
@@ -146,7 +187,7 @@ def choose_strategy(learner: MetaLearner, batch: TaskBatch, trials: int = 2) -> 
 
 def describe_choice(measured: dict[str, Any]) -> str:
     """One line on what :func:`choose_strategy` measured and chose, for the trainer's log."""
-    chosen = choice_label(measured["strategy"], measured.get("workers"))
+    chosen = choice_label(measured["strategy"], measured.get("workers"), measured.get("channels_last"))
     timings = ", ".join(f"{label} {seconds:.3f}s" for label, seconds in measured.get("seconds", {}).items())
     line = f"auto: {chosen}" + (f" (one training step: {timings})" if timings else "")
     if measured.get("vmap_tried") is False:
@@ -154,4 +195,6 @@ def describe_choice(measured: dict[str, Any]) -> str:
             f"; vmap not tried (one task saves {measured['saved_mib_per_task']:.0f} MiB of activations: "
             "arithmetic-bound; --strategy vmap forces it)"
         )
+    if measured.get("channels_last_failed"):
+        line += "; channels-last not tried (the network failed on channels-last images)"
     return line

@@ -27,7 +27,7 @@ from fastadapt.config import Config
 from fastadapt.datasets import DATASETS, load_splits, task_source
 from fastadapt.errors import ConfigError, TrainingDiverged
 from fastadapt.evaluate import evaluate, mean_ci95
-from fastadapt.strategy import choose_strategy, describe_choice, needs_measuring, uses_workers
+from fastadapt.strategy import choose_strategy, describe_choice, needs_measuring, uses_layout, uses_workers
 
 #: Seed offset of the fixed validation episodes (the same episodes at every validation).
 VAL_SEED_OFFSET = 500_009
@@ -191,6 +191,8 @@ def _train(
             learner.strategy = state["strategy"]  # keep the measured choice: resume stays exact
         if config.workers is None and isinstance(state.get("workers"), int) and uses_workers(learner):
             learner.workers = state["workers"]  # the same: the gradient sums' order depends on it
+        if config.channels_last is None and isinstance(state.get("channels_last"), bool) and uses_layout(learner):
+            learner.channels_last = state["channels_last"]  # and convolutions' rounding on the layout
         recorded = _truncate_metrics(metrics_path, step) if replicas.is_main else 0.0
         elapsed_before = state.get("elapsed_s", recorded)
     else:
@@ -210,7 +212,9 @@ def _train(
             learner.strategy = distributed.broadcast_object(learner.strategy)
             if "workers" in measured:
                 learner.workers = distributed.broadcast_object(learner.workers)
-        if progress:
+            if "channels_last" in measured:
+                learner.channels_last = distributed.broadcast_object(learner.channels_last)
+        if progress and measured:
             print(describe_choice(measured))
 
     def checkpoint_state() -> dict[str, Any]:
@@ -231,6 +235,7 @@ def _train(
             "window": dict(window),
             "strategy": getattr(learner, "strategy", None),
             "workers": getattr(learner, "workers", None),
+            "channels_last": getattr(learner, "channels_last", None),
             "elapsed_s": time.time() - started,
             "world_size": replicas.world_size,
             "ranks": ranks,

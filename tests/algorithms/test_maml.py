@@ -125,3 +125,47 @@ def test_workers_wait_for_a_measurement_and_stay_one_where_thread_timing_would_m
     assert MAML(net, workers=3).task_workers() == 3
     with pytest.raises(ConfigError, match="--workers"):
         MAML(net, workers=0)
+
+
+@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+def test_channels_last_gives_the_same_meta_gradient_and_predictions(strategy):
+    """Laying image batches out channels-last changes only how memory is read: the second-order meta-gradient
+    over two inner steps and the predictions equal the standard layout's in float64, for a network built from
+    torch's layers (batch norm, max pooling) as for fastadapt's."""
+    from helpers import image_batch
+
+    from fastadapt.nets import EpisodeBatchNorm2d
+    from fastadapt.nets.layers import MaxPool2x2
+
+    batch = image_batch(tasks=3, ways=3, shots=2, query=2, size=16)
+    results = []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        network = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 4, 3, padding=1),
+            torch.nn.BatchNorm2d(4, track_running_stats=False),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(4, 6, 3, padding=1),
+            EpisodeBatchNorm2d(6),
+            MaxPool2x2(),
+            torch.nn.ReLU(),
+            torch.nn.Flatten(),  # of a 4x4 map: channels-last memory, the standard order of values
+            torch.nn.Linear(6 * 4 * 4, 3),
+        ).double()
+        layouts = set()
+        if strategy == "loop":  # vmap's batched tensors hide their layout
+            network[4].register_forward_hook(
+                lambda module, inputs, output, seen=layouts: seen.add(
+                    inputs[0].is_contiguous(memory_format=torch.channels_last)
+                )
+            )
+        learner = MAML(network, inner_lr=0.3, inner_steps=2, strategy=strategy, channels_last=channels_last)
+        learner.meta_backward(batch)
+        results.append(([p.grad for p in learner.parameters()], learner.predict(batch)))
+        if strategy == "loop":
+            assert layouts == {channels_last}
+    (standard_grads, standard_predictions), (grads, predictions) = results
+    torch.testing.assert_close(predictions, standard_predictions)
+    for got, expected in zip(grads, standard_grads):
+        torch.testing.assert_close(got, expected)

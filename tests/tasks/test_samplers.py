@@ -212,3 +212,27 @@ def test_regression_batch_has_no_ways() -> None:
     x = torch.zeros(2, 5, 1)
     batch = TaskBatch(x, x, x, x)
     assert not batch.is_classification and batch.to("cpu").ways is None and batch.task(1).num_tasks == 1
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_channels_last_lays_out_each_episodes_images_channels_last(channels: int) -> None:
+    """Each task's (examples, C, H, W) slice is channels-last, one-channel images included (their C stride is 1,
+    which torch's own conversion leaves at H * W); the values are unchanged, and a second call copies nothing."""
+    from fastadapt.tasks.episodes import TaskBatch
+
+    labels = torch.arange(2).repeat(3, 1)
+    batch = TaskBatch(torch.randn(3, 2, channels, 5, 4), labels, torch.randn(3, 2, channels, 5, 4), labels, 2)
+    laid_out = batch.channels_last()
+    for original, copy in ((batch.support_x, laid_out.support_x), (batch.query_x, laid_out.query_x)):
+        assert torch.equal(original, copy)
+        assert copy[1].stride() == (5 * 4 * channels, 1, 4 * channels, channels)
+        assert copy[1].is_contiguous(memory_format=torch.channels_last)
+    assert laid_out.channels_last() is laid_out
+    assert laid_out.support_y is batch.support_y and laid_out.ways == 2
+
+
+def test_channels_last_leaves_batches_without_images_alone() -> None:
+    from fastadapt.datasets.sinusoid import SinusoidTasks
+
+    batch = SinusoidTasks(5, 5, seed=0).sample(2)
+    assert not batch.has_images and batch.channels_last() is batch

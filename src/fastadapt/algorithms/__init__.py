@@ -136,7 +136,12 @@ def build_algorithm(config: Config) -> MetaLearner:
                 **common,
             )
         # MAML and the methods built on it (ANIL, Meta-SGD) share these settings.
-        speed = dict(vmap_chunk=config.vmap_chunk, compile=config.compile, workers=config.workers)
+        speed = dict(
+            vmap_chunk=config.vmap_chunk,
+            compile=config.compile,
+            workers=config.workers,
+            channels_last=config.channels_last,
+        )
         maml_family = dict(common, first_order=config.first_order, **speed)
         if config.algorithm == "anil":
             # Conv4/Conv4Stride call their classifier "head"; an MLP is an nn.Sequential ending in it.

@@ -44,8 +44,15 @@ class ANIL(MAML):
         compile: bool = False,
         workers: int | None = None,
         fast_layers: bool = True,
+        channels_last: bool | None = None,
     ) -> None:
-        speed = dict(vmap_chunk=vmap_chunk, compile=compile, workers=workers, fast_layers=fast_layers)
+        speed = dict(
+            vmap_chunk=vmap_chunk,
+            compile=compile,
+            workers=workers,
+            fast_layers=fast_layers,
+            channels_last=channels_last,
+        )
         super().__init__(model, inner_lr, inner_steps, first_order, eval_inner_steps, strategy, **speed)
         self.head_name = head.rstrip(".")
         try:

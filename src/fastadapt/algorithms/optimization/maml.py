@@ -113,6 +113,7 @@ class MAML(MetaLearner):
         compile: bool = False,
         workers: int | None = None,
         fast_layers: bool = True,
+        channels_last: bool | None = None,
     ) -> None:
         super().__init__()
         #: With ``fast_layers``, torch's layers that fastadapt has an exact, faster (and vmap-safe) equivalent for
@@ -141,6 +142,10 @@ class MAML(MetaLearner):
         self.workers = workers
         if workers is not None and workers < 1:
             raise ConfigError(f"--workers must be at least 1 (or left out, to have it measured), not {workers}.")
+        #: Image batches are copied to channels-last layout before the inner loops (TaskBatch.channels_last), where
+        #: oneDNN's convolutions, torch's batch norm and max pooling run faster on a CPU. None: measured, like
+        #: ``workers`` (fastadapt.strategy); the standard layout until then.
+        self.channels_last = channels_last
         self._compiled_gradient: Callable[..., tuple[Params, tuple[Tensor, Tensor]]] | None = None
         #: Names of theta's tensors while a compiled trace runs, where ``requires_grad`` cannot pick them.
         self._theta_names: tuple[str, ...] | None = None
@@ -263,8 +268,12 @@ class MAML(MetaLearner):
         """FOMAML, or DOA's first-order phase."""
         return self.first_order or self.training_step < self.first_order_steps
 
+    def laid_out(self, batch: TaskBatch) -> TaskBatch:
+        """``batch`` in the layout the inner loops run in: channels-last images with ``channels_last``."""
+        return batch.channels_last() if self.channels_last else batch
+
     def meta_loss(self, batch: TaskBatch) -> MetaOutput:
-        return self(batch, self.strategy, self.uses_first_order(), self.step_loss_weights())
+        return self(self.laid_out(batch), self.strategy, self.uses_first_order(), self.step_loss_weights())
 
     def forward(
         self,
@@ -308,6 +317,7 @@ class MAML(MetaLearner):
         return available_workers(next(self.parameters()).device)
 
     def meta_backward(self, batch: TaskBatch) -> MetaOutput:
+        batch = self.laid_out(batch)  # once for the whole batch: its parts are views
         chunk = (self.tasks_per_vmap_call() or batch.num_tasks) if self.strategy == "vmap" else 1
         if chunk >= batch.num_tasks and not self.compile:
             return super().meta_backward(batch)
@@ -376,6 +386,7 @@ class MAML(MetaLearner):
 
     def predict(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
         steps = self.eval_inner_steps if steps is None else steps
+        batch = self.laid_out(batch)
         workers = self.task_workers()
         if workers > 1 and batch.num_tasks > 1:
             chunk = -(-batch.num_tasks // workers)  # one share per worker: vmap keeps its batching
@@ -402,4 +413,6 @@ class MAML(MetaLearner):
             switches.append("compile")
         if self.workers is not None:
             switches.append(f"workers={self.workers}")
+        if self.channels_last is not None:
+            switches.append(f"channels_last={self.channels_last}")
         return ", ".join([text, *switches])

@@ -39,8 +39,15 @@ class MetaSGD(MAML):
         compile: bool = False,
         workers: int | None = None,
         fast_layers: bool = True,
+        channels_last: bool | None = None,
     ) -> None:
-        speed = dict(vmap_chunk=vmap_chunk, compile=compile, workers=workers, fast_layers=fast_layers)
+        speed = dict(
+            vmap_chunk=vmap_chunk,
+            compile=compile,
+            workers=workers,
+            fast_layers=fast_layers,
+            channels_last=channels_last,
+        )
         super().__init__(model, inner_lr, inner_steps, first_order, eval_inner_steps, strategy, **speed)
         #: alpha: one learned learning-rate tensor per parameter tensor, same shape, meta-parameters.
         self.inner_lrs = nn.ParameterDict(
