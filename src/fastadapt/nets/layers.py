@@ -26,6 +26,8 @@ def _batch_norm_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """torch's kernel, one pass pair: (gamma r P(grad), sum(grad x_hat), sum(grad)) per channel, where
     P(g) = g - mean(g) - x_hat mean(g x_hat) and r = 1 / sqrt(var + eps)."""
+    if grad.stride() != x.stride():  # mixed layouts: torch took 1.15 ms for (5, 64, 28, 28), 0.32 with this copy
+        grad = torch.empty_like(x).copy_(grad)
     return torch.ops.aten.native_batch_norm_backward(
         grad, x, weight, None, None, mean, invstd, True, eps, [True, True, True]
     )
