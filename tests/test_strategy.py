@@ -182,3 +182,22 @@ def test_the_measured_layout_is_checkpointed_resumed_and_evaluated_with(tmp_path
     resumed = train(make_config(**{**config.to_dict(), "steps": 4}), resume=True, progress=False)
     assert resumed.learner.channels_last is True
     assert load_learner(tmp_path / "run" / "last.pt")[0].channels_last is True
+
+
+def test_short_steps_are_timed_more_often(monkeypatch):
+    """At least ``trials`` timed runs per candidate after a warm-up; more, up to MAX_TRIALS, until each candidate
+    has run SECONDS_PER_CANDIDATE: three runs of a short step were too few to rank two close candidates."""
+    from fastadapt.strategy import MAX_TRIALS, time_strategies
+
+    learner = MAML(MLP(1, (8,), 1), inner_lr=0.01, strategy="loop", workers=1)
+    batch = SinusoidTasks(5, 5, seed=0).sample(2)
+    runs = []
+    real = learner.meta_backward
+    monkeypatch.setattr(learner, "meta_backward", lambda b: runs.append(learner.strategy) or real(b))
+    monkeypatch.setattr("fastadapt.strategy.SECONDS_PER_CANDIDATE", 0.0)
+    time_strategies(learner, batch, trials=2)
+    assert runs == ["loop", "vmap"] * 3
+    runs.clear()
+    monkeypatch.setattr("fastadapt.strategy.SECONDS_PER_CANDIDATE", 3600.0)
+    assert set(time_strategies(learner, batch, trials=2)) == {"loop", "vmap"}
+    assert runs == ["loop", "vmap"] * (MAX_TRIALS + 1)
