@@ -19,6 +19,7 @@ network's output (checked), its input the "features".
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -40,19 +41,10 @@ class ANIL(MAML):
         eval_inner_steps: int | None = None,
         strategy: Strategy = "loop",
         head: str = "head.",
-        vmap_chunk: int | None = None,
-        compile: bool = False,
-        workers: int | None = None,
-        fast_layers: bool = True,
-        channels_last: bool | None = None,
+        **speed: Any,
     ) -> None:
-        speed = dict(
-            vmap_chunk=vmap_chunk,
-            compile=compile,
-            workers=workers,
-            fast_layers=fast_layers,
-            channels_last=channels_last,
-        )
+        """``speed``: MAML's settings of how the meta-gradient is computed (``vmap_chunk``, ``compile``, ``workers``,
+        ``fast_layers``, ``channels_last``), which change its cost, not its value."""
         super().__init__(model, inner_lr, inner_steps, first_order, eval_inner_steps, strategy, **speed)
         self.head_name = head.rstrip(".")
         try:

@@ -19,6 +19,8 @@ for one step, since ``theta'`` depends on ``alpha`` directly. The paper adapts w
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -35,19 +37,10 @@ class MetaSGD(MAML):
         first_order: bool = False,
         eval_inner_steps: int | None = None,
         strategy: Strategy = "loop",
-        vmap_chunk: int | None = None,
-        compile: bool = False,
-        workers: int | None = None,
-        fast_layers: bool = True,
-        channels_last: bool | None = None,
+        **speed: Any,
     ) -> None:
-        speed = dict(
-            vmap_chunk=vmap_chunk,
-            compile=compile,
-            workers=workers,
-            fast_layers=fast_layers,
-            channels_last=channels_last,
-        )
+        """``speed``: MAML's settings of how the meta-gradient is computed (``vmap_chunk``, ``compile``, ``workers``,
+        ``fast_layers``, ``channels_last``), which change its cost, not its value."""
         super().__init__(model, inner_lr, inner_steps, first_order, eval_inner_steps, strategy, **speed)
         #: alpha: one learned learning-rate tensor per parameter tensor, same shape, meta-parameters.
         self.inner_lrs = nn.ParameterDict(
