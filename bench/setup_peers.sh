@@ -31,7 +31,8 @@ $pip optree typing-extensions graphviz requests                      # torchopt'
 import sys
 sys.path.insert(0, "bench")
 from speed_maml import import_learn2learn
-import higher, torch, torchopt
-print("torch", torch.__version__, "| learn2learn", import_learn2learn().__version__, "| higher", higher.__version__,
+from importlib.metadata import version
+import higher, torch, torchopt  # importable, beside torch's CPU wheel (higher has no __version__)
+print("torch", torch.__version__, "| learn2learn", import_learn2learn().__version__, "| higher", version("higher"),
       "| torchopt", torchopt.__version__)
 PY
