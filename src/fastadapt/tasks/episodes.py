@@ -81,12 +81,11 @@ def channels_last_strides(shape: torch.Size | tuple[int, ...]) -> tuple[int, ...
     """Strides of a (..., C, H, W) tensor stored channels-last: C moves fastest, then W, then H, then the leading
     dimensions, outermost first."""
     *lead, channels, height, width = shape
-    strides = [channels * width, channels, 1]  # H, W, C
-    size = channels * height * width
+    outer, size = [], channels * height * width
     for dim in reversed(lead):
-        strides.insert(0, size)
+        outer.insert(0, size)
         size *= dim
-    return (*strides[:-3], 1, channels * width, channels)
+    return (*outer, 1, channels * width, channels)
 
 
 def channels_last_images(x: torch.Tensor) -> torch.Tensor:
