@@ -8,7 +8,7 @@ first meta-batch, before any update, and keeps the faster. The choice is stored 
 resumed run continues with it. With ``workers=None`` (the MAML family), one worker is timed against one per
 thread in the same way: two workers were 1.2-2x faster on the Omniglot-shaped workloads, but up to 2x slower
 on a small sinusoid MLP. With ``channels_last=None`` (the MAML family, image batches), both layouts are timed
-too: channels-last made a second-order MAML step with 15 queries per class 1.3x faster on a CPU, and changed
+too: channels-last made a MAML step with 15 queries per class 1.17-1.39x faster on a CPU, and changed
 nothing measurable with one query per class (docs/RESULTS.md). A network that cannot take channels-last
 inputs (a ``.view`` of its input, say) keeps the standard layout.
 
