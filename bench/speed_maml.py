@@ -62,12 +62,15 @@ WORKLOADS = {"stride": 1, "pool": 15}  # queries per class
 #: fastadapt-auto-serial is auto with ``workers=1``: with more than one thread, tasks run one at a time and each
 #: operation uses every thread, as the peers do (the others run one task per thread, fastadapt.taskpool);
 #: fastadapt-auto-torchlayers is auto with ``fast_layers=False``: it runs torch's layers as given;
-#: fastadapt-auto-standard is auto with ``channels_last=False``: the images stay in the standard (NCHW) layout.
+#: fastadapt-auto-standard is auto with ``channels_last=False``: the images stay in the standard (NCHW) layout;
+#: fastadapt-auto-nokernel is auto with FASTADAPT_NATIVE=0: torch's operations instead of fastadapt's C++ kernel
+#: (fastadapt.native) for batch norm + max pool + ReLU, as until the twelfth session.
 IMPLEMENTATIONS = (
     "fastadapt-auto",
     "fastadapt-auto-serial",
     "fastadapt-auto-torchlayers",
     "fastadapt-auto-standard",
+    "fastadapt-auto-nokernel",
     "fastadapt-loop",
     "fastadapt-vmap",
     "fastadapt-vmap-all",
@@ -203,6 +206,8 @@ def fastadapt_step_fn(model, variant, steps, first_order, batch):
     options = {"workers": 1} if option == "serial" else {}  # "auto-serial": one task at a time, on all threads
     options |= {"fast_layers": False} if option == "torchlayers" else {}  # torch's layers as the user wrote them
     options |= {"channels_last": False} if option == "standard" else {}  # images in the standard layout
+    if option == "nokernel":  # each implementation has its own process: this one never loads the kernel
+        os.environ["FASTADAPT_NATIVE"] = "0"
     compile = strategy == "compile"  # "compile": auto, each strategy's meta-gradient through torch.compile
     strategy = "auto" if compile else strategy
     learner = MAML(

@@ -1,12 +1,13 @@
 """with_fast_layers: torch's layers swapped for exact equivalents, in the network the MAML family runs."""
 
+import pytest
 import torch
 from torch import nn
 
 from fastadapt.algorithms import MAML
 from fastadapt.fastlayers import with_fast_layers
 from fastadapt.nets import EpisodeBatchNorm2d
-from fastadapt.nets.layers import MaxPool2x2
+from fastadapt.nets.layers import EpisodeBatchNormPoolReLU, MaxPool2x2
 from fastadapt.tasks.episodes import TaskBatch
 
 
@@ -35,7 +36,8 @@ def value_and_derivatives(model: nn.Module, x: torch.Tensor, probe: torch.Tensor
     return [out, *grads, *(torch.zeros_like(p) if g is None else g for p, g in zip(params, second))]
 
 
-def test_same_function_gradients_and_second_derivatives():
+@pytest.mark.parametrize("channels_last", [False, True])  # channels-last: fastadapt's fused kernel (fastadapt.native)
+def test_same_function_gradients_and_second_derivatives(channels_last):
     torch.manual_seed(0)
     model = torch_conv4()
     with torch.no_grad():  # batch-norm weights of both signs: pooling must not rely on a positive scale
@@ -45,6 +47,8 @@ def test_same_function_gradients_and_second_derivatives():
                 module.bias.uniform_(-0.5, 0.5)
     fast = with_fast_layers(model)
     x, probe = torch.randn(10, 1, 12, 12, dtype=torch.double), torch.randn(10, 3, dtype=torch.double)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     for expected, got in zip(value_and_derivatives(model, x, probe), value_and_derivatives(fast, x, probe)):
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
 
@@ -53,15 +57,22 @@ def test_layers_swapped_parameters_and_names_kept_original_untouched():
     model = torch_conv4()
     fast = with_fast_layers(model)
     kinds = [type(m) for m in fast]
-    # Each block now pools before its ReLU, with fastadapt's batch norm and pooling.
-    assert kinds[:4] == [nn.Conv2d, EpisodeBatchNorm2d, MaxPool2x2, nn.ReLU]
+    # Each block's batch norm, pooling and ReLU are one fused layer, in the batch norm's place.
+    assert kinds[:4] == [nn.Conv2d, EpisodeBatchNormPoolReLU, nn.Identity, nn.Identity]
     assert list(fast.state_dict()) == list(model.state_dict())
     assert all(a is b for a, b in zip(fast.parameters(), model.parameters()))
     assert [type(m) for m in model][:4] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d]
     assert fast[0] is model[0]  # modules with nothing to swap are the original's own
 
     unaffine = with_fast_layers(torch_conv4(affine=False))
-    assert type(unaffine[1]) is EpisodeBatchNorm2d and unaffine[1].weight is None
+    assert type(unaffine[1]) is EpisodeBatchNormPoolReLU and unaffine[1].weight is None
+    # Without a ReLU after the pooling, only the ReLU-free swaps happen; a leaky ReLU is moved, not fused.
+    partial = with_fast_layers(nn.Sequential(nn.BatchNorm2d(4, track_running_stats=False), nn.MaxPool2d(2)))
+    assert [type(m) for m in partial] == [EpisodeBatchNorm2d, MaxPool2x2]
+    leaky = with_fast_layers(
+        nn.Sequential(nn.BatchNorm2d(4, track_running_stats=False), nn.LeakyReLU(0.1), nn.MaxPool2d(2))
+    )
+    assert [type(m) for m in leaky] == [EpisodeBatchNorm2d, MaxPool2x2, nn.LeakyReLU]
 
 
 def test_layers_without_an_exact_equivalent_are_left_alone():

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastadapt import native
+
 
 def is_functorch_wrapped(x: torch.Tensor) -> bool:
     """True inside ``torch.func.vmap``/``grad``, where ``x`` is a functorch wrapper tensor."""
@@ -179,14 +181,107 @@ class MaxPool2x2(nn.Module):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            x.device.type != "cpu"
-            or x.dim() != 4
-            or min(x.shape[-2:]) < 2
-            or not x.is_floating_point()
-            or not x.is_contiguous()
-            or torch.compiler.is_compiling()
-            or is_functorch_wrapped(x)
-        ):
-            return F.max_pool2d(x, 2)
-        return _StridedMaxPool2x2.apply(x)
+        return max_pool_2x2(x)
+
+
+def _eager_cpu(x: torch.Tensor) -> bool:
+    """A CPU batch of images outside ``torch.func`` transforms and ``torch.compile``: where fastadapt's own
+    kernels may run."""
+    return x.device.type == "cpu" and x.dim() == 4 and not torch.compiler.is_compiling() and not is_functorch_wrapped(x)
+
+
+def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+    """:class:`MaxPool2x2`'s function."""
+    if not _eager_cpu(x) or min(x.shape[-2:]) < 2 or not x.is_floating_point() or not x.is_contiguous():
+        return F.max_pool2d(x, 2)
+    return _StridedMaxPool2x2.apply(x)
+
+
+_KERNEL_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+
+
+def _address(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _pool_relu_backward(
+    grad_out: torch.Tensor, out: torch.Tensor, argmax: torch.Tensor, x: torch.Tensor
+) -> torch.Tensor:
+    """The gradient of relu(max_pool2d(y, 2)) with respect to y, as torch operations that are differentiable in
+    ``grad_out``: each window's gradient goes to its maximum (``argmax``, 0-3 in scan order), where ``out > 0``."""
+    height, width = x.shape[-2:]
+    rows, columns = out.shape[-2:]
+    corner = torch.arange(0, 2 * rows, 2).view(-1, 1) * width + torch.arange(0, 2 * columns, 2)
+    indices = corner + (argmax >> 1).long() * width + (argmax & 1).long()
+    return torch.ops.aten.max_pool2d_with_indices_backward(
+        grad_out * (out > 0), x, [2, 2], [2, 2], [0, 0], [1, 1], False, indices
+    )
+
+
+class _EpisodeBatchNormPoolReLU(torch.autograd.Function):
+    """relu(max_pool2d(batch_norm(x), 2)) by fastadapt's C++ kernel (fastadapt/native/batch_norm_pool_relu.cpp,
+    whose header gives the formulas). Its backward pass is the kernel's too, except where it is itself
+    differentiated (second-order MAML's inner loop, ``create_graph=True``): there it is torch's index-based pooling
+    backward and :class:`_EpisodeBatchNormBackward`, whose derivatives are known."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, kernels):
+        n, c, h, w = x.shape
+        out = torch.empty((n, c, h // 2, w // 2), dtype=x.dtype, memory_format=torch.channels_last)
+        argmax = torch.empty(out.shape, dtype=torch.uint8, memory_format=torch.channels_last)
+        mean, invstd = x.new_empty(c), x.new_empty(c)
+        weight = None if weight is None else weight.contiguous()
+        bias = None if bias is None else bias.contiguous()
+        status = getattr(kernels, f"fastadapt_bn_pool_relu_forward_{_KERNEL_SUFFIX[x.dtype]}")(
+            x.data_ptr(), _address(weight), _address(bias), n, c, h, w, eps,
+            out.data_ptr(), argmax.data_ptr(), mean.data_ptr(), invstd.data_ptr(),
+        )  # fmt: skip
+        if status:
+            raise MemoryError("fastadapt's batch-norm kernel could not allocate its per-channel buffers")
+        ctx.save_for_backward(x, weight, out, argmax, mean, invstd)
+        ctx.eps, ctx.kernels = eps, kernels
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, out, argmax, mean, invstd = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: this backward pass will be differentiated
+            grad_y = _pool_relu_backward(grad_out, out, argmax, x)
+            grad_x, grad_weight, grad_bias = _EpisodeBatchNormBackward.apply(x, weight, grad_y, mean, invstd, ctx.eps)
+        else:
+            grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+            grad_x = torch.empty_like(x, memory_format=torch.channels_last)
+            grad_weight, grad_bias = (
+                (None, None) if weight is None else (torch.empty_like(mean), torch.empty_like(mean))
+            )
+            n, c, h, w = x.shape
+            status = getattr(ctx.kernels, f"fastadapt_bn_pool_relu_backward_{_KERNEL_SUFFIX[x.dtype]}")(
+                grad_out.data_ptr(), out.data_ptr(), argmax.data_ptr(), x.data_ptr(), _address(weight),
+                mean.data_ptr(), invstd.data_ptr(), n, c, h, w,
+                grad_x.data_ptr(), _address(grad_weight), _address(grad_bias),
+            )  # fmt: skip
+            if status:
+                raise MemoryError("fastadapt's batch-norm kernel could not allocate its per-channel buffers")
+        if weight is None:
+            grad_weight = grad_bias = None
+        return grad_x, grad_weight, grad_bias, None, None
+
+
+class EpisodeBatchNormPoolReLU(EpisodeBatchNorm2d):
+    """:class:`EpisodeBatchNorm2d`, then :class:`MaxPool2x2`, then ReLU, as one layer (the max-pool Conv-4's layer
+    after each convolution; fastadapt.fastlayers fuses the three where it finds them). On a CPU, for channels-last
+    float images outside ``torch.func`` transforms and ``torch.compile``, it runs fastadapt's C++ kernel
+    (:mod:`fastadapt.native`): two passes for the statistics and one over the pooling windows forward, one over
+    the windows and one writing the input's gradient backward, where the three layers took about nine. Everywhere
+    else, and without a C++ compiler, it runs the three layers. Same values and gradients either way (tested)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernels = None
+        if _eager_cpu(x) and x.dtype in _KERNEL_SUFFIX and min(x.shape[-2:]) >= 2:
+            if x.is_contiguous(memory_format=torch.channels_last) and (
+                self.weight is None or self.weight.dtype == x.dtype
+            ):
+                kernels = native.library()
+        if kernels is None:
+            return F.relu(max_pool_2x2(super().forward(x)))
+        return _EpisodeBatchNormPoolReLU.apply(x, self.weight, self.bias, self.eps, kernels)
