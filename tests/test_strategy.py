@@ -201,3 +201,20 @@ def test_short_steps_are_timed_more_often(monkeypatch):
     monkeypatch.setattr("fastadapt.strategy.SECONDS_PER_CANDIDATE", 3600.0)
     assert set(time_strategies(learner, batch, trials=2)) == {"loop", "vmap"}
     assert runs == ["loop", "vmap"] * (MAX_TRIALS + 1)
+
+
+def test_freed_memory_is_given_back_after_every_trial(monkeypatch):
+    """Each trial's freed blocks go back to the system before the next candidate runs, so that the measurement's
+    peak memory is one candidate's (fastadapt.taskpool.release_freed_memory)."""
+    from fastadapt.strategy import time_strategies
+    from fastadapt.taskpool import release_freed_memory
+
+    release_freed_memory()  # callable here, whatever the C library
+    learner = MAML(MLP(1, (8,), 1), inner_lr=0.01, strategy="loop", workers=1)
+    events = []
+    real = learner.meta_backward
+    monkeypatch.setattr(learner, "meta_backward", lambda b: events.append(learner.strategy) or real(b))
+    monkeypatch.setattr("fastadapt.strategy.release_freed_memory", lambda: events.append("released"))
+    monkeypatch.setattr("fastadapt.strategy.SECONDS_PER_CANDIDATE", 0.0)
+    time_strategies(learner, SinusoidTasks(5, 5, seed=0).sample(2), trials=1)
+    assert events == ["loop", "released", "vmap", "released"] * 2

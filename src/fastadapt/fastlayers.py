@@ -15,7 +15,7 @@ its name, so checkpoints and optimisers see the same network:
   backward pass touch a quarter of the activations.
 - In an ``nn.Sequential``, that batch norm, pooling and ReLU in a row (after the move above) become one
   :class:`~fastadapt.nets.layers.EpisodeBatchNormPoolReLU`, which runs fastadapt's C++ kernel on a CPU
-  (fastadapt.native): 2.5-2.9x faster forward plus backward for the max-pool Conv-4's layers on channels-last
+  (fastadapt.native): 1.8-2.5x faster forward plus backward for the max-pool Conv-4's layers on channels-last
   images (docs/RESULTS.md, speed section). It takes the batch norm's place, so its parameters keep their names;
   the pooling and the ReLU become ``nn.Identity``.
 

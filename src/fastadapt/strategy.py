@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from fastadapt.algorithms.base import MetaLearner
+from fastadapt.taskpool import release_freed_memory
 from fastadapt.tasks.episodes import TaskBatch
 
 
@@ -141,6 +142,7 @@ def time_strategies(
                 started = time.perf_counter()
                 learner.meta_backward(batch)
                 times[strategy, workers, channels_last].append(time.perf_counter() - started)
+                release_freed_memory()  # so that the peak memory is one candidate's, not all of theirs
     return {choice_label(*candidate): sorted(t[1:])[len(t[1:]) // 2] for candidate, t in times.items()}
 
 

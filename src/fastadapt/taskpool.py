@@ -84,6 +84,25 @@ def one_torch_thread() -> Iterator[None]:
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 
 
+def _c_library_function(name: str) -> Callable[..., int] | None:
+    """A function of the process's C library (glibc's ``mallopt``, ``malloc_trim``), or None where it has none."""
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None
+
+
+def release_freed_memory() -> None:
+    """Give back to the system the memory that malloc keeps for reuse, in every thread's heap (glibc's
+    ``malloc_trim``; nothing elsewhere). :func:`fastadapt.strategy.time_strategies` calls it between trials: trials
+    of different configurations otherwise pile their freed blocks up in each thread's heap, and the measurement,
+    not the training, set the process's peak memory (533 against 492-497 MiB, MAML's Omniglot setting at 5
+    second-order steps, docs/RESULTS.md)."""
+    trim = _c_library_function("malloc_trim")
+    if trim is not None:
+        trim(0)
+
+
 def keep_freed_memory() -> bool:
     """Have glibc's malloc keep freed memory for reuse instead of giving it back to the system at once.
 
@@ -96,9 +115,8 @@ def keep_freed_memory() -> bool:
     Measured on the machine of docs/RESULTS.md. ``fastadapt train``, ``eval`` and ``pretrain`` call this; from
     Python, call it once at start. Process-wide and permanent. Returns False where the C library has no
     ``mallopt`` (not glibc), which changes nothing."""
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
+    mallopt = _c_library_function("mallopt")
+    if mallopt is None:
         return False
     # Blocks up to 1 GiB come from the heap (32 MiB where glibc refuses that), which is never trimmed.
     mapped = mallopt(_M_MMAP_THRESHOLD, 1 << 30) or mallopt(_M_MMAP_THRESHOLD, 32 << 20)

@@ -200,8 +200,11 @@ def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
 _KERNEL_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
 
-def _address(t: torch.Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
+def _run_kernel(kernels, name: str, dtype: torch.dtype, *tensors_and_sizes) -> None:
+    """Call C++ kernel ``name`` for ``dtype`` with tensors passed as their data pointers (None: a null pointer)."""
+    arguments = [t.data_ptr() if isinstance(t, torch.Tensor) else t for t in tensors_and_sizes]
+    if getattr(kernels, f"fastadapt_{name}_{_KERNEL_SUFFIX[dtype]}")(*arguments):
+        raise MemoryError(f"fastadapt's {name} kernel could not allocate its per-channel buffers")
 
 
 def _pool_relu_backward(
@@ -232,12 +235,9 @@ class _EpisodeBatchNormPoolReLU(torch.autograd.Function):
         mean, invstd = x.new_empty(c), x.new_empty(c)
         weight = None if weight is None else weight.contiguous()
         bias = None if bias is None else bias.contiguous()
-        status = getattr(kernels, f"fastadapt_bn_pool_relu_forward_{_KERNEL_SUFFIX[x.dtype]}")(
-            x.data_ptr(), _address(weight), _address(bias), n, c, h, w, eps,
-            out.data_ptr(), argmax.data_ptr(), mean.data_ptr(), invstd.data_ptr(),
-        )  # fmt: skip
-        if status:
-            raise MemoryError("fastadapt's batch-norm kernel could not allocate its per-channel buffers")
+        _run_kernel(
+            kernels, "bn_pool_relu_forward", x.dtype, x, weight, bias, n, c, h, w, eps, out, argmax, mean, invstd
+        )
         ctx.save_for_backward(x, weight, out, argmax, mean, invstd)
         ctx.eps, ctx.kernels = eps, kernels
         return out
@@ -255,13 +255,10 @@ class _EpisodeBatchNormPoolReLU(torch.autograd.Function):
                 (None, None) if weight is None else (torch.empty_like(mean), torch.empty_like(mean))
             )
             n, c, h, w = x.shape
-            status = getattr(ctx.kernels, f"fastadapt_bn_pool_relu_backward_{_KERNEL_SUFFIX[x.dtype]}")(
-                grad_out.data_ptr(), out.data_ptr(), argmax.data_ptr(), x.data_ptr(), _address(weight),
-                mean.data_ptr(), invstd.data_ptr(), n, c, h, w,
-                grad_x.data_ptr(), _address(grad_weight), _address(grad_bias),
+            _run_kernel(
+                ctx.kernels, "bn_pool_relu_backward", x.dtype,
+                grad_out, out, argmax, x, weight, mean, invstd, n, c, h, w, grad_x, grad_weight, grad_bias,
             )  # fmt: skip
-            if status:
-                raise MemoryError("fastadapt's batch-norm kernel could not allocate its per-channel buffers")
         if weight is None:
             grad_weight = grad_bias = None
         return grad_x, grad_weight, grad_bias, None, None
