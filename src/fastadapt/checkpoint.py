@@ -53,3 +53,16 @@ def load_checkpoint(path: Path, expected: Config | None = None) -> dict[str, Any
                 f"use the same settings to resume, or a new --out directory."
             )
     return state
+
+
+def restore_measured_choices(learner: torch.nn.Module, state: dict[str, Any], *, workers: bool = True) -> None:
+    """Give a learner rebuilt from a checkpoint's configuration what ``auto`` measured in the run that saved
+    ``state`` (fastadapt.strategy), wherever the configuration leaves it open: the strategy, the number of
+    workers (unless ``workers=False``) and the image layout. A resumed run then continues exactly: the gradient
+    sums' order depends on the workers, convolutions' rounding on the layout."""
+    if getattr(learner, "strategy", None) == "auto" and state.get("strategy") in ("loop", "vmap"):
+        learner.strategy = state["strategy"]
+    if workers and getattr(learner, "workers", False) is None and isinstance(state.get("workers"), int):
+        learner.workers = state["workers"]
+    if getattr(learner, "channels_last", False) is None and isinstance(state.get("channels_last"), bool):
+        learner.channels_last = state["channels_last"]

@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fastadapt.algorithms import GRADIENT_BASED, MetaLearner, build_algorithm, per_task_score
-from fastadapt.checkpoint import load_checkpoint
+from fastadapt.checkpoint import load_checkpoint, restore_measured_choices
 from fastadapt.config import Config, check_device
 from fastadapt.datasets import DATASETS, load_splits, task_source
 from fastadapt.errors import ConfigError
@@ -106,10 +106,8 @@ def load_learner(checkpoint: Path, **overrides: Any) -> tuple[MetaLearner, Confi
             )
     learner = build_algorithm(config)
     learner.load_state_dict(state["model"])
-    if getattr(learner, "strategy", None) == "auto" and state.get("strategy") in ("loop", "vmap"):
-        learner.strategy = state["strategy"]  # what training measured as faster
-    if getattr(learner, "channels_last", False) is None and isinstance(state.get("channels_last"), bool):
-        learner.channels_last = state["channels_last"]  # the same
+    # What training measured as faster; workers are left to evaluation's own default (one).
+    restore_measured_choices(learner, state, workers=False)
     return learner.to(config.device), config
 
 

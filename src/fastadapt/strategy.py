@@ -121,8 +121,9 @@ def time_strategies(
     None: the learner's own), after one warm-up of each; by default loop and vmap. The candidates take turns,
     trial by trial, so a burst of load from elsewhere on the machine falls on all rather than on whichever
     ran at that moment. At least ``trials`` trials each, and more for short steps, until every candidate has
-    run ``SECONDS_PER_CANDIDATE`` (at most ``MAX_TRIALS``). Gradients are cleared afterwards, and no parameter
-    or buffer changes."""
+    run ``SECONDS_PER_CANDIDATE`` (at most ``MAX_TRIALS``). After each trial, malloc's freed memory goes back to the
+    system (fastadapt.taskpool.release_freed_memory), so that the trials' peak memory is one candidate's. Gradients
+    are cleared afterwards, and no parameter or buffer changes."""
     candidates = candidates or [("loop", None, None), ("vmap", None, None)]
     times: dict[Candidate, list[float]] = {candidate: [] for candidate in candidates}
 

@@ -22,12 +22,12 @@ from tqdm.auto import tqdm
 
 from fastadapt import distributed
 from fastadapt.algorithms import MetaLearner, build_algorithm, per_task_score
-from fastadapt.checkpoint import load_checkpoint, save_checkpoint
+from fastadapt.checkpoint import load_checkpoint, restore_measured_choices, save_checkpoint
 from fastadapt.config import Config
 from fastadapt.datasets import DATASETS, load_splits, task_source
 from fastadapt.errors import ConfigError, TrainingDiverged
 from fastadapt.evaluate import evaluate, mean_ci95
-from fastadapt.strategy import choose_strategy, describe_choice, needs_measuring, uses_layout, uses_workers
+from fastadapt.strategy import choose_strategy, describe_choice, needs_measuring
 
 #: Seed offset of the fixed validation episodes (the same episodes at every validation).
 VAL_SEED_OFFSET = 500_009
@@ -187,12 +187,7 @@ def _train(
         torch.set_rng_state(own["torch_rng"])
         step, best_val = state["step"], state["best_val"]
         window = dict(state.get("window", window))
-        if config.strategy == "auto" and state.get("strategy") in ("loop", "vmap"):
-            learner.strategy = state["strategy"]  # keep the measured choice: resume stays exact
-        if config.workers is None and isinstance(state.get("workers"), int) and uses_workers(learner):
-            learner.workers = state["workers"]  # the same: the gradient sums' order depends on it
-        if config.channels_last is None and isinstance(state.get("channels_last"), bool) and uses_layout(learner):
-            learner.channels_last = state["channels_last"]  # and convolutions' rounding on the layout
+        restore_measured_choices(learner, state)  # keep what was measured: resume stays exact
         recorded = _truncate_metrics(metrics_path, step) if replicas.is_main else 0.0
         elapsed_before = state.get("elapsed_s", recorded)
     else:

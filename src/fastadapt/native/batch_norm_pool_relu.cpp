@@ -23,20 +23,31 @@ struct Shape {
     int64_t values() const { return n * h * w; }  // per channel
 };
 
+// Per-channel scratch space: two rows of double sums (zeroed) and `rows` rows of T, freed on leaving scope.
+template <typename T>
+struct Scratch {
+    double* sums;
+    T* values;
+    Scratch(int64_t channels, int64_t rows)
+        : sums(static_cast<double*>(std::calloc(2 * channels, sizeof(double)))),
+          values(static_cast<T*>(std::malloc(rows * channels * sizeof(T)))) {}
+    ~Scratch() {
+        std::free(sums);
+        std::free(values);
+    }
+    bool allocated() const { return sums && values; }
+};
+
 // Per-channel sums are taken per image in T (vectorised across channels), then added up in double.
 template <typename T>
 int forward(const T* __restrict__ x, const T* __restrict__ weight, const T* __restrict__ bias, Shape s, double eps,
             T* __restrict__ out, uint8_t* __restrict__ argmax, T* __restrict__ mean, T* __restrict__ invstd) {
     const int64_t C = s.c, M = s.values(), PH = s.pooled_h(), PW = s.pooled_w(), image = s.h * s.w;
-    double* acc = static_cast<double*>(std::calloc(2 * C, sizeof(double)));
-    T* buffers = static_cast<T*>(std::malloc(4 * C * sizeof(T)));
-    if (!acc || !buffers) {
-        std::free(acc);
-        std::free(buffers);
-        return 1;
-    }
-    double* sum = acc;
-    double* squares = acc + C;
+    Scratch<T> scratch(C, 4);
+    if (!scratch.allocated()) return 1;
+    double* sum = scratch.sums;
+    double* squares = scratch.sums + C;
+    T* buffers = scratch.values;
     T* __restrict__ partial = buffers;
     T* __restrict__ centre = buffers + C;
     T* __restrict__ scale = buffers + 2 * C;
@@ -84,8 +95,6 @@ int forward(const T* __restrict__ x, const T* __restrict__ weight, const T* __re
                     argmax[q + c] = static_cast<uint8_t>(lower * (2 + right_bottom) + (1 - lower) * right_top);
                 }
             }
-    std::free(acc);
-    std::free(buffers);
     return 0;
 }
 
@@ -102,15 +111,11 @@ int backward(const T* __restrict__ grad_out, const T* __restrict__ out, const ui
              const T* __restrict__ invstd, Shape s, T* __restrict__ grad_x, T* __restrict__ grad_weight,
              T* __restrict__ grad_bias) {
     const int64_t C = s.c, M = s.values(), PH = s.pooled_h(), PW = s.pooled_w();
-    double* acc = static_cast<double*>(std::calloc(2 * C, sizeof(double)));
-    T* buffers = static_cast<T*>(std::malloc(5 * C * sizeof(T)));
-    if (!acc || !buffers) {
-        std::free(acc);
-        std::free(buffers);
-        return 1;
-    }
-    double* sum_dy = acc;
-    double* sum_dy_centred = acc + C;  // sum(dy * (x - mean))
+    Scratch<T> scratch(C, 5);
+    if (!scratch.allocated()) return 1;
+    double* sum_dy = scratch.sums;
+    double* sum_dy_centred = scratch.sums + C;  // sum(dy * (x - mean))
+    T* buffers = scratch.values;
     T* __restrict__ partial_dy = buffers;
     T* __restrict__ partial_centred = buffers + C;
     T* __restrict__ a_x = buffers + 2 * C;
@@ -173,8 +178,6 @@ int backward(const T* __restrict__ grad_out, const T* __restrict__ out, const ui
         if (s.h % 2)  // the last row
             for (int64_t w = 0; w < s.w; ++w) affine_only(x, a_x, b, C, ((n * s.h + s.h - 1) * s.w + w) * C, grad_x);
     }
-    std::free(acc);
-    std::free(buffers);
     return 0;
 }
 
