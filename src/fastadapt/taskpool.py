@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import ctypes
 import ctypes.util
+import functools
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -84,6 +85,7 @@ def one_torch_thread() -> Iterator[None]:
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 
 
+@functools.cache  # find_library runs subprocesses; release_freed_memory is called after every trial
 def _c_library_function(name: str) -> Callable[..., int] | None:
     """A function of the process's C library (glibc's ``mallopt``, ``malloc_trim``), or None where it has none."""
     try:

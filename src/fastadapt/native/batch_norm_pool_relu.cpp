@@ -21,6 +21,11 @@ struct Shape {
     int64_t pooled_h() const { return h / 2; }
     int64_t pooled_w() const { return w / 2; }
     int64_t values() const { return n * h * w; }  // per channel
+    // Offsets, in values, of position (row, column) of image i and of pooled cell (row, column) of image i.
+    int64_t at(int64_t i, int64_t row, int64_t column) const { return ((i * h + row) * w + column) * c; }
+    int64_t pooled_at(int64_t i, int64_t row, int64_t column) const {
+        return ((i * pooled_h() + row) * pooled_w() + column) * c;
+    }
 };
 
 // Per-channel scratch space: two rows of double sums (zeroed) and `rows` rows of T, freed on leaving scope.
@@ -80,9 +85,9 @@ int forward(const T* __restrict__ x, const T* __restrict__ weight, const T* __re
     for (int64_t n = 0; n < s.n; ++n)
         for (int64_t ph = 0; ph < PH; ++ph)
             for (int64_t pw = 0; pw < PW; ++pw) {
-                const T* __restrict__ x00 = x + ((n * s.h + 2 * ph) * s.w + 2 * pw) * C;
+                const T* __restrict__ x00 = x + s.at(n, 2 * ph, 2 * pw);
                 const T* __restrict__ x10 = x00 + row_stride;
-                const int64_t q = ((n * PH + ph) * PW + pw) * C;
+                const int64_t q = s.pooled_at(n, ph, pw);
                 for (int64_t c = 0; c < C; ++c) {
                     const T y00 = x00[c] * scale[c] + shift[c], y01 = x00[C + c] * scale[c] + shift[c];
                     const T y10 = x10[c] * scale[c] + shift[c], y11 = x10[C + c] * scale[c] + shift[c];
@@ -126,9 +131,9 @@ int backward(const T* __restrict__ grad_out, const T* __restrict__ out, const ui
         for (int64_t c = 0; c < C; ++c) partial_dy[c] = partial_centred[c] = 0;
         for (int64_t ph = 0; ph < PH; ++ph)
             for (int64_t pw = 0; pw < PW; ++pw) {
-                const T* __restrict__ x00 = x + ((n * s.h + 2 * ph) * s.w + 2 * pw) * C;
+                const T* __restrict__ x00 = x + s.at(n, 2 * ph, 2 * pw);
                 const T* __restrict__ x10 = x00 + row_stride;
-                const int64_t q = ((n * PH + ph) * PW + pw) * C;
+                const int64_t q = s.pooled_at(n, ph, pw);
                 for (int64_t c = 0; c < C; ++c) {
                     const int32_t k = argmax[q + c];  // all four loaded: selects, not branches, which vectorise
                     const T v00 = x00[c], v01 = x00[C + c], v10 = x10[c], v11 = x10[C + c];
@@ -159,8 +164,8 @@ int backward(const T* __restrict__ grad_out, const T* __restrict__ out, const ui
     for (int64_t n = 0; n < s.n; ++n) {
         for (int64_t ph = 0; ph < PH; ++ph) {
             for (int64_t pw = 0; pw < PW; ++pw) {
-                const int64_t p00 = ((n * s.h + 2 * ph) * s.w + 2 * pw) * C, p10 = p00 + row_stride;
-                const int64_t q = ((n * PH + ph) * PW + pw) * C;
+                const int64_t p00 = s.at(n, 2 * ph, 2 * pw), p10 = p00 + row_stride;
+                const int64_t q = s.pooled_at(n, ph, pw);
                 for (int64_t c = 0; c < C; ++c) {
                     const int32_t k = argmax[q + c];
                     const T upstream = grad_out[q + c], scaled = gamma_r[c] * upstream;
@@ -173,10 +178,10 @@ int backward(const T* __restrict__ grad_out, const T* __restrict__ out, const ui
                 }
             }
             if (s.w % 2)  // the last column, outside every window
-                for (int64_t h = 2 * ph; h < 2 * ph + 2; ++h) affine_only(x, a_x, b, C, ((n * s.h + h) * s.w + s.w - 1) * C, grad_x);
+                for (int64_t h = 2 * ph; h < 2 * ph + 2; ++h) affine_only(x, a_x, b, C, s.at(n, h, s.w - 1), grad_x);
         }
         if (s.h % 2)  // the last row
-            for (int64_t w = 0; w < s.w; ++w) affine_only(x, a_x, b, C, ((n * s.h + s.h - 1) * s.w + w) * C, grad_x);
+            for (int64_t w = 0; w < s.w; ++w) affine_only(x, a_x, b, C, s.at(n, s.h - 1, w), grad_x);
     }
     return 0;
 }

@@ -139,6 +139,14 @@ class EpisodeBatchNorm2d(nn.Module):
         return (x - mean) * (self.weight.view(1, -1, 1, 1) * scale) + self.bias.view(1, -1, 1, 1)
 
 
+def _window_corners(rows: int, columns: int, width: int, device: torch.device) -> torch.Tensor:
+    """The flat index, within its (height, ``width``) map, of each 2x2 window's top left, for ``rows`` x
+    ``columns`` windows: torch's max-pooling indices are these plus ``width`` (lower row) and 1 (right column)."""
+    return torch.arange(0, 2 * rows, 2, device=device).view(-1, 1) * width + torch.arange(
+        0, 2 * columns, 2, device=device
+    )
+
+
 class _StridedMaxPool2x2(torch.autograd.Function):
     """2x2 max pooling (stride 2, an odd last row or column dropped) as the maximum of the four strided views,
     with the indices that torch's own kernel would return (first maximum in scan order), so torch's index-based
@@ -153,8 +161,7 @@ class _StridedMaxPool2x2(torch.autograd.Function):
         top, bottom = torch.maximum(top_left, top_right), torch.maximum(bottom_left, bottom_right)
         pooled = torch.maximum(top, bottom)
         if ctx.needs_input_grad[0]:
-            corner = torch.arange(0, rows, 2, device=x.device).view(-1, 1) * width  # each window's top left
-            corner = corner + torch.arange(0, columns, 2, device=x.device)
+            corner = _window_corners(rows // 2, columns // 2, width, x.device)
             # A strict > keeps the first of equal values, as torch's kernel does. Boolean algebra and in-place
             # integer adds: torch.where on these masks, and fresh int64 temporaries, took 1.5x as long.
             lower = bottom > top
@@ -212,10 +219,8 @@ def _pool_relu_backward(
 ) -> torch.Tensor:
     """The gradient of relu(max_pool2d(y, 2)) with respect to y, as torch operations that are differentiable in
     ``grad_out``: each window's gradient goes to its maximum (``argmax``, 0-3 in scan order), where ``out > 0``."""
-    height, width = x.shape[-2:]
-    rows, columns = out.shape[-2:]
-    corner = torch.arange(0, 2 * rows, 2).view(-1, 1) * width + torch.arange(0, 2 * columns, 2)
-    indices = corner + (argmax >> 1).long() * width + (argmax & 1).long()
+    width = x.shape[-1]
+    indices = _window_corners(*out.shape[-2:], width, x.device) + (argmax >> 1).long() * width + (argmax & 1).long()
     return torch.ops.aten.max_pool2d_with_indices_backward(
         grad_out * (out > 0), x, [2, 2], [2, 2], [0, 0], [1, 1], False, indices
     )
