@@ -8,7 +8,7 @@ from torch import nn
 from torch.func import functional_call
 
 from fastadapt.algorithms import MAML
-from fastadapt.functional import call, inner_sgd, map_tasks, parameters_of
+from fastadapt.functional import call, gradients, inner_sgd, map_tasks, parameters_of
 from fastadapt.nets import Conv4, Conv4Stride, EpisodeBatchNorm2d
 from fastadapt.tasks.episodes import TaskBatch
 
@@ -102,6 +102,24 @@ def test_first_order_drops_the_second_order_term(strategy):
     assert relative_error(expected, got) < 1e-10
     second = meta_gradient(MAML(model, 0.3, 2, first_order=False, strategy=strategy), batch)
     assert relative_error(second, got) > 1e-3
+
+
+def test_first_order_vectorised_gradient_is_not_recorded_outside_the_transform():
+    """The meta-gradient never flows through a first-order inner gradient: autograd outside ``torch.func.grad`` must
+    not record its pass (memory). Second order needs that record."""
+    weight = torch.randn(3, 3, requires_grad=True)
+    x = torch.randn(4, 3)
+    recorded = []
+
+    def loss_fn(params):
+        recorded.append(torch._C._functorch.get_unwrapped(params["w"]).requires_grad)  # the tensor outside
+        return (x @ params["w"]).tanh().square().sum()
+
+    first = gradients(loss_fn, {"w": weight}, create_graph=False, vectorised=True)
+    second = gradients(loss_fn, {"w": weight}, create_graph=True, vectorised=True)
+    assert recorded == [False, True]
+    assert not first["w"].requires_grad and second["w"].requires_grad
+    torch.testing.assert_close(first["w"], second["w"].detach())
 
 
 def test_torch_batch_norm_is_not_used_under_vmap():

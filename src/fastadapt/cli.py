@@ -336,10 +336,6 @@ def cmd_download(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("train", "eval", "pretrain"):
-        from fastadapt.taskpool import keep_freed_memory
-
-        keep_freed_memory()  # far fewer page faults per step (fastadapt.taskpool)
     try:
         {
             "train": cmd_train,

@@ -51,8 +51,11 @@ def gradients(loss_fn: Callable[[Params], Tensor], params: Params, *, create_gra
     ``torch.autograd.grad`` is cheaper. ``create_graph=False`` cuts the gradient out of the graph
     (first-order approximation)."""
     if vectorised:
-        grads = torch.func.grad(loss_fn)(params)
-        return grads if create_graph else {k: g.detach() for k, g in grads.items()}
+        if create_graph:
+            return torch.func.grad(loss_fn)(params)
+        # From detached weights: otherwise autograd outside the transform also records this inner pass, which the
+        # meta-gradient never flows through (its graph held memory growing with vmap's chunk of tasks).
+        return torch.func.grad(loss_fn)({k: p.detach() for k, p in params.items()})
     values = torch.autograd.grad(loss_fn(params), list(params.values()), create_graph=create_graph)
     return dict(zip(params.keys(), values))
 

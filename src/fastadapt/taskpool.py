@@ -114,9 +114,12 @@ def keep_freed_memory() -> bool:
     One heap serves every thread, so that a block one worker frees is reused by the other: with a heap per
     thread, each kept its own peak, and the process's peak memory grew by 5-12%; with one, it was 517-541 MiB
     against 572 MiB without this call. A 2-worker step took 16-17% less time (with a heap per thread, 21%).
-    Measured on the machine of docs/RESULTS.md. ``fastadapt train``, ``eval`` and ``pretrain`` call this; from
-    Python, call it once at start. Process-wide and permanent. Returns False where the C library has no
-    ``mallopt`` (not glibc), which changes nothing."""
+    Since then the fused batch-norm kernel and one-thread vmap chunks changed that: in the thirteenth session's
+    CLI runs (docs/RESULTS.md) the one shared heap made two workers contend: training steps were 3-11% slower
+    with this call, and a scratch 2-worker vmap step at 5 second-order steps took 1.68-1.72 s against 1.02-1.05 s.
+    So the CLI no longer calls it. An option for a user whose own workload faults pages heavily: call it once at start.
+    Process-wide and permanent. Returns False where the C library has no ``mallopt`` (not glibc), which changes
+    nothing."""
     mallopt = _c_library_function("mallopt")
     if mallopt is None:
         return False

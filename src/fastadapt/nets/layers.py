@@ -104,7 +104,10 @@ class _EpisodeBatchNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         x, weight, mean, invstd = ctx.saved_tensors
-        grad_x, grad_weight, grad_bias = _EpisodeBatchNormBackward.apply(x, weight, grad_y, mean, invstd, ctx.eps)
+        if torch.is_grad_enabled():  # create_graph=True: this backward pass will be differentiated
+            grad_x, grad_weight, grad_bias = _EpisodeBatchNormBackward.apply(x, weight, grad_y, mean, invstd, ctx.eps)
+        else:  # the kernel alone: the Function around it took as long again on MAML's Omniglot layers
+            grad_x, grad_weight, grad_bias = _batch_norm_backward(grad_y, x, weight, mean, invstd, ctx.eps)
         return (grad_x, grad_weight, grad_bias, None) if weight is not None else (grad_x, None, None, None)
 
 

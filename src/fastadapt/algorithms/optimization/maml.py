@@ -294,13 +294,17 @@ class MAML(MetaLearner):
 
     def tasks_per_vmap_call(self) -> int:
         """The chunk size: ``vmap_chunk`` if given, else 8 tasks, or 4 for second order over several
-        inner steps, whose graph grows with the steps. On Omniglot (docs/RESULTS.md, speed section), 8 was as
-        fast as the whole meta-batch of 32 at 0.66x its memory; at 5 second-order steps 8 took 1.75x the
-        memory of a per-task loop, 4 took 1.37x and was 5% slower. Several workers share these tasks, so
-        that the tasks in flight, and the memory they hold, stay the same."""
+        inner steps, whose graph grows with the steps, or 16 for one first-order step. On Omniglot
+        (docs/RESULTS.md, speed section), 8 was as fast as the whole meta-batch of 32 at 0.66x its memory; at 5
+        second-order steps 8 took 1.75x the memory of a per-task loop, 4 took 1.37x and was 5% slower; at one
+        first-order step, 16 on two workers was about 10% faster than 8 for 30-45 MiB more. Several workers
+        share these tasks, so that the tasks in flight, and the memory they hold, stay the same."""
         if self.vmap_chunk is not None:
             return self.vmap_chunk
-        in_flight = 4 if self.inner_steps > 1 and not self.uses_first_order() else 8
+        first_order = self.uses_first_order()
+        in_flight = (
+            16 if first_order and self.inner_steps == 1 else 4 if self.inner_steps > 1 and not first_order else 8
+        )
         return max(1, in_flight // self.task_workers())
 
     def task_workers(self) -> int:
