@@ -54,8 +54,10 @@ def gradients(loss_fn: Callable[[Params], Tensor], params: Params, *, create_gra
         if create_graph:
             return torch.func.grad(loss_fn)(params)
         # From detached weights: otherwise autograd outside the transform also records this inner pass, which the
-        # meta-gradient never flows through (its graph held memory growing with vmap's chunk of tasks).
-        return torch.func.grad(loss_fn)({k: p.detach() for k, p in params.items()})
+        # meta-gradient never flows through (its graph held memory growing with vmap's chunk of tasks). The result
+        # is detached too: loss_fn may close over tensors that carry a graph (ANIL's features).
+        grads = torch.func.grad(loss_fn)({k: p.detach() for k, p in params.items()})
+        return {k: g.detach() for k, g in grads.items()}
     values = torch.autograd.grad(loss_fn(params), list(params.values()), create_graph=create_graph)
     return dict(zip(params.keys(), values))
 
