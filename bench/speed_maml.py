@@ -58,6 +58,8 @@ from torch.func import functional_call
 WAYS, SHOTS, META_BATCH, INNER_LR, OUTER_LR = 5, 1, 32, 0.4, 1e-3
 WORKLOADS = {"stride": 1, "pool": 15}  # queries per class
 #: fastadapt-vmap runs the meta-batch 8 tasks per vectorised call (the default); fastadapt-vmap-all all 32 at once;
+#: fastadapt-fold folds tasks into the channels of one network pass (fastadapt.folding; since the fourteenth session
+#: auto's vectorised candidate for these networks, in place of vmap);
 #: fastadapt-compile is auto with ``compile=True`` (its one-off compile time is reported as "setup");
 #: fastadapt-auto-serial is auto with ``workers=1``: with more than one thread, tasks run one at a time and each
 #: operation uses every thread, as the peers do (the others run one task per thread, fastadapt.taskpool);
@@ -74,6 +76,7 @@ IMPLEMENTATIONS = (
     "fastadapt-loop",
     "fastadapt-vmap",
     "fastadapt-vmap-all",
+    "fastadapt-fold",
     "fastadapt-compile",
     "learn2learn",
     "higher",
@@ -88,7 +91,8 @@ PEERS = ("learn2learn", "higher", "torchopt", "plain")
 MODELS = ("torch", "fastadapt")
 MODEL = "torch"
 #: --keep-freed-memory: every worker, peers included, first calls fastadapt.taskpool.keep_freed_memory (as
-#: ``fastadapt train`` does): a setting of the process's C library, so every implementation gets it or none.
+#: ``fastadapt train`` did until the thirteenth session): a setting of the process's C library, so every
+#: implementation gets it or none.
 KEEP_FREED_MEMORY = False
 #: float32 meta-gradients of different but exact implementations agree to about this relative error.
 GRADIENT_TOLERANCE = 1e-3

@@ -175,7 +175,7 @@ def test_protonet_train_then_eval_on_folder(folder: Path, tmp_path: Path, capsys
     assert "trained 6 steps" in stdout
 
 
-@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+@pytest.mark.parametrize("strategy", ["loop", "vmap", "fold"])
 def test_maml_train_then_eval_on_sinusoid(tmp_path: Path, capsys, strategy: str) -> None:
     out = tmp_path / strategy
     stdout = run_ok(capsys, maml_args(out, "--strategy", strategy, "--quiet"))
@@ -205,12 +205,13 @@ def test_maml_train_then_eval_on_sinusoid(tmp_path: Path, capsys, strategy: str)
     assert MSE_KEYS <= set(again) and again["episodes"] == 4
 
 
-def test_loop_and_vmap_strategies_train_the_same_model(tmp_path: Path, capsys) -> None:
-    for strategy in ("loop", "vmap"):
+def test_loop_vmap_and_fold_strategies_train_the_same_model(tmp_path: Path, capsys) -> None:
+    for strategy in ("loop", "vmap", "fold"):
         run_ok(capsys, maml_args(tmp_path / strategy, "--strategy", strategy, "--quiet"))
     loop = json.loads((tmp_path / "loop" / "eval.json").read_text())
-    vmap = json.loads((tmp_path / "vmap" / "eval.json").read_text())
-    assert vmap["mse_mean"] == pytest.approx(loop["mse_mean"], rel=1e-4)
+    for strategy in ("vmap", "fold"):
+        other = json.loads((tmp_path / strategy / "eval.json").read_text())
+        assert other["mse_mean"] == pytest.approx(loop["mse_mean"], rel=1e-4)
 
 
 def test_datasets_lists_every_data_set(tmp_path: Path, capsys) -> None:

@@ -30,7 +30,7 @@ def reference_meta_gradient(model, batch, inner_lr, steps, first_order=False):
     return torch.autograd.grad(total / batch.num_tasks, theta)
 
 
-@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+@pytest.mark.parametrize("strategy", ["loop", "vmap", "fold"])
 @pytest.mark.parametrize("net", ["stride", "pool"])
 def test_second_order_meta_gradient_matches_plain_autograd_loop(strategy, net):
     torch.manual_seed(0)
@@ -84,7 +84,7 @@ def test_meta_gradient_matches_finite_differences():
     assert abs(fo_projected - numeric) > 1e-4  # the approximation really differs from the true gradient
 
 
-@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+@pytest.mark.parametrize("strategy", ["loop", "vmap", "fold"])
 def test_first_order_drops_the_second_order_term(strategy):
     """FOMAML's meta-gradient is the query gradient at the adapted weights, nothing more."""
     torch.manual_seed(3)

@@ -14,7 +14,7 @@ def test_choose_strategy_measures_both_and_changes_no_parameter():
     before = {k: v.clone() for k, v in learner.state_dict().items()}
     rng = torch.get_rng_state()
     measured = choose_strategy(learner, SinusoidTasks(5, 5, seed=0).sample(4), trials=1)
-    assert set(measured["seconds"]) == {"loop", "vmap"}
+    assert set(measured["seconds"]) == {"loop", "fold"}  # the MLP folds: fold is timed in vmap's place
     assert learner.strategy == measured["strategy"] == min(measured["seconds"], key=measured["seconds"].get)
     assert all(torch.equal(before[k], v) for k, v in learner.state_dict().items())
     assert all(p.grad is None for p in learner.parameters())
@@ -59,8 +59,16 @@ def test_arithmetic_bound_tasks_keep_the_loop_without_a_vmap_trial(monkeypatch):
     assert learner.strategy == "loop" and measured["vmap_tried"] is False
     assert measured["saved_mib_per_task"] == fifteen
     learner.strategy = "auto"
-    monkeypatch.setattr("fastadapt.strategy.time_strategies", lambda *a, **k: {"loop": 2.0, "vmap": 1.0})
-    assert choose_strategy(learner, omniglot_like(1))["strategy"] == "vmap" == learner.strategy
+    monkeypatch.setattr("fastadapt.strategy.time_strategies", lambda *a, **k: {"loop": 2.0, "fold": 1.0})
+    assert choose_strategy(learner, omniglot_like(1))["strategy"] == "fold" == learner.strategy
+
+
+def test_vmap_is_timed_where_the_network_does_not_fold():
+    """A softmax over the features would mix the folded tasks' channels: vmap is the candidate."""
+    learner = MAML(torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.Softmax(dim=-1), torch.nn.Linear(8, 1)))
+    assert "Softmax" in learner.fold_problem()
+    measured = choose_strategy(MAML(learner.model, strategy="auto"), SinusoidTasks(5, 5, seed=0).sample(4), trials=1)
+    assert set(measured["seconds"]) == {"loop", "vmap"} and measured["vectorised"] == "vmap"
 
 
 def test_fixed_strategies_and_methods_without_one_are_left_alone():
@@ -86,13 +94,13 @@ def test_open_workers_are_measured_one_against_one_per_thread(monkeypatch):
 
     def timing(learner, batch, trials, candidates):
         seen.append(candidates)
-        return {"loop": 2.0, "loop, 2 workers": 1.5, "vmap": 1.2, "vmap, 2 workers": 1.8}
+        return {"loop": 2.0, "loop, 2 workers": 1.5, "fold": 1.2, "fold, 2 workers": 1.8}
 
     monkeypatch.setattr("fastadapt.strategy.time_strategies", timing)
     learner.strategy, learner.workers = "auto", None
     measured = choose_strategy(learner, batch)
-    assert seen == [[("loop", 1, None), ("loop", 2, None), ("vmap", 1, None), ("vmap", 2, None)]]
-    assert (learner.strategy, learner.workers) == ("vmap", 1) == (measured["strategy"], measured["workers"])
+    assert seen == [[("loop", 1, None), ("loop", 2, None), ("fold", 1, None), ("fold", 2, None)]]
+    assert (learner.strategy, learner.workers) == ("fold", 1) == (measured["strategy"], measured["workers"])
 
 
 def test_auto_training_records_its_choice_in_the_checkpoint(tmp_path):
@@ -100,7 +108,7 @@ def test_auto_training_records_its_choice_in_the_checkpoint(tmp_path):
         "maml", "sinusoid", steps=3, val_every=3, val_episodes=2, meta_batch_size=2, strategy="auto", out=str(tmp_path)
     )
     result = train(config, progress=False)
-    assert result.learner.strategy in ("loop", "vmap")
+    assert result.learner.strategy in ("loop", "fold")
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     assert state["strategy"] == result.learner.strategy
     assert state["workers"] == result.learner.workers == 1  # the tests run one torch thread
@@ -111,7 +119,7 @@ def test_resume_keeps_the_measured_choice(tmp_path, monkeypatch):
         "maml", "sinusoid", steps=2, val_every=2, val_episodes=2, meta_batch_size=2, strategy="auto", out=str(tmp_path)
     )
     first = train(config, progress=False).learner.strategy
-    other = {"loop": "vmap", "vmap": "loop"}[first]
+    other = {"loop": "fold", "fold": "loop"}[first]
     # Were it measured again, the other strategy would win; the resumed run must keep the saved one.
     monkeypatch.setattr("fastadapt.strategy.time_strategies", lambda *a, **k: {first: 9.0, other: 1.0})
     resumed = train(make_config(**{**config.to_dict(), "steps": 4}), resume=True, progress=False)

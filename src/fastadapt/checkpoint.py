@@ -60,7 +60,7 @@ def restore_measured_choices(learner: torch.nn.Module, state: dict[str, Any], *,
     ``state`` (fastadapt.strategy), wherever the configuration leaves it open: the strategy, the number of
     workers (unless ``workers=False``) and the image layout. A resumed run then continues exactly: the gradient
     sums' order depends on the workers, convolutions' rounding on the layout."""
-    if getattr(learner, "strategy", None) == "auto" and state.get("strategy") in ("loop", "vmap"):
+    if getattr(learner, "strategy", None) == "auto" and state.get("strategy") in ("loop", "vmap", "fold"):
         learner.strategy = state["strategy"]
     if workers and getattr(learner, "workers", False) is None and isinstance(state.get("workers"), int):
         learner.workers = state["workers"]

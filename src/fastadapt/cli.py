@@ -93,13 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     o.add_argument(
         "--strategy",
-        help="inner loops as a per-task 'loop', 'vmap' across tasks, or 'auto' (default: time both, keep the faster)",
+        help="inner loops as a per-task 'loop', 'vmap' across tasks, 'fold' (MAML, Meta-SGD: tasks folded into the "
+        "channels of one network pass), or 'auto' (default: time the loop against fold, or vmap where the network "
+        "cannot fold, and keep the faster)",
     )
     o.add_argument(
         "--vmap-chunk",
         type=int,
-        help="with vmap: N tasks per vectorised call, each chunk backpropagated before the next "
-        "(less memory, the same meta-gradient; default 8, or 4 for several second-order steps; 0: all at once)",
+        help="with vmap or fold: N tasks per call, each chunk backpropagated before the next (less memory, the "
+        "same meta-gradient; default: 8 tasks in flight, 16 for fold or one first-order step, 4 for several "
+        "second-order steps, shared by the workers; 0: all at once)",
     )
     m = t.add_argument_group("MAML++ switches (Antoniou et al. 2019; --algorithm maml++ turns them all on)")
     switch = dict(action=argparse.BooleanOptionalAction, default=None)

@@ -19,9 +19,10 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 Params = dict[str, Tensor]
-Strategy = Literal["loop", "vmap", "auto"]
-#: "auto" runs as "loop" until :func:`fastadapt.strategy.choose_strategy` has measured both.
-STRATEGIES: tuple[str, ...] = ("auto", "loop", "vmap")
+Strategy = Literal["loop", "vmap", "fold", "auto"]
+#: "auto" runs as "loop" until :func:`fastadapt.strategy.choose_strategy` has measured the others. "fold" (the MAML
+#: family: tasks folded into the channels of one network pass) is fastadapt.folding's.
+STRATEGIES: tuple[str, ...] = ("auto", "loop", "vmap", "fold")
 
 
 def parameters_of(module: nn.Module) -> Params:

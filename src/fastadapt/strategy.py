@@ -1,4 +1,5 @@
-"""Choosing how inner loops run: a per-task loop or ``vmap`` across tasks, on one worker or one per CPU
+"""Choosing how inner loops run: a per-task loop, or a chunk of tasks at once (``vmap``, or for the MAML family
+"fold": tasks folded into the channels of one network pass, fastadapt.folding), on one worker or one per CPU
 thread (fastadapt.taskpool), and on images in the standard or the channels-last layout, by measuring them.
 
 Which is faster depends on the workload (measured on a 2-core CPU: vmap ~1.8x faster than a loop for
@@ -16,7 +17,8 @@ Before timing, it measures how much one task's meta-loss saves for the backward 
 ``VMAP_TRIAL_LIMIT_MIB`` the task is arithmetic-bound, and the loop is kept without trying vmap: vmap
 lost on every such workload measured (2.2-2.5x slower with 15 queries per class, 63-92 MiB per task),
 and its trial alone, a chunk of tasks vectorised at once, raised the process's peak memory 4-fold
-(docs/RESULTS.md, speed section). MAML's one-query Omniglot setting, where vmap wins, saves 3-11 MiB.
+(docs/RESULTS.md, speed section). Folding lost there too (1.2x slower than the loop, channels-last, one
+thread). MAML's one-query Omniglot setting, where vmap and folding win, saves 3-11 MiB.
 """
 
 from __future__ import annotations
@@ -159,9 +161,18 @@ def takes_channels_last(learner: MetaLearner, batch: TaskBatch) -> bool:
     return True
 
 
+def vectorised_strategy(learner: MetaLearner) -> str:
+    """The strategy that runs a chunk of tasks at once, to be timed against the loop: "fold" where the learner
+    can fold its network (the MAML family, fastadapt.folding), "vmap" otherwise. Folding was 1.2-1.6x faster than
+    vmap on MAML's Omniglot setting, in all four configurations of inner steps and order (docs/RESULTS.md), so
+    vmap is not timed beside it: each candidate adds seconds to the measurement."""
+    fold_problem = getattr(learner, "fold_problem", None)
+    return "fold" if fold_problem is not None and fold_problem() is None else "vmap"
+
+
 def choose_strategy(learner: MetaLearner, batch: TaskBatch, trials: int = 2) -> dict[str, Any]:
-    """Resolve ``strategy="auto"`` to the faster of "loop" and "vmap" for ``batch``, and for the MAML
-    family ``workers=None`` to the faster of one worker and one per thread and ``channels_last=None`` to the
+    """Resolve ``strategy="auto"`` to the faster of "loop" and :func:`vectorised_strategy` for ``batch``, and for
+    the MAML family ``workers=None`` to the faster of one worker and one per thread and ``channels_last=None`` to the
     faster layout of image batches (the standard one for other batches). Returns what was measured; does
     nothing for a learner with none of them left open."""
     open_strategy, open_workers, open_layout = _open_choices(learner)
@@ -172,7 +183,8 @@ def choose_strategy(learner: MetaLearner, batch: TaskBatch, trials: int = 2) -> 
     with torch.random.fork_rng(devices=[]):  # measuring must not change what training draws
         per_task_mib = saved_activation_mib(learner, batch)
         arithmetic_bound = per_task_mib > VMAP_TRIAL_LIMIT_MIB
-        strategies = ["loop"] if arithmetic_bound else ["loop", "vmap"]
+        vectorised = vectorised_strategy(learner)
+        strategies = ["loop"] if arithmetic_bound else ["loop", vectorised]
         strategies = strategies if open_strategy else [learner.strategy]
         most = learner.most_workers() if open_workers else 1
         worker_counts = [1, most] if most > 1 else [1] if open_workers else [None]
@@ -195,7 +207,8 @@ def choose_strategy(learner: MetaLearner, batch: TaskBatch, trials: int = 2) -> 
         if not channels_last_runs:
             measured["channels_last_failed"] = True
     if open_strategy:
-        measured["vmap_tried"] = not arithmetic_bound
+        measured["vmap_tried"] = not arithmetic_bound  # vmap or fold: the vectorised strategy
+        measured["vectorised"] = vectorised
     return {**measured, "seconds": seconds} if seconds else measured
 
 
@@ -205,9 +218,10 @@ def describe_choice(measured: dict[str, Any]) -> str:
     timings = ", ".join(f"{label} {seconds:.3f}s" for label, seconds in measured.get("seconds", {}).items())
     line = f"auto: {chosen}" + (f" (one training step: {timings})" if timings else "")
     if measured.get("vmap_tried") is False:
+        vectorised = measured.get("vectorised", "vmap")
         line += (
-            f"; vmap not tried (one task saves {measured['saved_mib_per_task']:.0f} MiB of activations: "
-            "arithmetic-bound; --strategy vmap forces it)"
+            f"; {vectorised} not tried (one task saves {measured['saved_mib_per_task']:.0f} MiB of activations: "
+            f"arithmetic-bound; --strategy {vectorised} forces it)"
         )
     if measured.get("channels_last_failed"):
         line += "; channels-last not tried (the network failed on channels-last images)"

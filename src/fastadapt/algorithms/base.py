@@ -32,6 +32,15 @@ def task_loss(predictions: Tensor, targets: Tensor) -> Tensor:
     return F.mse_loss(predictions, targets)
 
 
+def per_task_losses(predictions: Tensor, targets: Tensor) -> Tensor:
+    """:func:`task_loss` of each task at once: ``predictions`` (tasks, examples, ...) -> (tasks,)."""
+    tasks = predictions.shape[0]
+    if targets.dtype in (torch.int64, torch.int32):
+        losses = F.cross_entropy(predictions.reshape(-1, predictions.shape[-1]), targets.reshape(-1), reduction="none")
+        return losses.view(tasks, -1).mean(1)
+    return F.mse_loss(predictions, targets, reduction="none").reshape(tasks, -1).mean(1)
+
+
 def per_task_score(predictions: Tensor, targets: Tensor) -> Tensor:
     """Accuracy per task for classification, mean squared error per task for regression."""
     if targets.dtype in (torch.int64, torch.int32):

@@ -132,14 +132,21 @@ class EpisodeBatchNorm2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_features)) if affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.compiler.is_compiling() and not is_functorch_wrapped(x):
-            return _EpisodeBatchNorm.apply(x, self.weight, self.bias, self.eps)
-        mean = x.mean(dim=(0, 2, 3), keepdim=True)
-        var = (x - mean).square().mean(dim=(0, 2, 3), keepdim=True)
-        scale = torch.rsqrt(var + self.eps)
-        if self.weight is None:
-            return (x - mean) * scale
-        return (x - mean) * (self.weight.view(1, -1, 1, 1) * scale) + self.bias.view(1, -1, 1, 1)
+        return episode_batch_norm(x, self.weight, self.bias, self.eps)
+
+
+def episode_batch_norm(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> torch.Tensor:
+    """:class:`EpisodeBatchNorm2d`'s function."""
+    if not torch.compiler.is_compiling() and not is_functorch_wrapped(x):
+        return _EpisodeBatchNorm.apply(x, weight, bias, eps)
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)
+    var = (x - mean).square().mean(dim=(0, 2, 3), keepdim=True)
+    scale = torch.rsqrt(var + eps)
+    if weight is None:
+        return (x - mean) * scale
+    return (x - mean) * (weight.view(1, -1, 1, 1) * scale) + bias.view(1, -1, 1, 1)
 
 
 def _window_corners(rows: int, columns: int, width: int, device: torch.device) -> torch.Tensor:
@@ -281,12 +288,17 @@ class EpisodeBatchNormPoolReLU(EpisodeBatchNorm2d):
     else, and without a C++ compiler, it runs the three layers. Same values and gradients either way (tested)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kernels = None
-        if _eager_cpu(x) and x.dtype in _KERNEL_SUFFIX and min(x.shape[-2:]) >= 2:
-            if x.is_contiguous(memory_format=torch.channels_last) and (
-                self.weight is None or self.weight.dtype == x.dtype
-            ):
-                kernels = native.library()
-        if kernels is None:
-            return F.relu(max_pool_2x2(super().forward(x)))
-        return _EpisodeBatchNormPoolReLU.apply(x, self.weight, self.bias, self.eps, kernels)
+        return episode_batch_norm_pool_relu(x, self.weight, self.bias, self.eps)
+
+
+def episode_batch_norm_pool_relu(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> torch.Tensor:
+    """:class:`EpisodeBatchNormPoolReLU`'s function."""
+    kernels = None
+    if _eager_cpu(x) and x.dtype in _KERNEL_SUFFIX and min(x.shape[-2:]) >= 2:
+        if x.is_contiguous(memory_format=torch.channels_last) and (weight is None or weight.dtype == x.dtype):
+            kernels = native.library()
+    if kernels is None:
+        return F.relu(max_pool_2x2(episode_batch_norm(x, weight, bias, eps)))
+    return _EpisodeBatchNormPoolReLU.apply(x, weight, bias, eps, kernels)

@@ -58,6 +58,9 @@ class ANIL(MAML):
         if not any(name.startswith(self.head_prefix) for name in parameters_of(model)):
             raise ValueError(f"ANIL's head {head!r} has no trainable parameters to adapt.")
 
+    def fold_problem(self) -> str | None:
+        return "ANIL adapts the head alone, on features computed once (its loop and vmap are cheap already)"
+
     @property
     def head(self) -> nn.Module:
         # Looked up, not stored: an attribute would register the head twice in the state dict.

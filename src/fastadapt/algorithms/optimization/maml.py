@@ -48,9 +48,10 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from fastadapt.algorithms.base import MetaLearner, MetaOutput, task_loss
+from fastadapt.algorithms.base import MetaLearner, MetaOutput, per_task_losses, task_loss
 from fastadapt.errors import ConfigError
 from fastadapt.fastlayers import with_fast_layers
+from fastadapt.folding import FoldedNetwork, NotFoldable, fold_params
 from fastadapt.functional import (
     Params,
     Strategy,
@@ -147,10 +148,13 @@ class MAML(MetaLearner):
         #: ``workers`` (fastadapt.strategy); the standard layout until then.
         self.channels_last = channels_last
         self._compiled_gradient: Callable[..., tuple[Params, tuple[Tensor, Tensor]]] | None = None
+        self._folded: FoldedNetwork | str | None = None  # built on first use; a str says why it cannot be
         #: Names of theta's tensors while a compiled trace runs, where ``requires_grad`` cannot pick them.
         self._theta_names: tuple[str, ...] | None = None
         #: The outer step in progress (set by the trainer before each meta_loss); MSL and DOA read it.
         self.training_step = 0
+        if strategy == "fold" and (problem := self.fold_problem()) is not None:
+            raise ConfigError(f"--strategy fold cannot run this network: {problem}. Use loop, vmap or auto.")
         if (multi_step_loss or per_step_lr or per_step_bn) and inner_steps < 1:
             raise ConfigError("MAML++'s multi-step loss and per-step settings need --inner-steps of at least 1.")
         if multi_step_loss and multi_step_loss_steps < 1:
@@ -201,22 +205,49 @@ class MAML(MetaLearner):
         row = min(step, self.inner_steps - 1)
         return {name: self.step_lrs[parameter_key(name)][row] for name in self.theta()}
 
-    def network(self, params: Params, x: Tensor, step: int) -> Tensor:
+    def fold_problem(self) -> str | None:
+        """Why ``strategy="fold"`` cannot run this learner's network (fastadapt.folding); None where it can."""
+        if self._folded is None:
+            try:
+                self._folded = FoldedNetwork(self.model)
+            except NotFoldable as error:
+                self._folded = str(error)
+        return self._folded if isinstance(self._folded, str) else None
+
+    def network(self, params: Params, x: Tensor, step: int, folded: bool = False) -> Tensor:
         """The network with weights ``params`` on ``x`` in inner step ``step`` (0-based; with BNWB, the
-        step picks the batch-norm weights: the last set for steps beyond the training steps)."""
+        step picks the batch-norm weights: the last set for steps beyond the training steps). ``folded``: a chunk
+        of tasks at once, ``x`` (tasks, examples, ...) and each task's weights stacked (fastadapt.folding)."""
         if self.per_step_bn:
             row = min(step, self.inner_steps - 1)
             params = {**params, **{n: self.step_bn_params[parameter_key(n)][row] for n in self.step_bn_names}}
+        if folded:
+            assert self.fold_problem() is None and isinstance(self._folded, FoldedNetwork)
+            return self._folded(params, x, channels_last=bool(self.channels_last))
         return call(self.model, params, x)
 
     def adapt_trajectory(
-        self, support_x: Tensor, support_y: Tensor, steps: int, first_order: bool, vectorised: bool = False
+        self,
+        support_x: Tensor,
+        support_y: Tensor,
+        steps: int,
+        first_order: bool,
+        vectorised: bool = False,
+        folded: bool = False,
     ) -> list[Params]:
-        """[theta, theta_i^(1), ..., theta_i^(steps)]: the weights after every inner step (eq. 1)."""
-        support_loss = lambda params, step: task_loss(self.network(params, support_x, step), support_y)
+        """[theta, theta_i^(1), ..., theta_i^(steps)]: the weights after every inner step (eq. 1). ``folded``: of
+        every task of the chunk at once, stacked; the gradient of the sum of the tasks' losses is each task's own."""
+        if folded:
+            support_loss = lambda params, step: per_task_losses(
+                self.network(params, support_x, step, folded=True), support_y
+            ).sum()
+        else:
+            support_loss = lambda params, step: task_loss(self.network(params, support_x, step), support_y)
+        with torch.enable_grad():  # the stacked views too: evaluation, under no_grad, adapts as well
+            start = fold_params(self.theta(), support_x.shape[0]) if folded else self.theta()
         return inner_sgd_trajectory(
             support_loss,
-            self.theta(),
+            start,
             steps,
             self.step_learning_rate,
             first_order=first_order,
@@ -229,13 +260,18 @@ class MAML(MetaLearner):
         """theta'_i: ``steps`` gradient steps on one task's support loss (eq. 1)."""
         return self.adapt_trajectory(support_x, support_y, steps, first_order, vectorised)[-1]
 
-    def _query_pass(self, params: Params, query_x: Tensor, steps_done: int) -> Tensor:
+    def _query_pass(self, params: Params, query_x: Tensor, steps_done: int, folded: bool = False) -> Tensor:
         # MAML++'s code scores the query set after step j's update with step j's batch-norm weights.
-        return self.network(params, query_x, max(steps_done - 1, 0))
+        return self.network(params, query_x, max(steps_done - 1, 0), folded)
 
     def _adapted_query(
         self, batch: TaskBatch, steps: int, first_order: bool, strategy: Strategy
     ) -> tuple[Tensor, Tensor]:
+        if strategy == "fold":
+            fast = self.adapt_trajectory(batch.support_x, batch.support_y, steps, first_order, folded=True)[-1]
+            predictions = self._query_pass(fast, batch.query_x, steps, folded=True)
+            return per_task_losses(predictions, batch.query_y), predictions
+
         def one_task(support_x, support_y, query_x, query_y, vectorised):
             fast = self.adapt(support_x, support_y, steps, first_order, vectorised)
             predictions = self._query_pass(fast, query_x, steps)
@@ -247,6 +283,13 @@ class MAML(MetaLearner):
         self, batch: TaskBatch, steps: int, first_order: bool, weights: Sequence[float] | Tensor, strategy: Strategy
     ) -> tuple[Tensor, Tensor]:
         """MSL: sum_j v_j L^query(theta_i^(j)) per task, and the query predictions after the last step."""
+        if strategy == "fold":
+            trajectory = self.adapt_trajectory(batch.support_x, batch.support_y, steps, first_order, folded=True)
+            losses = 0.0
+            for done, (weight, fast) in enumerate(zip(weights, trajectory[1:]), start=1):
+                predictions = self._query_pass(fast, batch.query_x, done, folded=True)
+                losses = losses + weight * per_task_losses(predictions, batch.query_y)
+            return losses, predictions
 
         def one_task(support_x, support_y, query_x, query_y, vectorised):
             trajectory = self.adapt_trajectory(support_x, support_y, steps, first_order, vectorised)
@@ -307,6 +350,23 @@ class MAML(MetaLearner):
         )
         return max(1, in_flight // self.task_workers())
 
+    def tasks_per_fold_call(self) -> int:
+        """Tasks folded into one network pass (fastadapt.folding): ``vmap_chunk`` if given, else 16 tasks in flight,
+        or 4 for second order over several inner steps, whose graph grows with the steps, shared by the workers. On
+        MAML's Omniglot setting with two workers (docs/RESULTS.md, speed section), 8 tasks per worker were 7-9%
+        faster than 4 for 27-58 MiB more. At 5 second-order steps, 4 per worker were 1.26x faster than 2 but held
+        125 MiB more: 1.68x learn2learn's peak memory in the benchmark, over the 1.5x target."""
+        if self.vmap_chunk is not None:
+            return self.vmap_chunk
+        in_flight = 4 if self.inner_steps > 1 and not self.uses_first_order() else 16
+        return max(1, in_flight // self.task_workers())
+
+    def tasks_per_call(self) -> int:
+        """Tasks per network pass under the current strategy (0: all): one for the loop."""
+        if self.strategy == "vmap":
+            return self.tasks_per_vmap_call()
+        return self.tasks_per_fold_call() if self.strategy == "fold" else 1
+
     def task_workers(self) -> int:
         """How many chunks of tasks run at once: ``workers``; one until :func:`fastadapt.strategy.choose_strategy`
         has measured one against :meth:`most_workers` (``workers=None``)."""
@@ -322,7 +382,7 @@ class MAML(MetaLearner):
 
     def meta_backward(self, batch: TaskBatch) -> MetaOutput:
         batch = self.laid_out(batch)  # once for the whole batch: its parts are views
-        chunk = (self.tasks_per_vmap_call() or batch.num_tasks) if self.strategy == "vmap" else 1
+        chunk = self.tasks_per_call() or batch.num_tasks
         if chunk >= batch.num_tasks and not self.compile:
             return super().meta_backward(batch)
         # The meta-loss is a mean over tasks, so each chunk's graph (its inner loops and second-order

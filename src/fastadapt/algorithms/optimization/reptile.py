@@ -46,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from fastadapt.algorithms.base import MetaLearner, MetaOutput, task_loss
+from fastadapt.errors import ConfigError
 from fastadapt.fastlayers import with_fast_layers
 from fastadapt.functional import (
     Params,
@@ -125,6 +126,10 @@ class Reptile(MetaLearner):
         if adam_state == "carried" and inner_optimizer != "adam":
             raise ValueError("a carried Adam state needs the Adam inner optimiser (inner_optimizer='adam')")
         # torch's layers with an exact, faster equivalent run as fastadapt's (fastadapt.fastlayers), as in MAML.
+        if strategy == "fold":
+            raise ConfigError(
+                "--strategy fold runs MAML's inner loops (MAML, Meta-SGD); Reptile takes loop, vmap or auto."
+            )
         model = with_fast_layers(model) if fast_layers else model
         self.model = model
         self.inner_lr = inner_lr
