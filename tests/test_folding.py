@@ -91,6 +91,17 @@ def test_folded_network_equals_each_task_on_its_own(name, channels_last):
         torch.testing.assert_close(g, e)
 
 
+def test_frozen_weights_are_the_modules_own():
+    """A weight left out of ``params`` (frozen: not meta-learned) is the module's own, shared by the tasks."""
+    torch.manual_seed(6)
+    module = Conv4Stride(1, 4, 3).double()
+    module.features[0].weight.requires_grad_(False)
+    tasks = 2
+    params = {k: p.expand(tasks, *p.shape) + 0.0 for k, p in module.named_parameters() if p.requires_grad}
+    x = torch.randn(tasks, 3, 1, 16, 16, dtype=torch.float64)
+    torch.testing.assert_close(FoldedNetwork(module)(params, x), per_task(module, params, x))
+
+
 def test_shared_weights_are_broadcast_and_vectors_fold_too():
     torch.manual_seed(1)
     module = MLP(2, (5, 5), 1).double()
@@ -169,10 +180,12 @@ def test_predictions_and_chunks_of_tasks_match_the_loop():
 
 
 def test_default_fold_chunk_follows_what_a_task_holds():
+    """As vmap's (tests/algorithms/test_maml.py); none for the loop."""
     net = MLP(1, (8,), 1)
-    assert MAML(net, inner_steps=1, strategy="fold", workers=2).tasks_per_call() == 8
+    assert MAML(net, inner_steps=1, strategy="fold", workers=2).tasks_per_call() == 4
     assert MAML(net, inner_steps=5, strategy="fold", workers=2).tasks_per_call() == 2
-    assert MAML(net, inner_steps=5, first_order=True, strategy="fold", workers=1).tasks_per_call() == 16
+    assert MAML(net, inner_steps=1, first_order=True, strategy="fold", workers=1).tasks_per_call() == 16
+    assert MAML(net, inner_steps=5, first_order=True, strategy="fold", workers=2).tasks_per_call() == 4
     assert MAML(net, inner_steps=5, strategy="loop", workers=2).tasks_per_call() == 1
 
 
@@ -181,5 +194,7 @@ def test_fold_is_refused_with_the_reason_where_it_cannot_run():
         MAML(nn.Sequential(nn.Linear(2, 3), nn.Softmax(dim=-1)), strategy="fold")
     with pytest.raises(ConfigError, match="ANIL"):
         ANIL(MLP(1, (8,), 1), strategy="fold", head="2.")
+    with pytest.raises(ConfigError, match="compile"):
+        MAML(MLP(1, (8,), 1), strategy="fold", compile=True)
     with pytest.raises(ConfigError, match="Reptile"):
         Reptile(MLP(1, (8,), 1), strategy="fold")

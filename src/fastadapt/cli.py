@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--vmap-chunk",
         type=int,
         help="with vmap or fold: N tasks per call, each chunk backpropagated before the next (less memory, the "
-        "same meta-gradient; default: 8 tasks in flight, 16 for fold or one first-order step, 4 for several "
+        "same meta-gradient; default: 8 tasks in flight, 16 for one first-order step, 4 for several "
         "second-order steps, shared by the workers; 0: all at once)",
     )
     m = t.add_argument_group("MAML++ switches (Antoniou et al. 2019; --algorithm maml++ turns them all on)")

@@ -156,8 +156,9 @@ class FoldedNetwork:
 
     def __call__(self, params: Mapping[str, Tensor], x: Tensor, channels_last: bool = False) -> Tensor:
         tasks, examples = x.shape[:2]
+        given = {**dict(self.module.named_parameters()), **params}  # frozen weights stay the module's own
         stacked = {
-            name: p if p.dim() > len(self.shapes[name]) else p.expand(tasks, *p.shape) for name, p in params.items()
+            name: p if p.dim() > len(self.shapes[name]) else p.expand(tasks, *p.shape) for name, p in given.items()
         }
         values: dict[str, Any] = {}
         folded = x.transpose(0, 1).reshape(examples, tasks * x.shape[2], *x.shape[3:])

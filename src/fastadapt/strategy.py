@@ -167,7 +167,9 @@ def vectorised_strategy(learner: MetaLearner) -> str:
     vmap on MAML's Omniglot setting, in all four configurations of inner steps and order (docs/RESULTS.md), so
     vmap is not timed beside it: each candidate adds seconds to the measurement."""
     fold_problem = getattr(learner, "fold_problem", None)
-    return "fold" if fold_problem is not None and fold_problem() is None else "vmap"
+    if getattr(learner, "compile", False) or fold_problem is None:  # the compiled program is torch.func's
+        return "vmap"
+    return "fold" if fold_problem() is None else "vmap"
 
 
 def choose_strategy(learner: MetaLearner, batch: TaskBatch, trials: int = 2) -> dict[str, Any]:

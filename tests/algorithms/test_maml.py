@@ -56,19 +56,19 @@ def test_vmap_chunk_must_not_be_negative():
 def test_default_vmap_chunk_follows_what_a_task_holds():
     """Several second-order steps: the graph grows with the steps; first order frees each step's graph."""
     net = MLP(1, (8,), 1)
-    assert MAML(net, inner_steps=1, strategy="vmap", workers=1).tasks_per_vmap_call() == 8
-    assert MAML(net, inner_steps=5, strategy="vmap", workers=1).tasks_per_vmap_call() == 4
+    assert MAML(net, inner_steps=1, strategy="vmap", workers=1).tasks_per_call() == 8
+    assert MAML(net, inner_steps=5, strategy="vmap", workers=1).tasks_per_call() == 4
     # Workers share the tasks in flight, so the memory they hold stays that of one worker's chunk.
-    assert MAML(net, inner_steps=5, strategy="vmap", workers=2).tasks_per_vmap_call() == 2
-    assert MAML(net, inner_steps=1, strategy="vmap", workers=16).tasks_per_vmap_call() == 1
-    assert MAML(net, inner_steps=5, first_order=True, strategy="vmap", workers=1).tasks_per_vmap_call() == 8
+    assert MAML(net, inner_steps=5, strategy="vmap", workers=2).tasks_per_call() == 2
+    assert MAML(net, inner_steps=1, strategy="vmap", workers=16).tasks_per_call() == 1
+    assert MAML(net, inner_steps=5, first_order=True, strategy="vmap", workers=1).tasks_per_call() == 8
     # One first-order step holds the least per task: more of them per call.
-    assert MAML(net, inner_steps=1, first_order=True, strategy="vmap", workers=2).tasks_per_vmap_call() == 8
-    assert MAML(net, inner_steps=5, strategy="vmap", vmap_chunk=16).tasks_per_vmap_call() == 16
+    assert MAML(net, inner_steps=1, first_order=True, strategy="vmap", workers=2).tasks_per_call() == 8
+    assert MAML(net, inner_steps=5, strategy="vmap", vmap_chunk=16).tasks_per_call() == 16
     doa = MAML(net, inner_steps=5, first_order_steps=10, strategy="vmap", workers=1)  # first order until step 10
-    assert doa.tasks_per_vmap_call() == 8
+    assert doa.tasks_per_call() == 8
     doa.training_step = 10
-    assert doa.tasks_per_vmap_call() == 4
+    assert doa.tasks_per_call() == 4
 
 
 @pytest.mark.parametrize("strategy", ["loop", "vmap"])

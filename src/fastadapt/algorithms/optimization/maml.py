@@ -127,7 +127,7 @@ class MAML(MetaLearner):
         self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
         self.strategy = strategy
         #: With vmap, tasks per vectorised call (0: all); each chunk is backpropagated before the next, so
-        #: peak memory is one chunk's graph. None: see :meth:`tasks_per_vmap_call`.
+        #: peak memory is one chunk's graph. None: see :meth:`tasks_per_call`. Fold's chunks too.
         self.vmap_chunk = vmap_chunk
         if vmap_chunk is not None and vmap_chunk < 0:
             raise ConfigError(f"--vmap-chunk must be a number of tasks >= 0 (0: all at once), not {vmap_chunk}.")
@@ -155,6 +155,8 @@ class MAML(MetaLearner):
         self.training_step = 0
         if strategy == "fold" and (problem := self.fold_problem()) is not None:
             raise ConfigError(f"--strategy fold cannot run this network: {problem}. Use loop, vmap or auto.")
+        if strategy == "fold" and compile:
+            raise ConfigError("--compile traces vmap's program; use --strategy vmap, loop or auto with it, not fold.")
         if (multi_step_loss or per_step_lr or per_step_bn) and inner_steps < 1:
             raise ConfigError("MAML++'s multi-step loss and per-step settings need --inner-steps of at least 1.")
         if multi_step_loss and multi_step_loss_steps < 1:
@@ -335,13 +337,18 @@ class MAML(MetaLearner):
             )
         return MetaOutput(query_losses.mean(), predictions)  # eq. (3): mean over the meta-batch
 
-    def tasks_per_vmap_call(self) -> int:
-        """The chunk size: ``vmap_chunk`` if given, else 8 tasks, or 4 for second order over several
-        inner steps, whose graph grows with the steps, or 16 for one first-order step. On Omniglot
-        (docs/RESULTS.md, speed section), 8 was as fast as the whole meta-batch of 32 at 0.66x its memory; at 5
-        second-order steps 8 took 1.75x the memory of a per-task loop, 4 took 1.37x and was 5% slower; at one
-        first-order step, 16 on two workers was about 10% faster than 8 for 30-45 MiB more. Several workers
-        share these tasks, so that the tasks in flight, and the memory they hold, stay the same."""
+    def tasks_per_call(self) -> int:
+        """Tasks per network pass (0: all): one for the loop; with vmap or fold, ``vmap_chunk`` if given, else 8
+        tasks in flight, or 4 for second order over several inner steps, whose graph grows with the steps, or 16
+        for one first-order step, shared by the workers, so that the tasks in flight, and the memory they hold, stay
+        the same. Measured on Omniglot (docs/RESULTS.md, speed section). vmap: 8 was as fast as the whole meta-batch
+        of 32 at 0.66x its memory; at 5 second-order steps 8 took 1.75x the memory of a per-task loop, 4 took 1.37x
+        and was 5% slower; at one first-order step 16 on two workers was about 10% faster than 8 for 30-45 MiB
+        more. Fold, two workers: 8 tasks per worker were 7-9% faster than 4, for 27-58 MiB more, which put the
+        benchmark's peak memory at up to 1.51x learn2learn's (one step, second order); at 5 second-order steps, 4
+        per worker were 1.26x faster than 2, and 1.68x learn2learn's peak memory."""
+        if self.strategy not in ("vmap", "fold"):
+            return 1
         if self.vmap_chunk is not None:
             return self.vmap_chunk
         first_order = self.uses_first_order()
@@ -349,23 +356,6 @@ class MAML(MetaLearner):
             16 if first_order and self.inner_steps == 1 else 4 if self.inner_steps > 1 and not first_order else 8
         )
         return max(1, in_flight // self.task_workers())
-
-    def tasks_per_fold_call(self) -> int:
-        """Tasks folded into one network pass (fastadapt.folding): ``vmap_chunk`` if given, else 16 tasks in flight,
-        or 4 for second order over several inner steps, whose graph grows with the steps, shared by the workers. On
-        MAML's Omniglot setting with two workers (docs/RESULTS.md, speed section), 8 tasks per worker were 7-9%
-        faster than 4 for 27-58 MiB more. At 5 second-order steps, 4 per worker were 1.26x faster than 2 but held
-        125 MiB more: 1.68x learn2learn's peak memory in the benchmark, over the 1.5x target."""
-        if self.vmap_chunk is not None:
-            return self.vmap_chunk
-        in_flight = 4 if self.inner_steps > 1 and not self.uses_first_order() else 16
-        return max(1, in_flight // self.task_workers())
-
-    def tasks_per_call(self) -> int:
-        """Tasks per network pass under the current strategy (0: all): one for the loop."""
-        if self.strategy == "vmap":
-            return self.tasks_per_vmap_call()
-        return self.tasks_per_fold_call() if self.strategy == "fold" else 1
 
     def task_workers(self) -> int:
         """How many chunks of tasks run at once: ``workers``; one until :func:`fastadapt.strategy.choose_strategy`
