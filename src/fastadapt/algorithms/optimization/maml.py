@@ -11,7 +11,8 @@ Outer loop, eq. (3), on the query sets::
 
 The meta-gradient flows through the inner updates (second order). ``first_order=True`` is the
 paper's first-order approximation (FOMAML): the inner gradients are treated as constants, which drops
-the Hessian-vector terms. Inner loops run per task or vectorised across tasks (``strategy``).
+the Hessian-vector terms. Inner loops run per task, vectorised across tasks with ``vmap``, or as one network pass
+for a chunk of tasks folded into its channels (``strategy``; fastadapt.folding).
 
 MAML++ (Antoniou et al. 2019, section 4), each a switch that is off by default; all off is plain MAML:
 
