@@ -12,6 +12,7 @@ from fastadapt.errors import ConfigError
 from fastadapt.fastlayers import with_fast_layers
 from fastadapt.folding import FoldedNetwork, NotFoldable, fold_params
 from fastadapt.nets import MLP, Conv4, Conv4Stride
+from fastadapt.nets.resnet import ResNet12
 
 
 class TorchConv4(nn.Module):
@@ -70,6 +71,7 @@ NETWORKS = {
     "torch pooled": lambda: with_fast_layers(TorchConv4(False)),
     "torch pooled, torch's layers": lambda: TorchConv4(False),
     "grouped": Grouped,
+    "resnet-12 (residual sums)": lambda: ResNet12(1, (4, 4, 6, 6), num_classes=3, norm="episode"),
 }
 
 
