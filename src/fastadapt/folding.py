@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from fastadapt.functional import Params
 from fastadapt.nets.layers import (
     EpisodeBatchNorm2d,
     EpisodeBatchNormPoolReLU,
@@ -38,8 +39,6 @@ from fastadapt.nets.layers import (
     episode_batch_norm,
     episode_batch_norm_pool_relu,
 )
-
-Params = dict[str, Tensor]
 
 
 class NotFoldable(Exception):

@@ -154,8 +154,8 @@ class MAML(MetaLearner):
         self._theta_names: tuple[str, ...] | None = None
         #: The outer step in progress (set by the trainer before each meta_loss); MSL and DOA read it.
         self.training_step = 0
-        if strategy == "fold" and (problem := self.fold_problem()) is not None:
-            raise ConfigError(f"--strategy fold cannot run this network: {problem}. Use loop, vmap or auto.")
+        if strategy == "fold":
+            self.folded_network()  # refuses a network that cannot fold, naming why
         if strategy == "fold" and compile:
             raise ConfigError("--compile traces vmap's program; use --strategy vmap, loop or auto with it, not fold.")
         if (multi_step_loss or per_step_lr or per_step_bn) and inner_steps < 1:
@@ -217,6 +217,14 @@ class MAML(MetaLearner):
                 self._folded = str(error)
         return self._folded if isinstance(self._folded, str) else None
 
+    def folded_network(self) -> FoldedNetwork:
+        """The network for ``strategy="fold"``; a ConfigError that says why where it cannot fold."""
+        problem = self.fold_problem()
+        if problem is not None:
+            raise ConfigError(f"--strategy fold cannot run this network: {problem}. Use loop, vmap or auto.")
+        assert isinstance(self._folded, FoldedNetwork)
+        return self._folded
+
     def network(self, params: Params, x: Tensor, step: int, folded: bool = False) -> Tensor:
         """The network with weights ``params`` on ``x`` in inner step ``step`` (0-based; with BNWB, the
         step picks the batch-norm weights: the last set for steps beyond the training steps). ``folded``: a chunk
@@ -225,8 +233,7 @@ class MAML(MetaLearner):
             row = min(step, self.inner_steps - 1)
             params = {**params, **{n: self.step_bn_params[parameter_key(n)][row] for n in self.step_bn_names}}
         if folded:
-            assert self.fold_problem() is None and isinstance(self._folded, FoldedNetwork)
-            return self._folded(params, x, channels_last=bool(self.channels_last))
+            return self.folded_network()(params, x, channels_last=bool(self.channels_last))
         return call(self.model, params, x)
 
     def adapt_trajectory(
