@@ -50,7 +50,9 @@ def test_same_function_gradients_and_second_derivatives(channels_last):
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     for expected, got in zip(value_and_derivatives(model, x, probe), value_and_derivatives(fast, x, probe)):
-        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+        # atol: a convolution's bias before batch norm has zero first and second derivatives in exact arithmetic, so
+        # both sides hold float64 rounding of terms near 1e3 (up to 1e-12, CPU-dependent)
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-11)
 
 
 def test_layers_swapped_parameters_and_names_kept_original_untouched():
