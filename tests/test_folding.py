@@ -139,9 +139,21 @@ class Reshaped(nn.Module):
         return x.view(x.shape[0], -1)
 
 
+class FlattenedAll(nn.Module):
+    def __init__(self, method: bool):
+        super().__init__()
+        self.method = method
+
+    def forward(self, x):
+        return x.flatten() if self.method else torch.flatten(x)
+
+
 def test_operations_that_would_mix_tasks_are_refused():
     with pytest.raises(NotFoldable, match="reduction over dims"):
         FoldedNetwork(ChannelMean())(dict(), torch.randn(2, 3, 4, 5, 5))
+    for method, call in ((True, "x.flatten"), (False, "torch.flatten")):
+        with pytest.raises(NotFoldable, match=rf"{call}\(0, -1\); only flattening from dim 1"):
+            FoldedNetwork(FlattenedAll(method))(dict(), torch.randn(2, 3, 4, 5, 5))
     with pytest.raises(NotFoldable):
         FoldedNetwork(Reshaped())
 

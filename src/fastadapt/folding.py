@@ -108,6 +108,12 @@ def _check_reduction(dims: tuple[int, ...] | None, ndim: int) -> None:
         raise NotFoldable(f"a reduction over dims {dims} of a {ndim}-d activation mixes examples or channels")
 
 
+def _check_flatten(start: int, end: int, call: str) -> None:
+    # flatten(1) keeps each example's row; any other range would mix examples with the tasks' channels.
+    if start != 1 or end != -1:
+        raise NotFoldable(f"{call}({start}, {end}); only flattening from dim 1 to the end")
+
+
 def fold_params(params: Mapping[str, Tensor], tasks: int) -> Params:
     """Every task's starting weights, stacked: ``(tasks, *shape)`` views of the shared ``params``."""
     return {name: p.expand(tasks, *p.shape) for name, p in params.items()}
@@ -140,8 +146,8 @@ class FoldedNetwork:
                 raise NotFoldable(f"{node.target}: a convolution with padding_mode={layer.padding_mode!r}")
             if isinstance(layer, nn.BatchNorm2d) and layer.track_running_stats:
                 raise NotFoldable(f"{node.target}: a batch norm with running statistics, which the tasks would share")
-            if isinstance(layer, nn.Flatten) and (layer.start_dim != 1 or layer.end_dim != -1):
-                raise NotFoldable(f"{node.target}: nn.Flatten({layer.start_dim}, {layer.end_dim}); only flatten(1)")
+            if isinstance(layer, nn.Flatten):
+                _check_flatten(layer.start_dim, layer.end_dim, f"{node.target}: nn.Flatten")
             if type(layer) not in _KNOWN_LAYERS:
                 raise NotFoldable(f"{node.target}: {type(layer).__name__} is not a layer folding knows")
         elif node.op == "call_function":
@@ -217,8 +223,7 @@ class FoldedNetwork:
         elif target is torch.flatten:
             start = kwargs.get("start_dim", args[1] if len(args) > 1 else 0)
             end = kwargs.get("end_dim", args[2] if len(args) > 2 else -1)
-            if start != 1 or end != -1:
-                raise NotFoldable(f"torch.flatten(x, {start}, {end}); only flatten(x, 1)")
+            _check_flatten(start, end, "torch.flatten")
         elif target in (torch.mean, torch.sum):
             _check_reduction(_dims(args[1:], kwargs, "dim"), args[0].dim())
         return target(*args, **kwargs)
@@ -231,6 +236,5 @@ class FoldedNetwork:
         elif name == "flatten":
             start = kwargs.get("start_dim", rest[0] if rest else 0)
             end = kwargs.get("end_dim", rest[1] if len(rest) > 1 else -1)
-            if start != 1 or end != -1:
-                raise NotFoldable(f"x.flatten({start}, {end}); only x.flatten(1)")
+            _check_flatten(start, end, "x.flatten")
         return getattr(x, name)(*rest, **kwargs)
