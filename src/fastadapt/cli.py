@@ -98,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
         "cannot fold, and keep the faster)",
     )
     o.add_argument(
+        "--no-gradient-check",
+        dest="gradient_check",
+        action="store_false",
+        default=None,
+        help="skip the check that vmap/fold give the per-task loop's meta-gradient on the first meta-batch (by "
+        "default a vectorised strategy that disagrees is not used: auto leaves it out, an explicit one is refused)",
+    )
+    o.add_argument(
         "--vmap-chunk",
         type=int,
         help="with vmap or fold: N tasks per call, each chunk backpropagated before the next (less memory, the "

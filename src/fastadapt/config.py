@@ -53,6 +53,8 @@ class Config(DataOptions):
     first_order_steps: int = 0
     # Inner loops per task ("loop"), vectorised ("vmap"), or the faster of the two measured at the start.
     strategy: str = "auto"
+    # Check that vmap/fold give the per-task loop's meta-gradient on the first meta-batch (fastadapt.gradient_guard).
+    gradient_check: bool = True
     # With vmap: tasks per vectorised call, each chunk backpropagated before the next (0: all at once).
     vmap_chunk: int | None = None
     # Reptile's own inner optimiser, and mini-batches of the support set (None: the whole set).
@@ -139,6 +141,7 @@ RUN_ONLY_FIELDS = frozenset(
         "compile",
         "workers",
         "channels_last",
+        "gradient_check",
     }
 )
 

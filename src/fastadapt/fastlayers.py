@@ -8,6 +8,12 @@ its name, so checkpoints and optimisers see the same network:
   learn2learn's Conv-4), becomes :class:`~fastadapt.nets.EpisodeBatchNorm2d`. This is about correctness as well as
   speed: under ``vmap`` torch's batch-norm kernel gives a wrong second-order meta-gradient, and the replacement
   is exact there. Batch norms that keep running statistics are left alone.
+- For the same reason (torch's ``vmap`` differentiates their affine weights wrongly twice; bench/
+  vmap_double_backward.py), ``nn.BatchNorm1d(track_running_stats=False)`` becomes
+  :class:`~fastadapt.nets.layers.EpisodeBatchNorm1d`, ``nn.LayerNorm`` with a weight becomes
+  :class:`~fastadapt.nets.layers.VmapSafeLayerNorm`, and ``nn.InstanceNorm1d/2d/3d(affine=True)`` without running
+  statistics becomes :class:`~fastadapt.nets.layers.VmapSafeInstanceNorm`. Each runs torch's kernel outside
+  ``torch.func`` transforms, so only ``vmap`` sees a difference: the right meta-gradient.
 - ``nn.MaxPool2d(2)`` (2x2 windows, stride 2, no padding) becomes :class:`~fastadapt.nets.layers.MaxPool2x2`,
   about 2x faster on a CPU forward plus backward (docs/RESULTS.md, speed section).
 - In an ``nn.Sequential``, a ReLU (or a leaky ReLU) directly followed by that pooling is run after it instead:
@@ -28,7 +34,14 @@ from __future__ import annotations
 
 from torch import nn
 
-from fastadapt.nets.layers import EpisodeBatchNorm2d, EpisodeBatchNormPoolReLU, MaxPool2x2
+from fastadapt.nets.layers import (
+    EpisodeBatchNorm1d,
+    EpisodeBatchNorm2d,
+    EpisodeBatchNormPoolReLU,
+    MaxPool2x2,
+    VmapSafeInstanceNorm,
+    VmapSafeLayerNorm,
+)
 from fastadapt.taskpool import shallow_replica
 
 #: Non-decreasing activations, which commute with max pooling.
@@ -54,15 +67,29 @@ def _is_pool_2x2(layer: nn.Module) -> bool:
     )
 
 
+#: Instance norms by their number of spatial dimensions.
+_INSTANCE_NORMS = {nn.InstanceNorm1d: 1, nn.InstanceNorm2d: 2, nn.InstanceNorm3d: 3}
+
+
+def _sharing_weights(fast: nn.Module, layer: nn.Module) -> nn.Module:
+    """``fast`` holding ``layer``'s own weight and bias (None where it has none), in its training mode."""
+    fast.weight, fast.bias = layer.weight, layer.bias
+    return fast.train(layer.training)
+
+
 def fast_equivalent(layer: nn.Module) -> nn.Module | None:
     """fastadapt's equivalent of ``layer``, sharing its parameters; None where there is none."""
     if _has_hooks(layer):
         return None
-    if type(layer) is nn.BatchNorm2d and not layer.track_running_stats:
-        fast = EpisodeBatchNorm2d(layer.num_features, eps=layer.eps, affine=layer.affine)
-        if layer.affine:
-            fast.weight, fast.bias = layer.weight, layer.bias
-        return fast.train(layer.training)
+    kind = type(layer)
+    if kind in (nn.BatchNorm1d, nn.BatchNorm2d) and not layer.track_running_stats:
+        norm = EpisodeBatchNorm2d if kind is nn.BatchNorm2d else EpisodeBatchNorm1d
+        return _sharing_weights(norm(layer.num_features, eps=layer.eps, affine=False), layer)
+    if kind is nn.LayerNorm and layer.elementwise_affine:
+        return _sharing_weights(VmapSafeLayerNorm(layer.normalized_shape, layer.eps, elementwise_affine=False), layer)
+    if kind in _INSTANCE_NORMS and layer.affine and not layer.track_running_stats:
+        fast = VmapSafeInstanceNorm(layer.num_features, _INSTANCE_NORMS[kind], eps=layer.eps, affine=False)
+        return _sharing_weights(fast, layer)
     if _is_pool_2x2(layer):
         return MaxPool2x2().train(layer.training)
     return None

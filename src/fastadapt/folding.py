@@ -33,9 +33,12 @@ from torch import Tensor, fx, nn
 
 from fastadapt.functional import Params
 from fastadapt.nets.layers import (
+    EpisodeBatchNorm1d,
     EpisodeBatchNorm2d,
     EpisodeBatchNormPoolReLU,
     MaxPool2x2,
+    VmapSafeInstanceNorm,
+    VmapSafeLayerNorm,
     episode_batch_norm,
     episode_batch_norm_pool_relu,
 )
@@ -95,7 +98,8 @@ class _Leaves(fx.Tracer):
     """Traces into user modules, but keeps torch's layers and fastadapt's as single calls."""
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        return isinstance(module, (EpisodeBatchNorm2d, MaxPool2x2)) or super().is_leaf_module(module, qualified_name)
+        fastadapt_layers = (EpisodeBatchNorm2d, MaxPool2x2, EpisodeBatchNorm1d, VmapSafeLayerNorm, VmapSafeInstanceNorm)
+        return isinstance(module, fastadapt_layers) or super().is_leaf_module(module, qualified_name)
 
 
 def _dims(args: Sequence[Any], kwargs: Mapping[str, Any], name: str) -> tuple[int, ...] | None:

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from fastadapt.algorithms.base import MetaLearner
+from fastadapt.gradient_guard import GradientCheck, check_meta_gradient
 from fastadapt.taskpool import release_freed_memory
 from fastadapt.tasks.episodes import TaskBatch
 
@@ -161,21 +162,40 @@ def takes_channels_last(learner: MetaLearner, batch: TaskBatch) -> bool:
     return True
 
 
-def vectorised_strategy(learner: MetaLearner) -> str:
-    """The strategy that runs a chunk of tasks at once, to be timed against the loop: "fold" where the learner
-    can fold its network (the MAML family, fastadapt.folding), "vmap" otherwise. Folding was 1.2-1.6x faster than
-    vmap on MAML's Omniglot setting, in all four configurations of inner steps and order (docs/RESULTS.md), so
-    vmap is not timed beside it: each candidate adds seconds to the measurement."""
+def vectorised_strategies(learner: MetaLearner) -> list[str]:
+    """The strategies that run a chunk of tasks at once, in the order to try them against the loop: "fold" where the
+    learner can fold its network (the MAML family, fastadapt.folding), then "vmap". Folding was 1.2-1.6x faster than
+    vmap on MAML's Omniglot setting, in all four configurations of inner steps and order (docs/performance.md), so
+    vmap is timed only where fold cannot run or fails the gradient guard: each candidate adds seconds."""
     fold_problem = getattr(learner, "fold_problem", None)
     if getattr(learner, "compile", False) or fold_problem is None:  # the compiled program is torch.func's
-        return "vmap"
-    return "fold" if fold_problem() is None else "vmap"
+        return ["vmap"]
+    return ["fold", "vmap"] if fold_problem() is None else ["vmap"]
 
 
-def choose_strategy(learner: MetaLearner, batch: TaskBatch, trials: int = 2) -> dict[str, Any]:
-    """Resolve ``strategy="auto"`` to the faster of "loop" and :func:`vectorised_strategy` for ``batch``, and for
-    the MAML family ``workers=None`` to the faster of one worker and one per thread and ``channels_last=None`` to the
-    faster layout of image batches (the standard one for other batches). Returns what was measured; does
+def checked_vectorised_strategy(
+    learner: MetaLearner, batch: TaskBatch, gradient_check: bool = True
+) -> tuple[str | None, list[GradientCheck]]:
+    """The first of :func:`vectorised_strategies` whose meta-gradient agrees with the loop's (fastadapt.gradient_guard)
+    on ``batch``, None if none does, and the checks made. Without ``gradient_check``, the first, unchecked."""
+    candidates = vectorised_strategies(learner)
+    if not gradient_check:
+        return candidates[0], []
+    checks = []
+    for candidate in candidates:
+        checks.append(check_meta_gradient(learner, batch, candidate))
+        if checks[-1].agrees:
+            return candidate, checks
+    return None, checks
+
+
+def choose_strategy(
+    learner: MetaLearner, batch: TaskBatch, trials: int = 2, gradient_check: bool = True
+) -> dict[str, Any]:
+    """Resolve ``strategy="auto"`` to the faster of "loop" and the vectorised strategy whose meta-gradient agrees
+    with the loop's (:func:`checked_vectorised_strategy`; ``gradient_check=False`` skips that check) for ``batch``,
+    and for the MAML family ``workers=None`` to the faster of one worker and one per thread and ``channels_last=None``
+    to the faster layout of image batches (the standard one for other batches). Returns what was measured; does
     nothing for a learner with none of them left open."""
     open_strategy, open_workers, open_layout = _open_choices(learner)
     if open_layout and (not batch.has_images or getattr(learner, "compile", False)):
@@ -185,8 +205,10 @@ def choose_strategy(learner: MetaLearner, batch: TaskBatch, trials: int = 2) -> 
     with torch.random.fork_rng(devices=[]):  # measuring must not change what training draws
         per_task_mib = saved_activation_mib(learner, batch)
         arithmetic_bound = per_task_mib > VMAP_TRIAL_LIMIT_MIB
-        vectorised = vectorised_strategy(learner)
-        strategies = ["loop"] if arithmetic_bound else ["loop", vectorised]
+        vectorised, checks = None, []
+        if open_strategy and not arithmetic_bound:
+            vectorised, checks = checked_vectorised_strategy(learner, batch, gradient_check)
+        strategies = ["loop", vectorised] if vectorised else ["loop"]
         strategies = strategies if open_strategy else [learner.strategy]
         most = learner.most_workers() if open_workers else 1
         worker_counts = [1, most] if most > 1 else [1] if open_workers else [None]
@@ -210,7 +232,9 @@ def choose_strategy(learner: MetaLearner, batch: TaskBatch, trials: int = 2) -> 
             measured["channels_last_failed"] = True
     if open_strategy:
         measured["vmap_tried"] = not arithmetic_bound  # vmap or fold: the vectorised strategy
-        measured["vectorised"] = vectorised
+        measured["vectorised"] = vectorised or vectorised_strategies(learner)[0]
+        if checks:
+            measured["gradient_checks"] = [check.record() for check in checks]
     return {**measured, "seconds": seconds} if seconds else measured
 
 
@@ -225,6 +249,9 @@ def describe_choice(measured: dict[str, Any]) -> str:
             f"; {vectorised} not tried (one task saves {measured['saved_mib_per_task']:.0f} MiB of activations: "
             f"arithmetic-bound; --strategy {vectorised} forces it)"
         )
+    for check in measured.get("gradient_checks", []):
+        if not check["agrees"]:
+            line += f"; {check['strategy']} excluded: {check['reason']}"
     if measured.get("channels_last_failed"):
         line += "; channels-last not tried (the network failed on channels-last images)"
     return line

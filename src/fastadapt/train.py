@@ -27,6 +27,7 @@ from fastadapt.config import Config
 from fastadapt.datasets import DATASETS, load_splits, task_source
 from fastadapt.errors import ConfigError, TrainingDiverged
 from fastadapt.evaluate import evaluate, mean_ci95
+from fastadapt.gradient_guard import require_agreement
 from fastadapt.strategy import choose_strategy, describe_choice, needs_measuring
 
 #: Seed offset of the fixed validation episodes (the same episodes at every validation).
@@ -166,6 +167,8 @@ def _train(
     # writes the same records as an uninterrupted one.
     window = {"loss": 0.0, "score": 0.0, "n": 0}
     metrics_path = out / "metrics.jsonl"
+    #: What the gradient guard compared (fastadapt.gradient_guard), kept in every checkpoint.
+    gradient_checks: list[dict[str, Any]] = []
 
     resuming = resume and (out / "last.pt").is_file()
     if replicas.enabled:  # rank 0 decides, so that no process starts afresh beside resumed ones
@@ -188,6 +191,7 @@ def _train(
         step, best_val = state["step"], state["best_val"]
         window = dict(state.get("window", window))
         restore_measured_choices(learner, state)  # keep what was measured: resume stays exact
+        gradient_checks = list(state.get("gradient_checks", []))
         recorded = _truncate_metrics(metrics_path, step) if replicas.is_main else 0.0
         elapsed_before = state.get("elapsed_s", recorded)
     else:
@@ -197,12 +201,16 @@ def _train(
             _load_initial_weights(learner, config)
     if replicas.enabled:
         distributed.broadcast_module(learner)
-    if needs_measuring(learner):
+    explicit_check = config.gradient_check and learner.strategy in ("vmap", "fold") and not resuming
+    if needs_measuring(learner) or explicit_check:
         # Measure on the first training batch, then rewind the sampler so training draws it again.
         sampler_state = train_tasks.state_dict()
         probe = train_tasks.sample(tasks_per_process).to(device)
         train_tasks.load_state_dict(sampler_state)
-        measured = choose_strategy(learner, probe)
+        if explicit_check:  # the meta-gradient of an explicit --strategy vmap|fold must be the loop's
+            gradient_checks = [require_agreement(learner, probe).record()]
+        measured = choose_strategy(learner, probe, gradient_check=config.gradient_check)
+        gradient_checks += measured.get("gradient_checks", [])
         if replicas.enabled:  # every process follows rank 0's measurement
             learner.strategy = distributed.broadcast_object(learner.strategy)
             if "workers" in measured:
@@ -231,6 +239,7 @@ def _train(
             "strategy": getattr(learner, "strategy", None),
             "workers": getattr(learner, "workers", None),
             "channels_last": getattr(learner, "channels_last", None),
+            "gradient_checks": gradient_checks,
             "elapsed_s": time.time() - started,
             "world_size": replicas.world_size,
             "ranks": ranks,

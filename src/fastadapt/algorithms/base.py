@@ -7,6 +7,7 @@ adapts to each task's support set and returns predictions for its query set.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -67,3 +68,24 @@ class MetaLearner(nn.Module):
 
     def predict(self, batch: TaskBatch) -> Tensor:
         raise NotImplementedError
+
+    #: How the inner loops of a meta-batch run (fastadapt.strategy): "loop", "vmap", "fold" or "auto"; None for
+    #: methods without inner loops over tasks.
+    strategy: str | None = None
+
+    #: The outer step in progress; the trainer sets it before each step (MAML++'s schedules read it).
+    training_step: int = 0
+
+    def schedule_phases(self) -> list[int]:
+        """Outer steps at which the form of the meta-gradient changes (MAML++'s switch from first to second order,
+        say), each a phase the gradient guard (fastadapt.gradient_guard) checks; one phase by default."""
+        return [0]
+
+    def gradient_probe(self) -> MetaLearner:
+        """A float64 copy of this learner for the gradient guard: the same meta-gradient as this one computes, run
+        eagerly in one thread, with dropout off (the loop and a vectorised strategy draw different masks)."""
+        probe = copy.deepcopy(self).double()
+        for module in probe.modules():
+            if isinstance(module, nn.modules.dropout._DropoutNd):
+                module.eval()
+        return probe

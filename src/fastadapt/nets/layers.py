@@ -14,6 +14,12 @@ def is_functorch_wrapped(x: torch.Tensor) -> bool:
     return torch._C._functorch.is_functorch_wrapped_tensor(x)
 
 
+def _under_transform(*tensors: torch.Tensor | None) -> bool:
+    """Whether a layer must take its decomposed form: under ``torch.compile``, or inside a ``torch.func`` transform
+    (any of ``tensors`` wrapped: the input, or weights that are per-task under ``vmap`` while the input is not)."""
+    return torch.compiler.is_compiling() or any(t is not None and is_functorch_wrapped(t) for t in tensors)
+
+
 def _per_channel(t: torch.Tensor) -> torch.Tensor:
     return t.view(1, -1, 1, 1)
 
@@ -139,7 +145,7 @@ def episode_batch_norm(
     x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
 ) -> torch.Tensor:
     """:class:`EpisodeBatchNorm2d`'s function."""
-    if not torch.compiler.is_compiling() and not is_functorch_wrapped(x):
+    if not _under_transform(x, weight, bias):
         return _EpisodeBatchNorm.apply(x, weight, bias, eps)
     mean = x.mean(dim=(0, 2, 3), keepdim=True)
     var = (x - mean).square().mean(dim=(0, 2, 3), keepdim=True)
@@ -302,3 +308,94 @@ def episode_batch_norm_pool_relu(
     if kernels is None:
         return F.relu(max_pool_2x2(episode_batch_norm(x, weight, bias, eps)))
     return _EpisodeBatchNormPoolReLU.apply(x, weight, bias, eps, kernels)
+
+
+# Normalisation layers whose affine weights torch's vmap batching differentiates wrongly twice. Measured with torch
+# 2.13 (bench/vmap_double_backward.py, docs/performance.md): second-order MAML meta-gradients under ``vmap`` were
+# 1e-4 to 4e-3 (relative, float64) away from the per-task loop's with nn.LayerNorm, nn.BatchNorm1d/2d (batch
+# statistics) and nn.InstanceNorm1d/2d, each with affine weights; without them, and for nn.GroupNorm and
+# nn.RMSNorm, they agreed to 1e-15. The layers below compute the same function: torch's kernels outside
+# ``torch.func`` transforms, and inside them the normalisation written from means, whose batching is exact.
+
+
+def _normalise(
+    x: torch.Tensor,
+    dims: tuple[int, ...],
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+    affine_shape: tuple[int, ...],
+) -> torch.Tensor:
+    """(x - mean) / sqrt(var + eps) over ``dims`` (biased variance), then ``* weight + bias`` viewed as
+    ``affine_shape``: the decomposed form of every normalisation layer here."""
+    mean = x.mean(dim=dims, keepdim=True)
+    centred = x - mean
+    normalised = centred * torch.rsqrt(centred.square().mean(dim=dims, keepdim=True) + eps)
+    if weight is not None:
+        normalised = normalised * weight.view(affine_shape)
+    if bias is not None:
+        normalised = normalised + bias.view(affine_shape)
+    return normalised
+
+
+class EpisodeBatchNorm1d(nn.Module):
+    """``nn.BatchNorm1d(track_running_stats=False)``: batch statistics always, over (N,) or (N, L), for (N, C) or
+    (N, C, L) inputs. torch's kernel outside ``torch.func`` transforms, the mean/var form inside them."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_features)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(num_features)) if affine else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _under_transform(x, self.weight, self.bias):
+            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        dims = (0, *range(2, x.dim()))
+        return _normalise(x, dims, self.weight, self.bias, self.eps, (1, -1, *[1] * (x.dim() - 2)))
+
+
+class VmapSafeLayerNorm(nn.Module):
+    """``nn.LayerNorm`` over the last ``len(normalized_shape)`` dimensions, elementwise weight and optional bias.
+    torch's kernel outside ``torch.func`` transforms, the mean/var form inside them."""
+
+    def __init__(
+        self, normalized_shape: tuple[int, ...], eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True
+    ) -> None:
+        super().__init__()
+        self.normalized_shape = tuple(normalized_shape)
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(self.normalized_shape)) if elementwise_affine else None
+        self.bias = nn.Parameter(torch.zeros(self.normalized_shape)) if elementwise_affine and bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _under_transform(x, self.weight, self.bias):
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        dims = tuple(range(-len(self.normalized_shape), 0))
+        return _normalise(x, dims, self.weight, self.bias, self.eps, self.normalized_shape)
+
+
+class VmapSafeInstanceNorm(nn.Module):
+    """``nn.InstanceNorm1d/2d/3d(affine=True, track_running_stats=False)``: each example's channels normalised over
+    their ``spatial_dims`` positions, batched (N, C, ...) or unbatched (C, ...) inputs. torch's kernel outside
+    ``torch.func`` transforms, the mean/var form inside them."""
+
+    def __init__(self, num_features: int, spatial_dims: int, eps: float = 1e-5, affine: bool = True) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.spatial_dims = spatial_dims
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_features)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(num_features)) if affine else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        unbatched = x.dim() == self.spatial_dims + 1
+        if unbatched:
+            x = x.unsqueeze(0)
+        if not _under_transform(x, self.weight, self.bias):
+            y = F.instance_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        else:
+            dims = tuple(range(2, x.dim()))
+            y = _normalise(x, dims, self.weight, self.bias, self.eps, (1, -1, *[1] * self.spatial_dims))
+        return y.squeeze(0) if unbatched else y

@@ -43,6 +43,15 @@ class TaskBatch:
         }
         return TaskBatch(**moved)
 
+    def with_dtype(self, dtype: torch.dtype) -> TaskBatch:
+        """The batch with its floating-point tensors (inputs, regression targets) converted to ``dtype``."""
+        converted = {
+            f.name: value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+            for f in fields(self)
+            for value in [getattr(self, f.name)]
+        }
+        return TaskBatch(**converted)
+
     def task(self, index: int) -> TaskBatch:
         """One episode of the batch, keeping a task dimension of size 1."""
         return self.tasks(index, index + 1)

@@ -152,8 +152,6 @@ class MAML(MetaLearner):
         self._folded: FoldedNetwork | str | None = None  # built on first use; a str says why it cannot be
         #: Names of theta's tensors while a compiled trace runs, where ``requires_grad`` cannot pick them.
         self._theta_names: tuple[str, ...] | None = None
-        #: The outer step in progress (set by the trainer before each meta_loss); MSL and DOA read it.
-        self.training_step = 0
         if strategy == "fold":
             self.folded_network()  # refuses a network that cannot fold, naming why
         if strategy == "fold" and compile:
@@ -316,6 +314,19 @@ class MAML(MetaLearner):
         if not self.multi_step_loss or self.training_step >= self.multi_step_loss_steps:
             return None
         return multi_step_loss_weights(self.inner_steps, self.training_step / self.multi_step_loss_steps)
+
+    def schedule_phases(self) -> list[int]:
+        """Step 0, and where DOA turns to second order and where MSL's annealing ends."""
+        return sorted({0, self.first_order_steps, self.multi_step_loss_steps})
+
+    def gradient_probe(self) -> MAML:
+        compiled, self._compiled_gradient = self._compiled_gradient, None  # a compiled program is not copied
+        try:
+            probe = super().gradient_probe()
+        finally:
+            self._compiled_gradient = compiled
+        probe.compile, probe.workers = False, 1  # the compiled program computes eager vmap's gradient
+        return probe
 
     def uses_first_order(self) -> bool:
         """FOMAML, or DOA's first-order phase."""
