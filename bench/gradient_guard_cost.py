@@ -20,7 +20,7 @@ import torch
 from fastadapt.algorithms import build_algorithm
 from fastadapt.config import make_config
 from fastadapt.datasets import load_splits, task_source
-from fastadapt.strategy import choose_strategy, describe_choice
+from fastadapt.engine.strategy import choose_strategy, describe_choice
 
 PRESETS = {
     "maml omniglot 5-way 1-shot": ("maml", {}),

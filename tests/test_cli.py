@@ -15,9 +15,11 @@ import pytest
 import torch
 from helpers import make_image_folder
 
-from fastadapt.algorithms import ALGORITHMS
+from fastadapt.algorithms import algorithms
 from fastadapt.cli import main
 from fastadapt.datasets import resolve_data_dir
+
+ALGORITHMS = algorithms()
 
 ACCURACY_KEYS = {"algorithm", "dataset", "ways", "shots", "episodes", "accuracy_mean", "accuracy_ci95"}
 MSE_KEYS = {"algorithm", "dataset", "ways", "shots", "episodes", "mse_mean", "mse_ci95"}
@@ -399,3 +401,60 @@ def test_every_image_method_trains_and_evaluates_from_the_cli(folder: Path, tmp_
     assert ACCURACY_KEYS <= set(result) and result["algorithm"] == algorithm and result["episodes"] == 6
     assert 0.0 <= result["accuracy_mean"] <= 1.0
     run_ok(capsys, ["eval", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--episodes", "3", "--quiet"])
+
+
+# --- presets and config files --------------------------------------------------------------------
+
+
+def test_presets_lists_every_method_and_prints_one_as_a_config_file(capsys) -> None:
+    listing = run_ok(capsys, ["presets"])
+    assert all(name in listing for name in ALGORITHMS)
+    text = run_ok(capsys, ["presets", "maml", "omniglot"])
+    import yaml
+
+    settings = yaml.safe_load(text)
+    assert settings["algorithm"] == "maml" and settings["network"] == "conv4-stride" and settings["inner_lr"] == 0.4
+    assert "fce" not in settings  # Matching Networks' option is not MAML's
+    toml_text = run_ok(capsys, ["presets", "reptile", "sinusoid", "--format", "toml"])
+    assert 'inner_optimizer = "sgd"' in toml_text
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".toml", ".json"])
+def test_a_config_file_runs_and_flags_override_it(folder: Path, tmp_path: Path, capsys, suffix: str) -> None:
+    settings = {"algorithm": "protonet", "dataset": "folder", "data_dir": str(folder), "image_size": 16, "ways": 3,
+                "shots": 1, "query": 2, "eval_query": 3, "steps": 2, "val_every": 2, "val_episodes": 3,
+                "test_episodes": 3, "meta_batch_size": 2}  # fmt: skip
+    path = tmp_path / f"run{suffix}"
+    if suffix == ".json":
+        path.write_text(json.dumps(settings))
+    elif suffix == ".toml":
+        path.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in settings.items()))
+    else:
+        import yaml
+
+        path.write_text(yaml.safe_dump(settings))
+    out = tmp_path / "run"
+    run_ok(capsys, ["train", "--config", str(path), "--steps", "4", "--quiet", "--out", str(out)])
+    saved = torch.load(out / "last.pt", weights_only=True)
+    assert saved["config"]["steps"] == 4 and saved["config"]["ways"] == 3 and saved["step"] == 4
+
+
+def test_bad_config_files_give_one_line(tmp_path: Path, capsys) -> None:
+    missing = run_error(capsys, ["train", "--config", str(tmp_path / "none.yaml")])
+    assert "config file not found" in missing
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("ways: [3\n")
+    assert "does not parse" in run_error(capsys, ["train", "--config", str(broken)])
+    other = tmp_path / "other.yaml"
+    other.write_text("algorithm: protonet\ninner_lr: 0.4\n")
+    assert "inner_lr" in run_error(capsys, ["train", "--config", str(other)])
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- 1\n- 2\n")
+    assert "mapping" in run_error(capsys, ["train", "--config", str(listing)])
+
+
+def test_train_help_for_one_method_shows_its_options_only(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["train", "--algorithm", "protonet", "--help"])
+    out = capsys.readouterr().out
+    assert "--distance" in out and "--inner-lr" not in out and "--steps" in out

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from fastadapt.algorithms.base import MetaLearner
 from fastadapt.config import Config, config_differences
 from fastadapt.errors import ConfigError, DataError
 
@@ -55,14 +56,25 @@ def load_checkpoint(path: Path, expected: Config | None = None) -> dict[str, Any
     return state
 
 
-def restore_measured_choices(learner: torch.nn.Module, state: dict[str, Any], *, workers: bool = True) -> None:
+def measured_choices(learner: MetaLearner) -> dict[str, Any]:
+    """What a checkpoint records of how the learner's inner loops ran (fastadapt.engine): strategy, workers, layout."""
+    execution = learner.execution
+    if execution is None:
+        return {"strategy": None, "workers": None, "channels_last": None}
+    return {"strategy": execution.strategy, "workers": execution.workers, "channels_last": execution.channels_last}
+
+
+def restore_measured_choices(learner: MetaLearner, state: dict[str, Any], *, workers: bool = True) -> None:
     """Give a learner rebuilt from a checkpoint's configuration what ``auto`` measured in the run that saved
-    ``state`` (fastadapt.strategy), wherever the configuration leaves it open: the strategy, the number of
+    ``state`` (fastadapt.engine.strategy), wherever the configuration leaves it open: the strategy, the number of
     workers (unless ``workers=False``) and the image layout. A resumed run then continues exactly: the gradient
     sums' order depends on the workers, convolutions' rounding on the layout."""
-    if getattr(learner, "strategy", None) == "auto" and state.get("strategy") in ("loop", "vmap", "fold"):
-        learner.strategy = state["strategy"]
-    if workers and getattr(learner, "workers", False) is None and isinstance(state.get("workers"), int):
-        learner.workers = state["workers"]
-    if getattr(learner, "channels_last", False) is None and isinstance(state.get("channels_last"), bool):
-        learner.channels_last = state["channels_last"]
+    execution = learner.execution
+    if execution is None:
+        return
+    if execution.strategy == "auto" and state.get("strategy") in ("loop", "vmap", "fold"):
+        execution.strategy = state["strategy"]
+    if workers and execution.workers is None and isinstance(state.get("workers"), int):
+        execution.workers = state["workers"]
+    if execution.channels_last is None and isinstance(state.get("channels_last"), bool):
+        execution.channels_last = state["channels_last"]

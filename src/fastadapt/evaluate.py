@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fastadapt.algorithms import GRADIENT_BASED, MetaLearner, build_algorithm, per_task_score
+from fastadapt.algorithms import MetaLearner, build_algorithm, per_task_score
 from fastadapt.checkpoint import load_checkpoint, restore_measured_choices
 from fastadapt.config import Config, check_device
 from fastadapt.datasets import DATASETS, load_splits, task_source
@@ -98,14 +98,16 @@ def load_learner(checkpoint: Path, **overrides: Any) -> tuple[MetaLearner, Confi
     saved = Config.from_dict(state["config"])
     config = Config.from_dict({**state["config"], **{k: v for k, v in overrides.items() if v is not None}})
     check_device(config.device)
-    if config.algorithm in GRADIENT_BASED and DATASETS[config.dataset].kind == "classification":
-        if config.ways != saved.ways:
+    learner = build_algorithm(config)
+    try:
+        learner.load_state_dict(state["model"])
+    except RuntimeError as error:
+        if config.ways != saved.ways:  # a classifier head with one output per way does not fit other ways
             raise ConfigError(
                 f"{checkpoint} is a {config.algorithm} model with a {saved.ways}-way classifier head; "
                 f"evaluate it with --ways {saved.ways}."
-            )
-    learner = build_algorithm(config)
-    learner.load_state_dict(state["model"])
+            ) from error
+        raise
     # What training measured as faster; workers are left to evaluation's own default (one).
     restore_measured_choices(learner, state, workers=False)
     return learner.to(config.device), config

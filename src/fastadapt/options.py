@@ -22,9 +22,28 @@ from typing import Any
 from fastadapt.errors import ConfigError
 
 
-def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, flag: str | None = None) -> Any:
-    """A dataclass field with its command-line help (and allowed values, and a flag name other than the field's)."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "flag": flag})
+def option(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple[str, ...] | None = None,
+    flag: str | None = None,
+    run_only: bool = False,
+) -> Any:
+    """A dataclass field with its command-line help, its allowed values, a flag name other than the field's, and
+    ``run_only``: whether a resumed run may change it (how fast, where, how long; not what is learned)."""
+    metadata = {"help": help, "choices": choices, "flag": flag, "run_only": run_only}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+class MethodOptions:
+    """Base of a method's options dataclass: the checks and adjustments every method may define."""
+
+    def settle(self, given: set[str]) -> None:
+        """Adjust settings a preset made inconsistent with those ``given`` explicitly (none by default)."""
+
+    def validate(self) -> None:
+        """Refuse impossible settings in one line each, naming the option and the fix (none by default)."""
 
 
 def flag_of(field: dataclasses.Field) -> str:
@@ -100,7 +119,10 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path} ({type(error).__name__}); pass a UTF-8 text file.") from None
     try:
         if path.suffix == ".toml":
-            import tomllib
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10: the same parser, as a package
+                import tomli as tomllib
 
             data = tomllib.loads(text)
         elif path.suffix == ".json":

@@ -31,7 +31,9 @@ from fastadapt.checkpoint import load_checkpoint, save_checkpoint
 from fastadapt.config import Config, PretrainConfig, check_device
 from fastadapt.datasets import load_splits
 from fastadapt.datasets.embeddings import PARTS, write_embedding_split, write_json_atomically
+from fastadapt.engine.fastlayers import with_fast_layers
 from fastadapt.errors import ConfigError, DataError
+from fastadapt.nets import build_network
 from fastadapt.nets.conv import conv4_filters
 from fastadapt.tasks.samplers import ClassSplit, EpisodeSampler
 
@@ -69,9 +71,9 @@ def validate_pretrain(config: PretrainConfig) -> None:
 
 
 def build_backbone(config: PretrainConfig) -> nn.Module:
-    from fastadapt.algorithms import build_network
-
-    return build_network(_data_config(config), None)
+    network = default_network(config)
+    backbone = build_network(network, config.channels, config.image_size, None, norm="running")
+    return with_fast_layers(backbone)  # exact, faster pooling on a CPU (fastadapt.engine.fastlayers)
 
 
 class CosineHead(nn.Module):

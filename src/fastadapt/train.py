@@ -22,13 +22,13 @@ from tqdm.auto import tqdm
 
 from fastadapt import distributed
 from fastadapt.algorithms import MetaLearner, build_algorithm, per_task_score
-from fastadapt.checkpoint import load_checkpoint, restore_measured_choices, save_checkpoint
+from fastadapt.checkpoint import load_checkpoint, measured_choices, restore_measured_choices, save_checkpoint
 from fastadapt.config import Config
 from fastadapt.datasets import DATASETS, load_splits, task_source
+from fastadapt.engine.guard import require_agreement
+from fastadapt.engine.strategy import choose_strategy, describe_choice, needs_measuring
 from fastadapt.errors import ConfigError, TrainingDiverged
 from fastadapt.evaluate import evaluate, mean_ci95
-from fastadapt.gradient_guard import require_agreement
-from fastadapt.strategy import choose_strategy, describe_choice, needs_measuring
 
 #: Seed offset of the fixed validation episodes (the same episodes at every validation).
 VAL_SEED_OFFSET = 500_009
@@ -95,15 +95,6 @@ def _validate(
         return mean_ci95(evaluate(learner, source, config.val_episodes, device))
 
 
-def clip_meta_gradient(learner: torch.nn.Module) -> None:
-    """Clip the meta-gradient as the method's paper does, after any averaging over processes: entrywise
-    to ``learner.max_grad_value`` (LEO), then its norm to ``learner.max_grad_norm`` (Meta-LSTM)."""
-    if getattr(learner, "max_grad_value", None):
-        torch.nn.utils.clip_grad_value_(learner.parameters(), learner.max_grad_value)
-    if getattr(learner, "max_grad_norm", None):
-        torch.nn.utils.clip_grad_norm_(learner.parameters(), learner.max_grad_norm)
-
-
 def outer_optimizer(
     learner: MetaLearner, config: Config
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
@@ -167,7 +158,7 @@ def _train(
     # writes the same records as an uninterrupted one.
     window = {"loss": 0.0, "score": 0.0, "n": 0}
     metrics_path = out / "metrics.jsonl"
-    #: What the gradient guard compared (fastadapt.gradient_guard), kept in every checkpoint.
+    #: What the gradient guard compared (fastadapt.engine.guard), kept in every checkpoint.
     gradient_checks: list[dict[str, Any]] = []
 
     resuming = resume and (out / "last.pt").is_file()
@@ -201,7 +192,9 @@ def _train(
             _load_initial_weights(learner, config)
     if replicas.enabled:
         distributed.broadcast_module(learner)
-    explicit_check = config.gradient_check and learner.strategy in ("vmap", "fold") and not resuming
+    execution = learner.execution
+    explicit_check = execution is not None and execution.gradient_check and execution.strategy in ("vmap", "fold")
+    explicit_check = explicit_check and not resuming
     if needs_measuring(learner) or explicit_check:
         # Measure on the first training batch, then rewind the sampler so training draws it again.
         sampler_state = train_tasks.state_dict()
@@ -209,7 +202,7 @@ def _train(
         train_tasks.load_state_dict(sampler_state)
         if explicit_check:  # the meta-gradient of an explicit --strategy vmap|fold must be the loop's
             gradient_checks = [require_agreement(learner, probe).record()]
-        measured = choose_strategy(learner, probe, gradient_check=config.gradient_check)
+        measured = choose_strategy(learner, probe, gradient_check=execution.gradient_check)
         gradient_checks += measured.get("gradient_checks", [])
         if replicas.enabled:  # every process follows rank 0's measurement
             learner.strategy = distributed.broadcast_object(learner.strategy)
@@ -236,9 +229,7 @@ def _train(
             "sampler": train_tasks.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "window": dict(window),
-            "strategy": getattr(learner, "strategy", None),
-            "workers": getattr(learner, "workers", None),
-            "channels_last": getattr(learner, "channels_last", None),
+            **measured_choices(learner),
             "gradient_checks": gradient_checks,
             "elapsed_s": time.time() - started,
             "world_size": replicas.world_size,
@@ -268,8 +259,7 @@ def _train(
                 {k: b.detach().clone() for k, b in learner.named_buffers()},
             )
             batch = train_tasks.sample(tasks_per_process).to(device)
-            if hasattr(learner, "training_step"):  # MAML++'s annealing schedules follow the outer step
-                learner.training_step = step
+            learner.training_step = step  # MAML++'s annealing schedules follow the outer step
             optimizer.zero_grad(set_to_none=True)
             output = learner.meta_backward(batch)
             loss = output.loss.item()
@@ -282,7 +272,7 @@ def _train(
                     f"meta-loss became {loss} at step {step + 1}; training stopped and the last "
                     f"good checkpoint is kept in {out}. Lower --lr or --inner-lr, then --resume or start again."
                 )
-            clip_meta_gradient(learner)
+            learner.clip_meta_gradient()
             optimizer.step()
             scheduler.step()
             step += 1

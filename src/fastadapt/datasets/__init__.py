@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from fastadapt.datasets.paths import resolve_data_dir
 from fastadapt.datasets.sinusoid import SinusoidTasks
 from fastadapt.errors import DataError
 from fastadapt.tasks.samplers import ClassSplit, EpisodeSampler, TaskSource
-
-if TYPE_CHECKING:
-    from fastadapt.config import Config
 
 
 @dataclass(frozen=True)
@@ -44,7 +41,7 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
-def load_splits(config: Config) -> dict[str, ClassSplit] | None:
+def load_splits(config: Any) -> dict[str, ClassSplit] | None:
     """Train/val/test class splits for a classification data set (``None`` for generated regression)."""
     if config.dataset == "omniglot":
         from fastadapt.datasets.omniglot import load_omniglot
@@ -69,7 +66,7 @@ def load_splits(config: Config) -> dict[str, ClassSplit] | None:
     return None
 
 
-def task_source(config: Config, splits: dict[str, ClassSplit] | None, part: str, seed: int) -> TaskSource:
+def task_source(config: Any, splits: dict[str, ClassSplit] | None, part: str, seed: int) -> TaskSource:
     """A seeded episode sampler over the ``part`` ("train", "val" or "test") of the data, shaped as
     ``config`` says: training episodes use train_ways/train_shots/query, the others ways/shots/eval_query."""
     if part == "train":

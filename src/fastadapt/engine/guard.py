@@ -3,15 +3,15 @@
 ``vmap`` and ``fold`` compute the meta-gradient of a chunk of tasks at once. They are tested exact for fastadapt's
 networks, but a user's network may hold a layer whose batched second derivative torch gets wrong: with torch 2.13,
 ``nn.LayerNorm`` under ``vmap`` gave a second-order MAML meta-gradient 1e-3 (relative, float64) away from the loop's
-(bench/vmap_double_backward.py). fastadapt swaps such layers for exact ones (fastadapt.fastlayers), and this module
-catches whatever else: before a vectorised strategy trains, the meta-gradient of a few tasks of the first meta-batch
-is computed with it and with the per-task loop, in float64 on a copy of the learner, and compared.
+(bench/vmap_double_backward.py). fastadapt swaps such layers for exact ones (fastadapt.engine.fastlayers), and this
+module catches whatever else: before a vectorised strategy trains, the meta-gradient of a few tasks of the first
+meta-batch is computed with it and with the per-task loop, in float64 on a copy of the learner, and compared.
 
 float64, because there the two agree to about 1e-15 wherever both are right, while the errors seen were 1e-4 to
 4e-3: a tolerance of 1e-8 separates them with room on both sides. In float32 the loop's own rounding (1e-7 to
 1e-5 on deep networks) would come close to the smallest of those errors.
 
-``auto`` (fastadapt.strategy.choose_strategy) does not time a candidate that disagrees; an explicit ``--strategy
+``auto`` (fastadapt.engine.strategy.choose_strategy) does not time a candidate that disagrees; an explicit ``--strategy
 vmap|fold`` that disagrees stops with an error naming the layer types at fault, found by the same comparison on
 each layer alone (:func:`disagreeing_layer_types`).
 """
@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from fastadapt.algorithms.base import MetaLearner
+from fastadapt.engine.execution import Learner
 from fastadapt.errors import ConfigError
 from fastadapt.tasks.episodes import TaskBatch
 
@@ -78,7 +78,7 @@ def _first_tasks(batch: TaskBatch) -> TaskBatch:
     return batch.tasks(0, min(CHECKED_TASKS, batch.num_tasks)).with_dtype(torch.float64)
 
 
-def _meta_gradient(probe: MetaLearner, batch: TaskBatch, strategy: str, step: int) -> dict[str, Tensor]:
+def _meta_gradient(probe: Learner, batch: TaskBatch, strategy: str, step: int) -> dict[str, Tensor]:
     probe.strategy = strategy
     probe.training_step = step
     probe.zero_grad(set_to_none=True)
@@ -105,7 +105,7 @@ def _differences(gradients: dict[str, Tensor], reference: dict[str, Tensor]) -> 
     return overall, worst, where
 
 
-def check_meta_gradient(learner: MetaLearner, batch: TaskBatch, strategy: str) -> GradientCheck:
+def check_meta_gradient(learner: Learner, batch: TaskBatch, strategy: str) -> GradientCheck:
     """Compare ``strategy``'s meta-gradient with the per-task loop's on the first tasks of ``batch``, in float64 on a
     copy of ``learner`` (which is left unchanged), at every phase of its schedule (MAML++'s first-order phase, say)."""
     started = time.perf_counter()
@@ -131,7 +131,7 @@ def check_meta_gradient(learner: MetaLearner, batch: TaskBatch, strategy: str) -
     return check
 
 
-def require_agreement(learner: MetaLearner, batch: TaskBatch) -> GradientCheck | None:
+def require_agreement(learner: Learner, batch: TaskBatch) -> GradientCheck | None:
     """For an explicitly chosen ``vmap`` or ``fold``: check it once, and stop with one line naming the cause and the
     way out where it disagrees. Returns the check (None for other strategies)."""
     if learner.strategy not in ("vmap", "fold"):

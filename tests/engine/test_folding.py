@@ -1,4 +1,4 @@
-"""Tasks folded into channels (fastadapt.folding): the same outputs, gradients and meta-gradients as each task's
+"""Tasks folded into channels (fastadapt.engine.folding): the same outputs, gradients and meta-gradients as each task's
 network run on its own, and a clear refusal for whatever would mix the tasks."""
 
 import pytest
@@ -7,10 +7,10 @@ from helpers import image_batch, meta_gradient, relative_error, vector_batch
 from torch import nn
 from torch.func import functional_call
 
-from fastadapt.algorithms import ANIL, MAML, MetaSGD, Reptile
+from fastadapt.algorithms import ANIL, MAML, MAMLPlusPlus, MetaSGD, Reptile
+from fastadapt.engine.fastlayers import with_fast_layers
+from fastadapt.engine.folding import FoldedNetwork, NotFoldable, fold_params
 from fastadapt.errors import ConfigError
-from fastadapt.fastlayers import with_fast_layers
-from fastadapt.folding import FoldedNetwork, NotFoldable, fold_params
 from fastadapt.nets import MLP, Conv4, Conv4Stride
 from fastadapt.nets.resnet import ResNet12
 
@@ -168,7 +168,9 @@ def test_maml_plus_plus_switches_and_meta_sgd_fold_exactly(first_order):
     grads = {}
     for strategy in ("loop", "fold"):
         torch.manual_seed(3)
-        learner = MAML(Conv4Stride(1, 6, 3).double(), 0.3, 2, first_order=first_order, strategy=strategy, **options)
+        learner = MAMLPlusPlus(
+            Conv4Stride(1, 6, 3).double(), 0.3, 2, first_order=first_order, strategy=strategy, **options
+        )
         grads[strategy] = all_gradients(learner, batch)
     assert grads["loop"].keys() == grads["fold"].keys() and any("step_bn" in name for name in grads["fold"])
     assert relative_error(grads["loop"], grads["fold"]) < 1e-10

@@ -16,12 +16,12 @@ from helpers import random_batch
 from torch import nn
 from torch.func import functional_call
 
-from fastadapt import strategy as strategy_module
-from fastadapt.algorithms import ANIL, MAML, MetaSGD
+from fastadapt.algorithms import ANIL, MAML, MAMLPlusPlus, MetaSGD
+from fastadapt.engine import strategy as strategy_module
+from fastadapt.engine.functional import parameter_key
+from fastadapt.engine.guard import check_meta_gradient, disagreeing_layer_types, require_agreement
+from fastadapt.engine.strategy import choose_strategy, describe_choice
 from fastadapt.errors import ConfigError
-from fastadapt.functional import parameter_key
-from fastadapt.gradient_guard import check_meta_gradient, disagreeing_layer_types, require_agreement
-from fastadapt.strategy import choose_strategy, describe_choice
 
 WAYS = 2
 
@@ -122,7 +122,7 @@ def make_learner(method: str, net: nn.Module, steps: int, first_order: bool, str
         return learner
     if method == "anil":
         return ANIL(net, head=f"{len(net) - 1}.", **common)
-    learner = MAML(net, multi_step_loss=True, multi_step_loss_steps=10, per_step_lr=True, **common)
+    learner = MAMLPlusPlus(net, multi_step_loss=True, multi_step_loss_steps=10, per_step_lr=True, **common)
     with torch.no_grad():
         for rates in learner.step_lrs.values():
             rates.uniform_(0.1, 0.5)
@@ -233,7 +233,7 @@ def test_the_check_sees_each_phase_of_maml_plus_plus_schedule():
     """First order agrees under torch's vmap; derivative-order annealing turns second order later: checked too."""
     net, shape = zoo_network("layernorm")
     batch = random_batch(tasks=2, ways=WAYS, shots=2, query=2, shape=shape)
-    learner = MAML(net, inner_lr=0.3, strategy="vmap", fast_layers=False, first_order_steps=100)
+    learner = MAMLPlusPlus(net, inner_lr=0.3, strategy="vmap", fast_layers=False, first_order_steps=100)
     assert learner.schedule_phases() == [0, 100]
     assert not check_meta_gradient(learner, batch, "vmap").agrees
     first_order_only = MAML(net, inner_lr=0.3, strategy="vmap", fast_layers=False, first_order=True)
@@ -269,7 +269,9 @@ def layer_norm_maml(config):
     """What a user's network with torch's own LayerNorm (no fastadapt swap) gives the trainer."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(1, 8), nn.LayerNorm(8), nn.Tanh(), nn.Linear(8, 1))
-    return MAML(net, inner_lr=0.01, strategy=config.strategy, fast_layers=False, workers=1)
+    return MAML(
+        net, inner_lr=0.01, strategy=config.strategy, gradient_check=config.gradient_check, fast_layers=False, workers=1
+    )
 
 
 def test_training_refuses_an_explicit_strategy_that_disagrees_unless_told(tmp_path, monkeypatch, capsys):

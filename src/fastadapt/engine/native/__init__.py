@@ -7,7 +7,7 @@ compiler and the CPU, so that later runs load it at once. Without a compiler, or
 :func:`library` returns None and the layers that use a kernel run their torch operations instead (the same
 function; a warning says why once).
 
-ctypes releases the GIL during a call, so fastadapt's task workers (fastadapt.taskpool) run kernels side by side.
+ctypes releases the GIL during a call, so fastadapt's task workers (fastadapt.engine.taskpool) run kernels side by side.
 """
 
 from __future__ import annotations

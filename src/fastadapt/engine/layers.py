@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastadapt import native
+from fastadapt.engine import native
 
 
 def is_functorch_wrapped(x: torch.Tensor) -> bool:
@@ -287,9 +287,9 @@ class _EpisodeBatchNormPoolReLU(torch.autograd.Function):
 
 class EpisodeBatchNormPoolReLU(EpisodeBatchNorm2d):
     """:class:`EpisodeBatchNorm2d`, then :class:`MaxPool2x2`, then ReLU, as one layer (the max-pool Conv-4's layer
-    after each convolution; fastadapt.fastlayers fuses the three where it finds them). On a CPU, for channels-last
-    float images outside ``torch.func`` transforms and ``torch.compile``, it runs fastadapt's C++ kernel
-    (:mod:`fastadapt.native`): two passes for the statistics and one over the pooling windows forward, one over
+    after each convolution; fastadapt.engine.fastlayers fuses the three where it finds them). On a CPU, for
+    channels-last float images outside ``torch.func`` transforms and ``torch.compile``, it runs fastadapt's C++ kernel
+    (:mod:`fastadapt.engine.native`): two passes for the statistics and one over the pooling windows forward, one over
     the windows and one writing the input's gradient backward, where the three layers took about nine. Everywhere
     else, and without a C++ compiler, it runs the three layers. Same values and gradients either way (tested)."""
 

@@ -3,7 +3,7 @@
 A task's inner loop and query pass are small operations (a few to a few dozen images), which torch's intra-op
 threads split poorly. Giving each core whole tasks instead, one torch thread each, was faster on the 2-core
 machine of docs/RESULTS.md for the Omniglot-shaped MAML workloads, and slower for a small sinusoid MLP (speed
-section). So the number of workers is measured (fastadapt.strategy.choose_strategy) unless it is set.
+section). So the number of workers is measured (fastadapt.engine.strategy.choose_strategy) unless it is set.
 
 ``torch.func.functional_call`` swaps tensors into a module while it runs, so two threads cannot run one module
 at the same time. Each worker therefore runs its own :func:`replica` of the meta-learner: a copy of the module
@@ -96,8 +96,8 @@ def _c_library_function(name: str) -> Callable[..., int] | None:
 
 def release_freed_memory() -> None:
     """Give back to the system the memory that malloc keeps for reuse, in every thread's heap (glibc's
-    ``malloc_trim``; nothing elsewhere). :func:`fastadapt.strategy.time_strategies` calls it between trials: trials
-    of different configurations otherwise pile their freed blocks up in each thread's heap, and the measurement,
+    ``malloc_trim``; nothing elsewhere). :func:`fastadapt.engine.strategy.time_strategies` calls it between trials:
+    trials of different configurations otherwise pile their freed blocks up in each thread's heap, and the measurement,
     not the training, set the process's peak memory (533 against 492-497 MiB, MAML's Omniglot setting at 5
     second-order steps, docs/RESULTS.md)."""
     trim = _c_library_function("malloc_trim")

@@ -5,9 +5,8 @@ import torch
 from torch import nn
 
 from fastadapt.algorithms import MAML
-from fastadapt.fastlayers import with_fast_layers
-from fastadapt.nets import EpisodeBatchNorm2d
-from fastadapt.nets.layers import EpisodeBatchNormPoolReLU, MaxPool2x2
+from fastadapt.engine.fastlayers import with_fast_layers
+from fastadapt.engine.layers import EpisodeBatchNorm2d, EpisodeBatchNormPoolReLU, MaxPool2x2
 from fastadapt.tasks.episodes import TaskBatch
 
 
@@ -36,7 +35,9 @@ def value_and_derivatives(model: nn.Module, x: torch.Tensor, probe: torch.Tensor
     return [out, *grads, *(torch.zeros_like(p) if g is None else g for p, g in zip(params, second))]
 
 
-@pytest.mark.parametrize("channels_last", [False, True])  # channels-last: fastadapt's fused kernel (fastadapt.native)
+@pytest.mark.parametrize(
+    "channels_last", [False, True]
+)  # channels-last: fastadapt's fused kernel (fastadapt.engine.native)
 def test_same_function_gradients_and_second_derivatives(channels_last):
     torch.manual_seed(0)
     model = torch_conv4()

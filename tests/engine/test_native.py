@@ -1,4 +1,4 @@
-"""fastadapt.native and the layer that uses it: the fused batch norm + 2x2 max pool + ReLU kernel equals torch's
+"""fastadapt.engine.native and the layer that uses it: the fused batch norm + 2x2 max pool + ReLU kernel equals torch's
 three layers (values, gradients, second derivatives), and it is compiled once, cached, and done without."""
 
 import logging
@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastadapt import native
-from fastadapt.nets.layers import EpisodeBatchNormPoolReLU
+from fastadapt.engine import native
+from fastadapt.engine.layers import EpisodeBatchNormPoolReLU
 
 needs_compiler = pytest.mark.skipif(native.compiler() is None, reason="no C++ compiler on this machine")
 
@@ -117,7 +117,7 @@ def test_compiled_once_into_the_cache_and_loaded_from_it_later(fresh_library, mo
 @pytest.mark.parametrize("setting", [("CXX", "false"), ("CXX", "/no/such/compiler"), ("FASTADAPT_NATIVE", "0")])
 def test_without_a_working_compiler_the_layer_falls_back_with_a_warning(fresh_library, monkeypatch, caplog, setting):
     monkeypatch.setenv(*setting)
-    with caplog.at_level(logging.WARNING, logger="fastadapt.native"):
+    with caplog.at_level(logging.WARNING, logger="fastadapt.engine.native"):
         assert native.library() is None
     if setting[0] == "CXX":
         assert "using torch operations instead" in caplog.text

@@ -20,8 +20,8 @@ from torch.func import functional_call, vmap
 
 Params = dict[str, Tensor]
 Strategy = Literal["loop", "vmap", "fold", "auto"]
-#: "auto" runs as "loop" until :func:`fastadapt.strategy.choose_strategy` has measured the others. "fold" (the MAML
-#: family: tasks folded into the channels of one network pass) is fastadapt.folding's.
+#: "auto" runs as "loop" until :func:`fastadapt.engine.strategy.choose_strategy` has measured the others. "fold" (the
+#: MAML family: tasks folded into the channels of one network pass) is fastadapt.engine.folding's.
 STRATEGIES: tuple[str, ...] = ("auto", "loop", "vmap", "fold")
 
 

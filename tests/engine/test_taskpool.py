@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from fastadapt.taskpool import concurrent_gradients, map_parts, one_torch_thread, replica
+from fastadapt.engine.taskpool import concurrent_gradients, map_parts, one_torch_thread, replica
 
 
 def test_a_replica_shares_tensors_but_functional_call_on_it_leaves_the_original_alone():
@@ -83,7 +83,7 @@ def test_keep_freed_memory_reuses_freed_blocks():
     import resource
     import sys
 
-    from fastadapt.taskpool import keep_freed_memory
+    from fastadapt.engine.taskpool import keep_freed_memory
 
     if not sys.platform.startswith("linux") or not keep_freed_memory():
         pytest.skip("glibc's mallopt is not available here")

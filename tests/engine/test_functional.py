@@ -8,8 +8,9 @@ from torch import nn
 from torch.func import functional_call
 
 from fastadapt.algorithms import MAML
-from fastadapt.functional import call, gradients, inner_sgd, map_tasks, parameters_of
-from fastadapt.nets import Conv4, Conv4Stride, EpisodeBatchNorm2d
+from fastadapt.engine.functional import call, gradients, inner_sgd, map_tasks, parameters_of
+from fastadapt.engine.layers import EpisodeBatchNorm2d
+from fastadapt.nets import Conv4, Conv4Stride
 from fastadapt.tasks.episodes import TaskBatch
 
 

@@ -10,18 +10,18 @@ its name, so checkpoints and optimisers see the same network:
   is exact there. Batch norms that keep running statistics are left alone.
 - For the same reason (torch's ``vmap`` differentiates their affine weights wrongly twice; bench/
   vmap_double_backward.py), ``nn.BatchNorm1d(track_running_stats=False)`` becomes
-  :class:`~fastadapt.nets.layers.EpisodeBatchNorm1d`, ``nn.LayerNorm`` with a weight becomes
-  :class:`~fastadapt.nets.layers.VmapSafeLayerNorm`, and ``nn.InstanceNorm1d/2d/3d(affine=True)`` without running
-  statistics becomes :class:`~fastadapt.nets.layers.VmapSafeInstanceNorm`. Each runs torch's kernel outside
+  :class:`~fastadapt.engine.layers.EpisodeBatchNorm1d`, ``nn.LayerNorm`` with a weight becomes
+  :class:`~fastadapt.engine.layers.VmapSafeLayerNorm`, and ``nn.InstanceNorm1d/2d/3d(affine=True)`` without running
+  statistics becomes :class:`~fastadapt.engine.layers.VmapSafeInstanceNorm`. Each runs torch's kernel outside
   ``torch.func`` transforms, so only ``vmap`` sees a difference: the right meta-gradient.
-- ``nn.MaxPool2d(2)`` (2x2 windows, stride 2, no padding) becomes :class:`~fastadapt.nets.layers.MaxPool2x2`,
+- ``nn.MaxPool2d(2)`` (2x2 windows, stride 2, no padding) becomes :class:`~fastadapt.engine.layers.MaxPool2x2`,
   about 2x faster on a CPU forward plus backward (docs/RESULTS.md, speed section).
 - In an ``nn.Sequential``, a ReLU (or a leaky ReLU) directly followed by that pooling is run after it instead:
   max commutes with a non-decreasing map, so the values and the gradient are the same, and the ReLU and its
   backward pass touch a quarter of the activations.
 - In an ``nn.Sequential``, that batch norm, pooling and ReLU in a row (after the move above) become one
-  :class:`~fastadapt.nets.layers.EpisodeBatchNormPoolReLU`, which runs fastadapt's C++ kernel on a CPU
-  (fastadapt.native): 1.8-2.5x faster forward plus backward for the max-pool Conv-4's layers on channels-last
+  :class:`~fastadapt.engine.layers.EpisodeBatchNormPoolReLU`, which runs fastadapt's C++ kernel on a CPU
+  (fastadapt.engine.native): 1.8-2.5x faster forward plus backward for the max-pool Conv-4's layers on channels-last
   images (docs/RESULTS.md, speed section). It takes the batch norm's place, so its parameters keep their names;
   the pooling and the ReLU become ``nn.Identity``.
 
@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from fastadapt.nets.layers import (
+from fastadapt.engine.layers import (
     EpisodeBatchNorm1d,
     EpisodeBatchNorm2d,
     EpisodeBatchNormPoolReLU,
@@ -42,7 +42,7 @@ from fastadapt.nets.layers import (
     VmapSafeInstanceNorm,
     VmapSafeLayerNorm,
 )
-from fastadapt.taskpool import shallow_replica
+from fastadapt.engine.taskpool import shallow_replica
 
 #: Non-decreasing activations, which commute with max pooling.
 _MONOTONE = (nn.ReLU, nn.LeakyReLU)

@@ -3,8 +3,8 @@ import torch
 from fastadapt.algorithms import MAML, ProtoNet, Reptile
 from fastadapt.config import make_config
 from fastadapt.datasets.sinusoid import SinusoidTasks
+from fastadapt.engine.strategy import choose_strategy, saved_activation_mib
 from fastadapt.nets import MLP
-from fastadapt.strategy import choose_strategy, saved_activation_mib
 from fastadapt.train import train
 
 
@@ -53,13 +53,13 @@ def test_arithmetic_bound_tasks_keep_the_loop_without_a_vmap_trial(monkeypatch):
     def no_timing(*args, **kwargs):
         raise AssertionError("vmap must not be tried")
 
-    monkeypatch.setattr("fastadapt.strategy.time_strategies", no_timing)
-    monkeypatch.setattr("fastadapt.strategy.VMAP_TRIAL_LIMIT_MIB", (one + fifteen) / 2)
+    monkeypatch.setattr("fastadapt.engine.strategy.time_strategies", no_timing)
+    monkeypatch.setattr("fastadapt.engine.strategy.VMAP_TRIAL_LIMIT_MIB", (one + fifteen) / 2)
     measured = choose_strategy(learner, omniglot_like(15))
     assert learner.strategy == "loop" and measured["vmap_tried"] is False
     assert measured["saved_mib_per_task"] == fifteen
     learner.strategy = "auto"
-    monkeypatch.setattr("fastadapt.strategy.time_strategies", lambda *a, **k: {"loop": 2.0, "fold": 1.0})
+    monkeypatch.setattr("fastadapt.engine.strategy.time_strategies", lambda *a, **k: {"loop": 2.0, "fold": 1.0})
     assert choose_strategy(learner, omniglot_like(1))["strategy"] == "fold" == learner.strategy
 
 
@@ -96,7 +96,7 @@ def test_open_workers_are_measured_one_against_one_per_thread(monkeypatch):
         seen.append(candidates)
         return {"loop": 2.0, "loop, 2 workers": 1.5, "fold": 1.2, "fold, 2 workers": 1.8}
 
-    monkeypatch.setattr("fastadapt.strategy.time_strategies", timing)
+    monkeypatch.setattr("fastadapt.engine.strategy.time_strategies", timing)
     learner.strategy, learner.workers = "auto", None
     measured = choose_strategy(learner, batch)
     assert seen == [[("loop", 1, None), ("loop", 2, None), ("fold", 1, None), ("fold", 2, None)]]
@@ -121,7 +121,7 @@ def test_resume_keeps_the_measured_choice(tmp_path, monkeypatch):
     first = train(config, progress=False).learner.strategy
     other = {"loop": "fold", "fold": "loop"}[first]
     # Were it measured again, the other strategy would win; the resumed run must keep the saved one.
-    monkeypatch.setattr("fastadapt.strategy.time_strategies", lambda *a, **k: {first: 9.0, other: 1.0})
+    monkeypatch.setattr("fastadapt.engine.strategy.time_strategies", lambda *a, **k: {first: 9.0, other: 1.0})
     resumed = train(make_config(**{**config.to_dict(), "steps": 4}), resume=True, progress=False)
     assert resumed.learner.strategy == first
 
@@ -151,7 +151,7 @@ def test_open_layout_is_measured_on_image_batches():
 def test_a_network_that_fails_on_channels_last_images_keeps_the_standard_layout(monkeypatch):
     from helpers import random_batch
 
-    from fastadapt.strategy import describe_choice
+    from fastadapt.engine.strategy import describe_choice
 
     class FlattenByView(torch.nn.Module):  # .view needs the standard layout of 3-channel images
         def __init__(self):
@@ -162,7 +162,9 @@ def test_a_network_that_fails_on_channels_last_images_keeps_the_standard_layout(
             return self.linear(x.view(len(x), -1))
 
     seen = []
-    monkeypatch.setattr("fastadapt.strategy.time_strategies", lambda learner, batch, trials, c: seen.append(c) or {})
+    monkeypatch.setattr(
+        "fastadapt.engine.strategy.time_strategies", lambda learner, batch, trials, c: seen.append(c) or {}
+    )
     learner = MAML(FlattenByView(), inner_lr=0.1, strategy="loop", workers=None)
     monkeypatch.setattr(learner, "most_workers", lambda: 2)
     measured = choose_strategy(learner, random_batch(tasks=2, shape=(3, 4, 4), dtype=torch.float32))
@@ -182,11 +184,15 @@ def test_the_measured_layout_is_checkpointed_resumed_and_evaluated_with(tmp_path
         "maml", "folder", steps=2, val_every=2, val_episodes=2, test_episodes=2, strategy="loop", workers=1,
         network="conv4-stride", out=str(tmp_path / "run"), **settings,
     )  # fmt: skip
-    monkeypatch.setattr("fastadapt.strategy.time_strategies", lambda *a, **k: {"loop": 2.0, "loop, channels-last": 1.0})
+    monkeypatch.setattr(
+        "fastadapt.engine.strategy.time_strategies", lambda *a, **k: {"loop": 2.0, "loop, channels-last": 1.0}
+    )
     assert train(config, progress=False).learner.channels_last is True
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["channels_last"] is True
     # Were it measured again, the standard layout would win; the resumed run and evaluation keep the saved one.
-    monkeypatch.setattr("fastadapt.strategy.time_strategies", lambda *a, **k: {"loop": 1.0, "loop, channels-last": 2.0})
+    monkeypatch.setattr(
+        "fastadapt.engine.strategy.time_strategies", lambda *a, **k: {"loop": 1.0, "loop, channels-last": 2.0}
+    )
     resumed = train(make_config(**{**config.to_dict(), "steps": 4}), resume=True, progress=False)
     assert resumed.learner.channels_last is True
     assert load_learner(tmp_path / "run" / "last.pt")[0].channels_last is True
@@ -195,34 +201,34 @@ def test_the_measured_layout_is_checkpointed_resumed_and_evaluated_with(tmp_path
 def test_short_steps_are_timed_more_often(monkeypatch):
     """At least ``trials`` timed runs per candidate after a warm-up; more, up to MAX_TRIALS, until each candidate
     has run SECONDS_PER_CANDIDATE: three runs of a short step were too few to rank two close candidates."""
-    from fastadapt.strategy import MAX_TRIALS, time_strategies
+    from fastadapt.engine.strategy import MAX_TRIALS, time_strategies
 
     learner = MAML(MLP(1, (8,), 1), inner_lr=0.01, strategy="loop", workers=1)
     batch = SinusoidTasks(5, 5, seed=0).sample(2)
     runs = []
     real = learner.meta_backward
     monkeypatch.setattr(learner, "meta_backward", lambda b: runs.append(learner.strategy) or real(b))
-    monkeypatch.setattr("fastadapt.strategy.SECONDS_PER_CANDIDATE", 0.0)
+    monkeypatch.setattr("fastadapt.engine.strategy.SECONDS_PER_CANDIDATE", 0.0)
     time_strategies(learner, batch, trials=2)
     assert runs == ["loop", "vmap"] * 3
     runs.clear()
-    monkeypatch.setattr("fastadapt.strategy.SECONDS_PER_CANDIDATE", 3600.0)
+    monkeypatch.setattr("fastadapt.engine.strategy.SECONDS_PER_CANDIDATE", 3600.0)
     assert set(time_strategies(learner, batch, trials=2)) == {"loop", "vmap"}
     assert runs == ["loop", "vmap"] * (MAX_TRIALS + 1)
 
 
 def test_freed_memory_is_given_back_after_every_trial(monkeypatch):
     """Each trial's freed blocks go back to the system before the next candidate runs, so that the measurement's
-    peak memory is one candidate's (fastadapt.taskpool.release_freed_memory)."""
-    from fastadapt.strategy import time_strategies
-    from fastadapt.taskpool import release_freed_memory
+    peak memory is one candidate's (fastadapt.engine.taskpool.release_freed_memory)."""
+    from fastadapt.engine.strategy import time_strategies
+    from fastadapt.engine.taskpool import release_freed_memory
 
     release_freed_memory()  # callable here, whatever the C library
     learner = MAML(MLP(1, (8,), 1), inner_lr=0.01, strategy="loop", workers=1)
     events = []
     real = learner.meta_backward
     monkeypatch.setattr(learner, "meta_backward", lambda b: events.append(learner.strategy) or real(b))
-    monkeypatch.setattr("fastadapt.strategy.release_freed_memory", lambda: events.append("released"))
-    monkeypatch.setattr("fastadapt.strategy.SECONDS_PER_CANDIDATE", 0.0)
+    monkeypatch.setattr("fastadapt.engine.strategy.release_freed_memory", lambda: events.append("released"))
+    monkeypatch.setattr("fastadapt.engine.strategy.SECONDS_PER_CANDIDATE", 0.0)
     time_strategies(learner, SinusoidTasks(5, 5, seed=0).sample(2), trials=1)
     assert events == ["loop", "released", "vmap", "released"] * 2

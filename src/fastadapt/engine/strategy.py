@@ -1,6 +1,6 @@
 """Choosing how inner loops run: a per-task loop, or a chunk of tasks at once (``vmap``, or for the MAML family
-"fold": tasks folded into the channels of one network pass, fastadapt.folding), on one worker or one per CPU
-thread (fastadapt.taskpool), and on images in the standard or the channels-last layout, by measuring them.
+"fold": tasks folded into the channels of one network pass, fastadapt.engine.folding), on one worker or one per CPU
+thread (fastadapt.engine.taskpool), and on images in the standard or the channels-last layout, by measuring them.
 
 Which is faster depends on the workload (measured on a 2-core CPU: vmap ~1.8x faster than a loop for
 MAML's Omniglot setting with one query per class, 2-3x slower with 15), so ``strategy="auto"`` times
@@ -30,36 +30,21 @@ from typing import Any
 
 import torch
 
-from fastadapt.algorithms.base import MetaLearner
-from fastadapt.gradient_guard import GradientCheck, check_meta_gradient
-from fastadapt.taskpool import release_freed_memory
+from fastadapt.engine.execution import Learner
+from fastadapt.engine.guard import GradientCheck, check_meta_gradient
+from fastadapt.engine.taskpool import release_freed_memory
 from fastadapt.tasks.episodes import TaskBatch
 
 
-def uses_strategy(learner: MetaLearner) -> bool:
-    return hasattr(learner, "strategy")
-
-
-def uses_workers(learner: MetaLearner) -> bool:
-    """The MAML family, whose tasks may run side by side (``workers``; fastadapt.taskpool)."""
-    return hasattr(learner, "most_workers")
-
-
-def uses_layout(learner: MetaLearner) -> bool:
-    """The MAML family, which may run image batches channels-last (``channels_last``)."""
-    return hasattr(learner, "channels_last")
-
-
-def _open_choices(learner: MetaLearner) -> tuple[bool, bool, bool]:
+def _open_choices(learner: Learner) -> tuple[bool, bool, bool]:
     """Whether the strategy ("auto"), the number of workers (None) and the layout (None) are left for measuring."""
-    return (
-        uses_strategy(learner) and learner.strategy == "auto",
-        uses_workers(learner) and learner.workers is None,
-        uses_layout(learner) and learner.channels_last is None,
-    )
+    execution = learner.execution
+    if execution is None:
+        return False, False, False
+    return execution.strategy == "auto", execution.workers is None, execution.channels_last is None
 
 
-def needs_measuring(learner: MetaLearner) -> bool:
+def needs_measuring(learner: Learner) -> bool:
     """Whether :func:`choose_strategy` has anything to choose for ``learner``."""
     return any(_open_choices(learner))
 
@@ -75,28 +60,23 @@ VMAP_TRIAL_LIMIT_MIB = 32.0
 
 
 @contextmanager
-def _measuring(learner: MetaLearner) -> Iterator[None]:
-    """Leaves strategy, gradients and buffers as they were (a meta-loss may update buffers: Reptile's
+def _measuring(learner: Learner) -> Iterator[None]:
+    """Leaves the engine's settings, gradients and buffers as they were (a meta-loss may update buffers: Reptile's
     carried Adam moments)."""
-    original = learner.strategy
-    original_workers = getattr(learner, "workers", None)
-    original_layout = getattr(learner, "channels_last", None)
+    execution = learner.execution
+    original = (execution.strategy, execution.workers, execution.channels_last)
     buffers = {name: b.detach().clone() for name, b in learner.named_buffers()}
     try:
         yield
         learner.zero_grad(set_to_none=True)
     finally:
-        learner.strategy = original
-        if uses_workers(learner):
-            learner.workers = original_workers
-        if uses_layout(learner):
-            learner.channels_last = original_layout
+        execution.strategy, execution.workers, execution.channels_last = original
         with torch.no_grad():
             for name, b in learner.named_buffers():
                 b.copy_(buffers[name])
 
 
-def saved_activation_mib(learner: MetaLearner, batch: TaskBatch) -> float:
+def saved_activation_mib(learner: Learner, batch: TaskBatch) -> float:
     """MiB of the distinct tensors that the first task's meta-loss (per-task loop) saves for backward."""
     storages: dict[tuple[int, torch.dtype], int] = {}
 
@@ -118,15 +98,15 @@ SECONDS_PER_CANDIDATE, MAX_TRIALS = 1.0, 12
 
 
 def time_strategies(
-    learner: MetaLearner, batch: TaskBatch, trials: int = 2, candidates: list[Candidate] | None = None
+    learner: Learner, batch: TaskBatch, trials: int = 2, candidates: list[Candidate] | None = None
 ) -> dict[str, float]:
     """Median seconds of a meta-loss forward + backward pass under each candidate (strategy, workers, layout;
     None: the learner's own), after one warm-up of each; by default loop and vmap. The candidates take turns,
     trial by trial, so a burst of load from elsewhere on the machine falls on all rather than on whichever
     ran at that moment. At least ``trials`` trials each, and more for short steps, until every candidate has
     run ``SECONDS_PER_CANDIDATE`` (at most ``MAX_TRIALS``). After each trial, malloc's freed memory goes back to the
-    system (fastadapt.taskpool.release_freed_memory), so that the trials' peak memory is one candidate's. Gradients
-    are cleared afterwards, and no parameter or buffer changes."""
+    system (fastadapt.engine.taskpool.release_freed_memory), so that the trials' peak memory is one candidate's.
+    Gradients are cleared afterwards, and no parameter or buffer changes."""
     candidates = candidates or [("loop", None, None), ("vmap", None, None)]
     times: dict[Candidate, list[float]] = {candidate: [] for candidate in candidates}
 
@@ -138,11 +118,11 @@ def time_strategies(
     with _measuring(learner):
         while not measured_enough():
             for strategy, workers, channels_last in times:
-                learner.strategy = strategy
+                learner.execution.strategy = strategy
                 if workers is not None:
-                    learner.workers = workers
+                    learner.execution.workers = workers
                 if channels_last is not None:
-                    learner.channels_last = channels_last
+                    learner.execution.channels_last = channels_last
                 started = time.perf_counter()
                 learner.meta_backward(batch)
                 times[strategy, workers, channels_last].append(time.perf_counter() - started)
@@ -150,7 +130,7 @@ def time_strategies(
     return {choice_label(*candidate): sorted(t[1:])[len(t[1:]) // 2] for candidate, t in times.items()}
 
 
-def takes_channels_last(learner: MetaLearner, batch: TaskBatch) -> bool:
+def takes_channels_last(learner: Learner, batch: TaskBatch) -> bool:
     """Whether the learner's network runs on channels-last images: one task's prediction is tried (a ``.view`` of
     a channels-last input fails, for one)."""
     with _measuring(learner), torch.no_grad():
@@ -162,21 +142,20 @@ def takes_channels_last(learner: MetaLearner, batch: TaskBatch) -> bool:
     return True
 
 
-def vectorised_strategies(learner: MetaLearner) -> list[str]:
+def vectorised_strategies(learner: Learner) -> list[str]:
     """The strategies that run a chunk of tasks at once, in the order to try them against the loop: "fold" where the
-    learner can fold its network (the MAML family, fastadapt.folding), then "vmap". Folding was 1.2-1.6x faster than
-    vmap on MAML's Omniglot setting, in all four configurations of inner steps and order (docs/performance.md), so
+    learner can fold its network (the MAML family, fastadapt.engine.folding), then "vmap". Folding was 1.2-1.6x faster
+    than vmap on MAML's Omniglot setting, in all four configurations of inner steps and order (docs/performance.md), so
     vmap is timed only where fold cannot run or fails the gradient guard: each candidate adds seconds."""
-    fold_problem = getattr(learner, "fold_problem", None)
-    if getattr(learner, "compile", False) or fold_problem is None:  # the compiled program is torch.func's
+    if learner.execution.compile:  # the compiled program is torch.func's
         return ["vmap"]
-    return ["fold", "vmap"] if fold_problem() is None else ["vmap"]
+    return ["fold", "vmap"] if learner.fold_problem() is None else ["vmap"]
 
 
 def checked_vectorised_strategy(
-    learner: MetaLearner, batch: TaskBatch, gradient_check: bool = True
+    learner: Learner, batch: TaskBatch, gradient_check: bool = True
 ) -> tuple[str | None, list[GradientCheck]]:
-    """The first of :func:`vectorised_strategies` whose meta-gradient agrees with the loop's (fastadapt.gradient_guard)
+    """The first of :func:`vectorised_strategies` whose meta-gradient agrees with the loop's (fastadapt.engine.guard)
     on ``batch``, None if none does, and the checks made. Without ``gradient_check``, the first, unchecked."""
     candidates = vectorised_strategies(learner)
     if not gradient_check:
@@ -189,16 +168,14 @@ def checked_vectorised_strategy(
     return None, checks
 
 
-def choose_strategy(
-    learner: MetaLearner, batch: TaskBatch, trials: int = 2, gradient_check: bool = True
-) -> dict[str, Any]:
+def choose_strategy(learner: Learner, batch: TaskBatch, trials: int = 2, gradient_check: bool = True) -> dict[str, Any]:
     """Resolve ``strategy="auto"`` to the faster of "loop" and the vectorised strategy whose meta-gradient agrees
     with the loop's (:func:`checked_vectorised_strategy`; ``gradient_check=False`` skips that check) for ``batch``,
     and for the MAML family ``workers=None`` to the faster of one worker and one per thread and ``channels_last=None``
     to the faster layout of image batches (the standard one for other batches). Returns what was measured; does
     nothing for a learner with none of them left open."""
     open_strategy, open_workers, open_layout = _open_choices(learner)
-    if open_layout and (not batch.has_images or getattr(learner, "compile", False)):
+    if open_layout and (not batch.has_images or learner.execution.compile):
         learner.channels_last, open_layout = False, False  # only image batches have a layout to choose
     if not (open_strategy or open_workers or open_layout):
         return {}

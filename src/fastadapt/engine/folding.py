@@ -18,7 +18,7 @@ under ``vmap``.
 
 The network is read with ``torch.fx``. Only the layers and operations above are accepted, so that nothing mixes
 the tasks' channels; anything else raises :class:`NotFoldable`, naming it, and ``strategy="auto"`` then does not
-try folding (fastadapt.strategy).
+try folding (fastadapt.engine.strategy).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from fastadapt.functional import Params
-from fastadapt.nets.layers import (
+from fastadapt.engine.functional import Params
+from fastadapt.engine.layers import (
     EpisodeBatchNorm1d,
     EpisodeBatchNorm2d,
     EpisodeBatchNormPoolReLU,
