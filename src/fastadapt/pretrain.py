@@ -265,7 +265,7 @@ def embed(
     features = {part: embed_split(backbone, splits[part], batch_size, device or "cpu") for part in PARTS}
     # One scale for every split, from the training images only: LEO's step sizes and initialisations
     # (the authors') assume features of about unit length; raw Conv-4 features are ~40 long, and LEO at
-    # 5-way 5-shot then scored 96.2% on them against 98.8% on the rescaled ones (docs/RESULTS.md).
+    # 5-way 5-shot then scored 96.2% on them against 98.8% on the rescaled ones (docs/results.md).
     scale = float(np.linalg.norm(features["train"], axis=1).mean())
     counts = {}
     for part in PARTS:

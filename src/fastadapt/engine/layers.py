@@ -55,7 +55,7 @@ class _EpisodeBatchNormBackward(torch.autograd.Function):
 
     Every full-size term is one of torch's batch-norm kernels or a multiply-add: torch's own formula for this
     derivative took 2.4-4x as long for a (5, 64, 28, 28) batch, and 12x in channels-last layout
-    (docs/RESULTS.md, speed section). Checked against it by ``gradgradcheck`` in float64 (tests/nets)."""
+    (docs/performance.md). Checked against it by ``gradgradcheck`` in float64 (tests/nets)."""
 
     @staticmethod
     def forward(ctx, x, weight, grad_y, mean, invstd, eps):
@@ -126,7 +126,7 @@ class EpisodeBatchNorm2d(nn.Module):
     (a per-task loop, evaluation) it calls that kernel, which computes the same function and its first
     derivatives in fewer passes over the activations (a second-order MAML step on 15 query images per class ran
     1.4-1.6x faster with it), and differentiates the backward pass with :class:`_EpisodeBatchNormBackward`'s
-    closed form, for second-order MAML (docs/RESULTS.md). Under ``torch.compile`` it takes the mean/var form
+    closed form, for second-order MAML (docs/performance.md). Under ``torch.compile`` it takes the mean/var form
     too: the compiler fuses its passes, and the functorch check cannot be traced.
     """
 
@@ -198,7 +198,7 @@ class MaxPool2x2(nn.Module):
 
     torch's CPU kernel for the standard (NCHW) layout took 20 ms for a (75, 64, 28, 28) batch on one thread,
     10x its channels-last kernel; the maximum of the four strided views with torch's own backward took 10.4
-    against 23.5 ms forward plus backward, and 1.0 against 1.3 ms at 7x7 (docs/RESULTS.md, speed). Used for
+    against 23.5 ms forward plus backward, and 1.0 against 1.3 ms at 7x7 (docs/performance.md). Used for
     NCHW float tensors of at least 2x2 on a CPU outside ``torch.func`` transforms and ``torch.compile``;
     everything else goes to ``F.max_pool2d``.
     """
