@@ -32,7 +32,7 @@ from fastadapt.config import Config, PretrainConfig, check_device
 from fastadapt.datasets import load_splits
 from fastadapt.datasets.embeddings import PARTS, write_embedding_split, write_json_atomically
 from fastadapt.engine.fastlayers import with_fast_layers
-from fastadapt.errors import ConfigError, DataError
+from fastadapt.errors import ConfigError
 from fastadapt.nets import build_network
 from fastadapt.nets.conv import conv4_filters
 from fastadapt.tasks.samplers import ClassSplit, EpisodeSampler
@@ -239,12 +239,7 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> dict[str, Any]:
 
 def load_backbone(checkpoint: Path, device: str = "cpu") -> tuple[nn.Module, PretrainConfig, dict[str, Any]]:
     """The backbone kept by :func:`pretrain`, its configuration and the checkpoint's record."""
-    state = load_checkpoint(checkpoint)
-    if state.get("kind") != "pretrain":
-        raise DataError(
-            f"{checkpoint} is not a `fastadapt pretrain` checkpoint (it looks like a meta-training one); "
-            f"pass the pretrain.pt that pretrain wrote."
-        )
+    state = load_checkpoint(checkpoint, kind="pretrain")
     config = PretrainConfig(**{k: v for k, v in state["config"].items() if k in PretrainConfig.__dataclass_fields__})
     backbone = build_backbone(config)
     backbone.load_state_dict(state["model"])

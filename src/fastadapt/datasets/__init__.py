@@ -17,6 +17,14 @@ class DatasetInfo:
     name: str
     kind: str  # "classification" or "regression"
     description: str
+    #: "images" (channels x image_size^2 values per example), "points" (an x and a y), or "vectors" (read from disk)
+    inputs: str = "images"
+
+    def values_per_example(self, config: Any) -> int | None:
+        """How many numbers one example holds under ``config`` (None where only the files know: vectors)."""
+        if self.inputs == "images":
+            return config.channels * config.image_size**2
+        return 2 if self.inputs == "points" else None
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -34,9 +42,13 @@ DATASETS: dict[str, DatasetInfo] = {
         "embeddings",
         "classification",
         "feature vectors for LEO: `fastadapt embed` output or the LEO authors' pickles; --data-dir DIR",
+        inputs="vectors",
     ),
     "sinusoid": DatasetInfo(
-        "sinusoid", "regression", "y = A sin(x - phase), A~U[0.1,5], phase~U[0,pi], x~U[-5,5] (generated)"
+        "sinusoid",
+        "regression",
+        "y = A sin(x - phase), A~U[0.1,5], phase~U[0,pi], x~U[-5,5] (generated)",
+        inputs="points",
     ),
 }
 
