@@ -281,7 +281,7 @@ def test_protonet_on_sinusoid(capsys, tmp_path: Path) -> None:
         (["--ways", "14"], "--ways"),  # the training split has only 13
         (["--ways", "1"], "--ways"),
         (["--shots", "3", "--query", "4"], "--shots/--query"),  # 7 > 6 images per class
-        (["--eval-query", "6"], "--shots/--query"),  # 1 + 6 > 6 in validation/test episodes
+        (["--eval-query", "6"], "--shots/--eval-query"),  # 1 + 6 > 6 in validation/test episodes
         (["--image-size", "8"], "--image-size"),  # too small for Conv-4's four poolings
         (["--strategy", "threads"], "--strategy"),
         (["--workers", "2"], "--workers applies to --algorithm maml"),  # protonet has no such machinery
@@ -458,3 +458,57 @@ def test_train_help_for_one_method_shows_its_options_only(capsys) -> None:
         main(["train", "--algorithm", "protonet", "--help"])
     out = capsys.readouterr().out
     assert "--distance" in out and "--inner-lr" not in out and "--steps" in out
+
+
+# --- what fuzzing found (tests/fuzzing.py, bench/fuzz_loaders.py) ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("ways: five\n", "--ways must be an int (got 'five')"),  # TypeError escaped before
+        ("inner_lr: [1, 2]\n", "--inner-lr must be a float (got [1, 2])"),  # TypeError escaped before
+        ("inner_steps: 1.5\n", "--inner-steps must be an int (got 1.5)"),
+        ("first_order: 3\n", "--first-order must be a bool (got 3)"),
+        ("seed: 100000000000000000000000000000\n", "--seed must be between 0 and 2**62"),  # torch overflowed
+    ],
+)
+def test_config_file_values_of_the_wrong_type_give_one_line(tmp_path: Path, capsys, text: str, needle: str) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text(text)
+    assert needle in run_error(capsys, [*maml_args(tmp_path / "out"), "--config", str(config)])
+
+
+def test_eval_values_are_checked_before_any_episode(folder: Path, tmp_path: Path, capsys) -> None:
+    run_ok(capsys, protonet_args(folder, tmp_path / "run"))
+    evaluate = ["eval", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--quiet"]
+    for episodes in ("0", "-5"):  # -5 reached torch.cat of no scores before
+        assert "--episodes must be at least 1" in run_error(capsys, [*evaluate, "--episodes", episodes])
+    assert "--ways must be at least 2" in run_error(capsys, [*evaluate, "--ways", "1"])
+    (tmp_path / "a-file").write_text("")  # the output folder could not be made: FileExistsError escaped after the run
+    assert "cannot create the output folder" in run_error(capsys, [*evaluate, "--out", str(tmp_path / "a-file")])
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_its_model_is_one_line(folder: Path, tmp_path: Path, capsys) -> None:
+    run_ok(capsys, protonet_args(folder, tmp_path / "run"))
+    state = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    state["model"]["encoder.extra"] = torch.zeros(2)  # load_state_dict's RuntimeError escaped before
+    torch.save(state, tmp_path / "edited.pt")
+    line = run_error(capsys, ["eval", "--checkpoint", str(tmp_path / "edited.pt"), "--quiet"])
+    assert "edited.pt: its weights do not fit the protonet model" in line and "encoder.extra" in line
+
+
+def test_a_regression_data_set_for_a_classifier_names_both_options(tmp_path: Path, capsys) -> None:
+    argv = ["train", "--algorithm", "matching", "--dataset", "sinusoid", "--out", str(tmp_path / "o")]
+    line = run_error(capsys, argv)
+    assert "--algorithm matching is a classification method and --dataset sinusoid" in line
+
+
+def test_a_checkpoint_with_impossible_settings_is_refused_by_name(tmp_path: Path, capsys) -> None:
+    """Settings of the right type but impossible (an edited checkpoint) are checked as a command line's are."""
+    run_ok(capsys, maml_args(tmp_path / "run"))
+    state = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    state["config"]["inner_lr"] = float("nan")
+    torch.save(state, tmp_path / "edited.pt")
+    line = run_error(capsys, ["eval", "--checkpoint", str(tmp_path / "edited.pt"), "--quiet"])
+    assert "edited.pt: --inner-lr must be a finite number (got nan)" in line

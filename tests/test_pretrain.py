@@ -4,6 +4,8 @@ errors a user can run into on the way."""
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +133,56 @@ def test_random_affine_moves_images_and_is_the_identity_at_zero_strength():
 def test_pretrain_names_an_unknown_head(capsys):
     assert main(["pretrain", "--dataset", "omniglot", "--head", "bogus", "--quiet"]) == 2
     assert "unknown --head 'bogus'; choose one of: linear, cosine" in error_line(capsys)
+
+
+# --- what fuzzing found (tests/fuzzing.py, bench/fuzz_loaders.py) ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--lr", "nan"], "--lr must be a finite number"),  # reached Adam, which raised ValueError
+        (["--weight-decay=-inf"], "--weight-decay must be a finite number"),
+        (["--seed=-1"], "--seed must be between 0 and 2\\*\\*62"),  # numpy's ValueError escaped
+        (["--seed", str(10**30)], "--seed must be between 0 and 2\\*\\*62"),  # torch's overflow escaped
+        (["--image-size", "0"], "--image-size must be at least 1"),
+    ],
+)
+def test_pretrain_values_are_checked_before_any_work(folder: Path, tmp_path: Path, capsys, flags, needle) -> None:
+    argv = ["pretrain", "--dataset", "folder", "--data-dir", str(folder), "--out", str(tmp_path / "p"), "--quiet"]
+    assert main([*argv, *flags]) == 2
+    assert re.search(needle, error_line(capsys))
+    assert not (tmp_path / "p").exists()
+
+
+def test_embed_values_and_outputs_are_checked_before_any_work(folder: Path, tmp_path: Path, capsys) -> None:
+    pre = tmp_path / "pre"
+    common = ["--dataset", "folder", "--data-dir", str(folder), "--image-size", "16", "--quiet"]
+    assert main(["pretrain", *common, "--epochs", "1", "--val-episodes", "2", "--out", str(pre)]) == 0
+    embed = ["embed", "--checkpoint", str(pre / "pretrain.pt"), "--quiet"]
+    for size in ("0", "-3"):  # range() with step 0 and torch.cat of nothing escaped before
+        assert main([*embed, "--out", str(tmp_path / "e"), "--batch-size", size]) == 2
+        assert "--batch-size must be at least 1" in error_line(capsys)
+    (tmp_path / "a-file").write_text("")
+    assert main([*embed, "--out", str(tmp_path / "a-file" / "e")]) == 2  # NotADirectoryError escaped before
+    assert "cannot create the output folder" in error_line(capsys)
+
+
+def test_a_failed_embed_leaves_no_partial_set(folder: Path, tmp_path: Path, monkeypatch) -> None:
+    import fastadapt.pretrain as pretrain_module
+    from fastadapt.config import PretrainConfig
+    from fastadapt.errors import OutputError
+
+    config = PretrainConfig(dataset="folder", data_dir=str(folder), image_size=16, epochs=1, val_episodes=2)
+    pre = pretrain_module.pretrain(replace(config, out=str(tmp_path / "pre")), progress=False)
+    real = pretrain_module.write_embedding_split
+
+    def full_disk_at_test(path, *args):
+        if path.name == "test.npz":
+            raise OutputError(f"could not write {path} (No space left on device)")
+        real(path, *args)
+
+    monkeypatch.setattr(pretrain_module, "write_embedding_split", full_disk_at_test)
+    with pytest.raises(OutputError):
+        pretrain_module.embed(Path(pre["checkpoint"]), tmp_path / "emb")
+    assert list((tmp_path / "emb").iterdir()) == []

@@ -377,3 +377,30 @@ def test_init_from_another_method_or_shape_is_config_error(image_folder: Path, t
         )
     with pytest.raises(DataError, match="not found"):
         train(maml_config(tmp_path / "c", init_from=str(tmp_path / "missing.pt")), progress=False)
+
+
+# --- what fuzzing found (tests/fuzzing.py, bench/fuzz_loaders.py) ------------------------------------------------
+
+
+def test_metrics_lines_that_are_not_records_are_dropped_on_resume(tmp_path: Path) -> None:
+    """Lines a damaged or edited metrics.jsonl may hold: nesting too deep for json (RecursionError escaped), values
+    that are not numbers (the learning curve's TypeError escaped), a step that is not an integer."""
+    good = {"step": 2, "loss": 0.5, "train_acc": 0.25, "lr": 0.001, "elapsed_s": 1.0}
+    odd = [{"step": 1, "loss": "high"}, {"step": True, "loss": 1.0}, {"step": 1.0, "loss": 1.0}]
+    lines = ["[" * 100_000, *map(json.dumps, odd), json.dumps(good), json.dumps({"step": 9, "loss": 1.0})]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    train_module._truncate_metrics(path, step=4)
+    assert read_metrics(path) == [good]
+    assert path.read_text() == json.dumps(good) + "\n"
+
+
+def test_the_learning_curve_of_records_without_scores_warns_nothing(tmp_path: Path) -> None:
+    import warnings
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(json.dumps({"step": 1, "loss": 0.5}) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib's "No artists with labels found to put in legend" before
+        REAL_PLOT(path, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG" and not list(tmp_path.glob(".*"))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -18,7 +17,17 @@ from fastadapt.algorithms.registry import algorithm as registered_algorithm
 from fastadapt.algorithms.registry import algorithms
 from fastadapt.datasets import DATASETS
 from fastadapt.errors import ConfigError
-from fastadapt.options import MethodOptions, flag_of, option, require_finite, require_positive, validate_choices
+from fastadapt.options import (
+    MethodOptions,
+    flag_of,
+    option,
+    require_finite,
+    require_memory,
+    require_positive,
+    require_seed,
+    require_types,
+    validate_choices,
+)
 
 
 @dataclass
@@ -169,11 +178,14 @@ def make_config(algorithm: str = "protonet", dataset: str = "omniglot", **overri
 def validate(config: Config) -> None:
     """Refuse impossible settings before any work starts: one line naming the option and the fix."""
     spec = registered_algorithm(config.algorithm)
+    require_types(config)
+    if config.dataset not in DATASETS:
+        raise ConfigError(f"unknown --dataset {config.dataset!r}; choose one of: {', '.join(sorted(DATASETS))}.")
     if config.regression and not spec.supports_regression:
         regression_methods = [name for name, s in algorithms().items() if s.supports_regression]
         raise ConfigError(
-            f"{config.algorithm} is a classification method and {config.dataset} is a regression data set; "
-            f"use one of the methods that regress ({', '.join(regression_methods)})."
+            f"--algorithm {config.algorithm} is a classification method and --dataset {config.dataset} a regression "
+            f"data set; use one of the methods that regress ({', '.join(regression_methods)})."
         )
     if config.dataset == "embeddings" and config.algorithm != "leo":
         raise ConfigError(f"--dataset embeddings holds feature vectors for --algorithm leo, not {config.algorithm}.")
@@ -181,7 +193,7 @@ def validate(config: Config) -> None:
     require_finite(config)
     require_positive(config, "ways", "shots", "query", "meta_batch_size", "steps", "val_every", "val_episodes")
     require_positive(config, "test_episodes", "train_shots", "train_ways", "eval_query", "image_size", "channels")
-    require_positive(config, "seed", minimum=0)
+    require_seed(config)
     check_episode_memory(config)
     check_device(config.device)
     if not config.lr > 0:
@@ -189,14 +201,6 @@ def validate(config: Config) -> None:
     if not 0 <= config.lr_min < config.lr:
         raise ConfigError(f"--lr-min must be >= 0 and below --lr (got {config.lr_min} and {config.lr}).")
     config.validate()
-
-
-def available_memory() -> int | None:
-    """Bytes of memory the system can give this process now (None where it does not say)."""
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def check_episode_memory(config: Config) -> None:
@@ -209,13 +213,11 @@ def check_episode_memory(config: Config) -> None:
     shots = max(config.shots, config.train_shots_or_shots)
     examples = ways * (shots + max(config.query, config.eval_query_or_query))
     needed = 4 * per_example * examples * config.meta_batch_size
-    available = available_memory()
-    if available is not None and needed > available // 2:
-        raise ConfigError(
-            f"a meta-batch of {config.meta_batch_size} such episodes needs {needed / 2**30:.1f} GiB for its inputs "
-            f"alone, and {available / 2**30:.1f} GiB are available; lower --meta-batch-size, --ways, --shots, "
-            f"--query or --image-size."
-        )
+    require_memory(
+        needed,
+        f"a meta-batch of {config.meta_batch_size} such episodes, its inputs alone,",
+        "lower --meta-batch-size, --ways, --shots, --query or --image-size",
+    )
 
 
 def check_device(device: str) -> None:

@@ -14,9 +14,9 @@ from tqdm.auto import tqdm
 from fastadapt import atomic
 from fastadapt.algorithms import MetaLearner, build_algorithm, per_task_score
 from fastadapt.checkpoint import load_checkpoint, restore_measured_choices
-from fastadapt.config import Config, check_device
+from fastadapt.config import Config, validate
 from fastadapt.datasets import DATASETS, load_splits, task_source
-from fastadapt.errors import ConfigError
+from fastadapt.errors import ConfigError, DataError, OutputError
 from fastadapt.tasks.samplers import TaskSource
 
 #: Offset between the training seed and the seed of the meta-test episodes.
@@ -97,7 +97,10 @@ def load_learner(checkpoint: Path, **overrides: Any) -> tuple[MetaLearner, Confi
     state = load_checkpoint(checkpoint)
     saved = Config.from_dict(state["config"])
     config = Config.from_dict({**state["config"], **{k: v for k, v in overrides.items() if v is not None}})
-    check_device(config.device)
+    try:  # the checkpoint's settings with the overrides, checked as a command line's are
+        validate(config)
+    except ConfigError as error:
+        raise ConfigError(f"{checkpoint}: {error}") from None
     learner = build_algorithm(config)
     try:
         learner.load_state_dict(state["model"])
@@ -107,7 +110,12 @@ def load_learner(checkpoint: Path, **overrides: Any) -> tuple[MetaLearner, Confi
                 f"{checkpoint} is a {config.algorithm} model with a {saved.ways}-way classifier head; "
                 f"evaluate it with --ways {saved.ways}."
             ) from error
-        raise
+        lines = str(error).splitlines()  # torch: "Error(s) in loading state_dict ...:" then the first mismatch
+        detail = lines[1].strip() if len(lines) > 1 else lines[0]
+        raise DataError(
+            f"{checkpoint}: its weights do not fit the {config.algorithm} model of its own configuration ({detail}); "
+            f"it was changed or damaged after training. Use another checkpoint."
+        ) from None
     # What training measured as faster; workers are left to evaluation's own default (one).
     restore_measured_choices(learner, state, workers=False)
     return learner.to(config.device), config
@@ -128,13 +136,18 @@ def evaluate_checkpoint(
     """
     if split not in ("val", "test"):
         raise ConfigError(f"unknown split {split!r} to evaluate on; use 'val' or 'test'.")
+    if episodes is not None and (type(episodes) is not int or episodes < 1):
+        raise ConfigError(f"--episodes must be at least 1 (got {episodes!r}).")
     learner, config = load_learner(checkpoint, **overrides)
     episodes = episodes or config.test_episodes
+    out = Path(out) if out else Path(checkpoint).parent
+    try:  # before the episodes, not after them
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"cannot create the output folder {out} ({error.strerror}); choose another --out.") from None
     splits = load_splits(config)
     source = task_source(config, splits, split, seed=config.seed + TEST_SEED_OFFSET)
     scores = evaluate(learner, source, episodes, config.device, progress=progress)
     result = summarise(config, scores, split=split, checkpoint=str(checkpoint))
-    out = Path(out) if out else Path(checkpoint).parent
-    out.mkdir(parents=True, exist_ok=True)
     atomic.write_json(out / ("eval.json" if split == "test" else "eval_val.json"), result)
     return result

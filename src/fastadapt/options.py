@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import types
 import typing
 from pathlib import Path
@@ -108,6 +109,45 @@ def mistyped(options: Any) -> list[str]:
         if not ok:
             wrong.append(field.name)
     return wrong
+
+
+def require_types(options: Any) -> None:
+    """Every option holds a value of its type: one line naming the first that does not (settings from a config file
+    or from Python do not pass through argparse's conversion)."""
+    wrong = mistyped(options)
+    if wrong:
+        field = next(f for f in dataclasses.fields(options) if f.name == wrong[0])
+        kind = _scalar_type(typing.get_type_hints(type(options))[field.name])
+        shown = repr(getattr(options, field.name))
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise ConfigError(f"{flag_of(field)} must be {'a' if kind is not int else 'an'} {kind.__name__} (got {shown}).")
+
+
+#: The largest --seed: torch and numpy take it, with room for the offsets added to it (validation, test, ranks).
+MAX_SEED = 2**62
+
+
+def require_seed(options: Any) -> None:
+    if not 0 <= options.seed <= MAX_SEED:
+        raise ConfigError(f"--seed must be between 0 and 2**62 (got {options.seed}).")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the system can give this process now (None where it does not say)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def require_memory(needed: float, what: str, fix: str) -> None:
+    """Refuse, in one line, work whose arrays alone would take more than half the memory available now (absurd
+    sizes would otherwise allocate until the system stops the process)."""
+    available = available_memory()
+    if available is not None and needed > available // 2:
+        raise ConfigError(
+            f"{what} needs {needed / 2**30:.1f} GiB and {available / 2**30:.1f} GiB are available; {fix}."
+        )
 
 
 def require_finite(options: Any) -> None:

@@ -32,9 +32,10 @@ from fastadapt.config import Config, PretrainConfig, check_device
 from fastadapt.datasets import load_splits
 from fastadapt.datasets.embeddings import PARTS, write_embedding_split, write_json_atomically
 from fastadapt.engine.fastlayers import with_fast_layers
-from fastadapt.errors import ConfigError
+from fastadapt.errors import ConfigError, OutputError
 from fastadapt.nets import build_network
 from fastadapt.nets.conv import conv4_filters
+from fastadapt.options import require_finite, require_positive, require_seed, require_types
 from fastadapt.tasks.samplers import ClassSplit, EpisodeSampler
 
 HEADS = ("linear", "cosine")
@@ -53,20 +54,24 @@ def _data_config(config: PretrainConfig) -> Config:
 
 
 def validate_pretrain(config: PretrainConfig) -> None:
+    """Refuse impossible settings before any work starts: one line naming the option and the fix."""
+    require_types(config)
+    require_finite(config)
     if config.dataset not in ("omniglot", "folder"):
-        raise ConfigError(f"pretrain needs an image data set (omniglot or folder), not {config.dataset!r}.")
+        raise ConfigError(f"--dataset {config.dataset}: pretrain needs an image data set (omniglot or folder).")
+    require_positive(config, "epochs", "batch_size", "val_episodes", "image_size", "channels")
+    require_seed(config)
     network = default_network(config)
     if network != "resnet12" and conv4_filters(network) is None:
         raise ConfigError(
             f"unknown --network {config.network!r} for pretrain; choose conv4, conv4-N (N filters) or resnet12."
         )
-    for name in ("epochs", "batch_size", "val_episodes"):
-        if getattr(config, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(config, name)}).")
     if config.head not in HEADS:
         raise ConfigError(f"unknown --head {config.head!r}; choose one of: {', '.join(HEADS)}.")
-    if config.lr <= 0 or config.weight_decay < 0:
-        raise ConfigError(f"--lr must be positive and --weight-decay >= 0 (got {config.lr}, {config.weight_decay}).")
+    if not config.lr > 0:
+        raise ConfigError(f"--lr must be positive (got {config.lr}).")
+    if not config.weight_decay >= 0:
+        raise ConfigError(f"--weight-decay must be at least 0 (got {config.weight_decay}).")
     check_device(config.device)
 
 
@@ -160,7 +165,10 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> dict[str, Any]:
     """Train the backbone; returns the record of the kept epoch (also in ``<out>/pretrain_metrics.jsonl``)."""
     validate_pretrain(config)
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"cannot create the output folder {out} ({error.strerror}); choose another --out.") from None
     torch.manual_seed(config.seed)
     splits = load_splits(_data_config(config))
     assert splits is not None
@@ -213,8 +221,14 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> dict[str, Any]:
             "val_5w1s_nearest_centroid": val_acc,
             "elapsed_s": round(time.time() - started, 2),
         }
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as error:
+            raise OutputError(
+                f"could not write {metrics_path} ({error.strerror or type(error).__name__}); free space in {out} or "
+                f"make it writable."
+            ) from None
         if progress:
             print(
                 f"epoch {epoch}: loss {record['loss']:.3f}, train acc {record['train_acc']:.3f}, "
@@ -251,23 +265,24 @@ def embed(
 ) -> dict[str, Any]:
     """Write ``<out>/{train,val,test}.npz`` and ``meta.json`` from a pretrain checkpoint."""
     check_device(device or "cpu")
+    if type(batch_size) is not int or batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1 (got {batch_size!r}).")
     backbone, config, state = load_backbone(Path(checkpoint), device or "cpu")
     if data_dir:
         config.data_dir = data_dir
+    out = Path(out)
+    try:  # before the work, not after it
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"cannot create the output folder {out} ({error.strerror}); choose another --out.") from None
     splits = load_splits(_data_config(config))
     assert splits is not None
-    out = Path(out)
     features = {part: embed_split(backbone, splits[part], batch_size, device or "cpu") for part in PARTS}
     # One scale for every split, from the training images only: LEO's step sizes and initialisations
     # (the authors') assume features of about unit length; raw Conv-4 features are ~40 long, and LEO at
     # 5-way 5-shot then scored 96.2% on them against 98.8% on the rescaled ones (docs/results.md).
     scale = float(np.linalg.norm(features["train"], axis=1).mean())
-    counts = {}
-    for part in PARTS:
-        split = splits[part]
-        labels = _labels(split).numpy()
-        write_embedding_split(out / f"{part}.npz", features[part] / scale, labels, split.class_names)
-        counts[part] = {"examples": int(len(labels)), "classes": split.num_classes}
+    counts = {part: {"examples": len(splits[part].images), "classes": splits[part].num_classes} for part in PARTS}
     meta = {
         "checkpoint": str(checkpoint),
         "network": state["network"],
@@ -281,5 +296,16 @@ def embed(
         "pretrain_val_5w1s_nearest_centroid": state["val_acc"],
         "parts": counts,
     }
-    write_json_atomically(out / "meta.json", meta)
+    written: list[Path] = []
+    try:  # the set of files, or none of them: a failed write removes what this call wrote
+        for part in PARTS:
+            split = splits[part]
+            path = out / f"{part}.npz"
+            write_embedding_split(path, features[part] / scale, _labels(split).numpy(), split.class_names)
+            written.append(path)
+        write_json_atomically(out / "meta.json", meta)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
     return meta

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,16 +70,24 @@ def _append_metrics(path: Path, record: dict[str, Any]) -> None:
 
 
 def _records(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    """(line, record) for each whole record of a metrics file; a line a killed run left half-written is dropped."""
+    """(line, record) for each whole record of a metrics file: a line a killed run left half-written, or any line that
+    is not a record of numbers with an integer step (the file was edited or damaged), is dropped."""
     records = []
     for line in path.read_text(errors="replace").splitlines():
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deep for the parser
             continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int):
+        if _is_record(record):
             records.append((line, record))
     return records
+
+
+def _is_record(record: Any) -> bool:
+    """What train writes into metrics.jsonl: named numbers, one of them an integer step."""
+    if not isinstance(record, dict) or type(record.get("step")) is not int:
+        return False
+    return all(isinstance(v, float) or (type(v) is int and abs(v) < 2**63) for v in record.values())
 
 
 def _truncate_metrics(path: Path, step: int) -> float:
@@ -400,6 +409,12 @@ def plot_learning_curve(metrics_path: Path, png_path: Path) -> None:
     records = read_metrics(metrics_path) if Path(metrics_path).is_file() else []
     if not records:
         return
+    with warnings.catch_warnings():  # matplotlib's remarks on odd values (a diverged run's) are not for the user
+        warnings.simplefilter("ignore")
+        _plot(plt, records, Path(png_path))
+
+
+def _plot(plt: Any, records: list[dict[str, Any]], png_path: Path) -> None:
     fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(10, 3.8))
     train = [r for r in records if "loss" in r]
     ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train])
@@ -419,10 +434,11 @@ def plot_learning_curve(metrics_path: Path, png_path: Path) -> None:
                     + (" (training episodes)" if prefix == "train" else " (test-shaped episodes)"),
                 )
     ax_score.set(xlabel="meta-training step", title="query score")
-    ax_score.legend()
+    if ax_score.get_legend_handles_labels()[0]:
+        ax_score.legend()
     ax_score.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = png_path.with_name(f".{png_path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(png_path)
+    try:
+        atomic.write_with(png_path, lambda f: fig.savefig(f, format="png", dpi=110))
+    finally:
+        plt.close(fig)

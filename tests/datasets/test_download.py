@@ -229,3 +229,25 @@ def test_convert_rejects_bad_zip(tmp_path):
     with pytest.raises(DataError, match="no <split>"):
         convert_omniglot_zip(empty, tmp_path / "out.npz")
     assert not (tmp_path / "out.npz").exists()
+
+
+def test_a_damaged_member_is_one_line_and_writes_nothing(tmp_path):
+    """A member whose bytes fail the zip's CRC check (zipfile's BadZipFile escaped before)."""
+    path = tmp_path / "images_background.zip"
+    data = bytearray(_make_zip(path, "images_background", BACKGROUND[:1]))
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("images_background/Zeta_script/character01/0003_01.png")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    data[start + info.compress_size // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="cannot read images_background/Zeta_script/character01/0003_01.png in .*"):
+        convert_omniglot_zip(path, tmp_path / "out" / "images_background.npz")
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_a_member_too_large_for_a_png_is_not_unpacked(tmp_path):
+    path = tmp_path / "images_background.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("images_background/A/character01/0001_01.png", bytes(5 << 20))  # 5 MB of zeros: 5 KB zipped
+    with pytest.raises(DataError, match="would unpack to 5242880 bytes, not a 105x105 PNG"):
+        convert_omniglot_zip(path, tmp_path / "out.npz")

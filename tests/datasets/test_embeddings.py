@@ -96,3 +96,48 @@ def test_missing_or_bad_folders_give_one_clear_error(tmp_path):
     (root / "test_embeddings.pkl").write_bytes(pickle.dumps({"embeddings": np.zeros((2, 3))}, protocol=2))
     with pytest.raises(DataError, match="'embeddings' and 'keys'"):
         load_embeddings(root)
+
+
+# --- what fuzzing found (tests/fuzzing.py, bench/fuzz_loaders.py) ------------------------------------------------
+
+
+class EncodesWithNoCodec:
+    """A pickle calling _codecs.encode (one of the globals SafeUnpickler admits) with a codec that does not exist."""
+
+    def __reduce__(self):
+        import codecs
+
+        return codecs.encode, ("x", "no-such-codec")
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (EncodesWithNoCodec(), "corrupt or not a pickle \\(LookupError\\)"),  # LookupError escaped before
+        ({"embeddings": [[1.0, 2.0], [3.0]], "keys": ["1-a-x", "2-a-y"]}, "are not arrays \\(ValueError\\)"),
+        ({"embeddings": np.zeros((2, 0)), "keys": np.array(["1-a-x", "2-a-y"])}, "expected embeddings of shape"),
+    ],
+)
+def test_odd_pickles_are_one_line(tmp_path, value, message):
+    root = write_authors_layout(tmp_path / "emb")
+    (root / "train_embeddings.pkl").write_bytes(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+    with pytest.raises(DataError, match=f"train_embeddings.pkl.*{message}"):
+        load_embeddings(root)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"class_names": np.array("one name")}, "class_names must be a list of names"),  # TypeError escaped before
+        ({"labels": np.array([0.5, 1.5, 0.0])}, "labels must be integers"),  # were silently truncated before
+        ({"labels": np.array(["0", "1", "0"])}, "labels must be integers"),
+    ],
+)
+def test_odd_arrays_in_our_layout_are_one_line(tmp_path, change, message):
+    rng = np.random.default_rng(1)
+    for split in ("train", "val", "test"):
+        write_embedding_split(tmp_path / f"{split}.npz", rng.standard_normal((3, 4)), np.array([0, 1, 0]), ["a", "b"])
+    content = {"embeddings": rng.standard_normal((3, 4)), "labels": np.array([0, 1, 0]), "class_names": ["a", "b"]}
+    np.savez(tmp_path / "val.npz", **{**content, **change})
+    with pytest.raises(DataError, match=f"val.npz: {message}"):
+        load_embeddings(tmp_path)

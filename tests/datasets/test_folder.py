@@ -177,7 +177,7 @@ def test_undecodable_image(tmp_path: Path) -> None:
 
 def test_too_few_classes(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "img", classes=["a", "b"], per_class=2)
-    with pytest.raises(DataError, match=r"2 classes.*at least 3"):
+    with pytest.raises(DataError, match=r"img has 2 class sub-folders.*at least 3"):
         load_image_folder(root)
 
 
@@ -197,3 +197,49 @@ def test_episode_sampler_on_result(folder: Path) -> None:
     assert batch.support_x.dtype == torch.float32
     assert 0.0 <= batch.support_x.min() and batch.support_x.max() <= 1.0
     assert batch.support_y.shape == (4, 6)
+
+
+# --- what fuzzing found (tests/fuzzing.py, bench/fuzz_loaders.py) ------------------------------------------------
+
+
+def test_a_split_file_that_is_not_utf8_is_one_line(folder: Path, tmp_path: Path) -> None:
+    split = _write_split(tmp_path / "split", "class_00\n", "class_01\n", "class_02\n")
+    (split / "val.txt").write_bytes("class_01\n".encode("utf-16"))  # UnicodeDecodeError escaped before
+    with pytest.raises(DataError, match=r"cannot read split file .*val\.txt \(UnicodeDecodeError\); write it as UTF-8"):
+        load_image_folder(folder, split=split)
+
+
+def _huge_png_header(width: int, height: int) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+
+
+def test_an_image_of_absurd_dimensions_is_refused_before_it_is_decoded(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "img", classes=["a", "b", "c"], per_class=2)
+    (root / "b" / "huge.png").write_bytes(_huge_png_header(70_000, 70_000))
+    with pytest.raises(DataError, match=r"huge\.png has more pixels than Pillow reads safely"):
+        load_image_folder(root)
+
+
+def test_odd_images_are_read_without_a_warning(tmp_path: Path) -> None:
+    """A palette image with transparency made Pillow warn on every load; it is read like any other."""
+    root = make_folder(tmp_path / "img", classes=["a", "b", "c"], per_class=2)
+    Image.fromarray(np.zeros((5, 5, 3), np.uint8)).convert("P").save(root / "a" / "clear.png", transparency=0)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        splits = load_image_folder(root, image_size=8, channels=3)
+    assert sum(len(s.images) for s in splits.values()) == 7
+
+
+def test_images_that_would_not_fit_in_memory_are_refused(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("fastadapt.options.available_memory", lambda: 10 * 2**20)
+    with pytest.raises(ConfigError, match="the train images at --image-size 2000 needs .* use a smaller --image-size"):
+        load_image_folder(folder, image_size=2000)

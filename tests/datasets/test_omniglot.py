@@ -276,3 +276,81 @@ def test_vinyals_trainval_trains_on_all_1200_non_test_characters(splits) -> None
     assert len(characters(trainval["train"])) == 1200
     assert trainval["test"].class_names == vinyals["test"].class_names
     assert not characters(trainval["train"]) & characters(trainval["test"])
+
+
+# --- what fuzzing found (tests/fuzzing.py, bench/fuzz_loaders.py) ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "arrays, problem",
+    [
+        ({"alphabet": np.array("Fake"), "character": np.array(["c"] * 40)}, "alphabet names"),  # a 0-d array
+        ({"images": np.full((40, 105, 105), 255, np.uint8)}, "not 0 \\(paper\\) and 1 \\(ink\\)"),
+        ({"images": np.zeros((40, 105, 105), np.float32)}, "not 0 \\(paper\\) and 1 \\(ink\\)"),
+        ({"character": np.arange(40)}, "character names"),
+        ({"character": np.array(["c"] * 39)}, "character names"),
+    ],
+)
+def test_npz_arrays_of_another_layout_are_one_line(tmp_path: Path, monkeypatch, arrays, problem: str) -> None:
+    monkeypatch.setenv("FASTADAPT_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "data" / "omniglot"
+    _write_fake_npz(root / "images_background.npz", n_chars=2)
+    good = {"images": np.zeros((40, 105, 105), np.uint8), "alphabet": np.array(["A"] * 40)}
+    np.savez(root / "images_evaluation.npz", **{**good, "character": np.array(["c"] * 40), **arrays})
+    with pytest.raises(DataError, match=f"images_evaluation.npz does not hold .*{problem}"):
+        load_omniglot(tmp_path / "data", "lake")
+
+
+def test_too_few_characters_for_a_split_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The maml split takes 1100 + 100 characters before its test part: 4 characters leave parts empty."""
+    monkeypatch.setenv("FASTADAPT_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "data" / "omniglot"
+    _write_fake_npz(root / "images_background.npz", n_chars=2)
+    _write_fake_npz(root / "images_evaluation.npz", n_chars=2, seed=1)
+    with pytest.raises(DataError, match="hold 4 characters, which leave the val/test part of the maml split empty"):
+        load_omniglot(tmp_path / "data", "maml")
+
+
+@pytest.mark.parametrize("change", ["format", "digest", "names", "shape"])
+def test_a_cache_written_otherwise_is_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str) -> None:
+    """A cache that reads as a zip but holds other arrays (another version's, or changed) is rebuilt, not used."""
+    from fastadapt.datasets.omniglot import cache_path, load_characters
+
+    monkeypatch.setenv("FASTADAPT_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "data" / "omniglot"
+    _write_fake_npz(root / "images_background.npz", n_chars=2)
+    _write_fake_npz(root / "images_evaluation.npz", n_chars=2, seed=1)
+    images, names, sets = load_characters(tmp_path / "data", image_size=12)
+    cached = cache_path(tmp_path / "data", 12)
+    with np.load(cached) as d:
+        content = {k: d[k] for k in d.files}
+    content.update(
+        {
+            "format": {"format": np.array("an older cache")},
+            "digest": {"digest": np.array("0" * 64)},
+            "names": {"names": np.array(["Other/character01"] * 4)},
+            "shape": {"images": content["images"][:, :19]},
+        }[change]
+    )
+    np.savez(cached, **content)
+    again = load_characters(tmp_path / "data", image_size=12)
+    assert np.array_equal(again[0], images) and again[1:] == (names, sets)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (b"train a/b c\n", "line 1 of the split list .* is not"),
+        (b"dev Fake/character01\n", "line 1 of the split list .* is not"),
+        (b"train Fake/character09\n", "character Fake/character09 of the split list .* is missing"),
+        (b"train Fake/character01\nval Fake/character01\n", "listed twice"),
+        (b"train Fake/character01\n", "lists no val/test characters"),
+        (b"\xff\xfe", "cannot read the split list"),
+    ],
+)
+def test_a_damaged_split_list_is_one_line(tmp_path: Path, text: bytes, message: str) -> None:
+    from fastadapt.datasets.omniglot import read_split_list
+
+    (tmp_path / "list.txt").write_bytes(text)
+    with pytest.raises(DataError, match=message):
+        read_split_list(tmp_path / "list.txt", ["Fake/character01", "Fake/character02"])

@@ -83,13 +83,16 @@ def task_source(config: Any, splits: dict[str, ClassSplit] | None, part: str, se
     ``config`` says: training episodes use train_ways/train_shots/query, the others ways/shots/eval_query."""
     if part == "train":
         ways, shots, query = config.train_ways_or_ways, config.train_shots_or_shots, config.query
+        ways_flag = "--train-ways" if config.train_ways else "--ways"
+        flags = (ways_flag, "--train-shots" if config.train_shots else "--shots", "--query")
     else:
         ways, shots, query = config.ways, config.shots, config.eval_query_or_query
+        flags = ("--ways", "--shots", "--eval-query" if config.eval_query else "--query")
     if config.dataset == "sinusoid":
         # Generated tasks: the parts differ only by seed.
         return SinusoidTasks(shots, query, seed=seed + {"train": 0, "val": 10_007, "test": 20_011}[part])
     assert splits is not None
-    return EpisodeSampler(splits[part], ways, shots, query, seed=seed)
+    return EpisodeSampler(splits[part], ways, shots, query, seed=seed, flags=flags)
 
 
 __all__ = ["DATASETS", "DatasetInfo", "load_splits", "resolve_data_dir", "task_source"]

@@ -28,8 +28,8 @@ import re
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 import zipfile
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from fastadapt import atomic
 from fastadapt.errors import DataError
 
 __all__ = ["RemoteFile", "OMNIGLOT_SOURCES", "download_file", "convert_omniglot_zip", "download_omniglot"]
@@ -178,10 +179,14 @@ def _network_error(url: str, dest: Path, reason: str, stale: bool) -> DataError:
 def _decode_png(data: bytes, name: str, zip_path: Path) -> np.ndarray:
     """PNG bytes -> uint8 (105, 105) with 1 = ink (the PNGs have white background, black ink)."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            gray = np.asarray(img.convert("L"))
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"cannot decode {name} in {zip_path} ({exc}); delete the zip and download it again.") from exc
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's warnings about odd files: the checks below decide
+            with Image.open(io.BytesIO(data)) as img:
+                gray = np.asarray(img.convert("L"))
+    except Exception as exc:  # Pillow raises many types on damaged images; all mean the same here
+        raise DataError(
+            f"cannot decode {name} in {zip_path} ({type(exc).__name__}); delete the zip and download it again."
+        ) from None
     if gray.shape != (IMAGE_SIZE, IMAGE_SIZE):
         raise DataError(
             f"{name} in {zip_path} is {gray.shape[1]}x{gray.shape[0]}, not {IMAGE_SIZE}x{IMAGE_SIZE}; "
@@ -195,8 +200,10 @@ def convert_omniglot_zip(zip_path: Path, out_npz: Path) -> None:
     zip_path, out_npz = Path(zip_path), Path(out_npz)
     try:
         archive = zipfile.ZipFile(zip_path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise DataError(f"{zip_path} is not a readable zip ({exc}); delete it and download it again.") from exc
+    except Exception as exc:  # zipfile raises several types on damaged archives
+        raise DataError(
+            f"{zip_path} is not a readable zip ({type(exc).__name__}); delete it and download it again."
+        ) from None
     with archive:
         entries: list[tuple[str, str, str, str]] = []  # (alphabet, character, filename, member)
         for member in archive.namelist():
@@ -233,7 +240,7 @@ def convert_omniglot_zip(zip_path: Path, out_npz: Path) -> None:
             label[i] = len(counts) - 1
             character_id[i] = int(match.group(1))
             drawer[i] = int(match.group(2))
-            images[i] = _decode_png(archive.read(member), member, zip_path)
+            images[i] = _decode_png(_read_member(archive, member, zip_path), member, zip_path)
     wrong = [f"{a}/{c} ({k})" for (a, c), k in counts.items() if k != DRAWINGS_PER_CHARACTER]
     if wrong:
         raise DataError(
@@ -241,24 +248,36 @@ def convert_omniglot_zip(zip_path: Path, out_npz: Path) -> None:
             f"delete the zip and download it again."
         )
 
-    out_npz.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=out_npz.parent, prefix=f".{out_npz.stem}.", suffix=".npz")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        np.savez_compressed(
-            tmp,
-            images=images,
-            alphabet=np.array([e[0] for e in entries]),
-            character=np.array([e[1] for e in entries]),
-            character_id=character_id,
-            drawer=drawer,
-            filename=np.array([e[2] for e in entries]),
-            label=label,
+    arrays = {
+        "images": images,
+        "alphabet": np.array([e[0] for e in entries]),
+        "character": np.array([e[1] for e in entries]),
+        "character_id": character_id,
+        "drawer": drawer,
+        "filename": np.array([e[2] for e in entries]),
+        "label": label,
+    }
+    atomic.write_with(out_npz, lambda f: np.savez_compressed(f, **arrays))
+
+
+#: The largest member of a zip that is read: Lake's 105x105 PNGs are a few hundred bytes each.
+MAX_MEMBER_BYTES = 1 << 20
+
+
+def _read_member(archive: zipfile.ZipFile, member: str, zip_path: Path) -> bytes:
+    """One member's bytes; a damaged member or one too large for an Omniglot PNG is a DataError."""
+    size = archive.getinfo(member).file_size
+    if size > MAX_MEMBER_BYTES:
+        raise DataError(
+            f"{member} in {zip_path} would unpack to {size} bytes, not a 105x105 PNG; delete the zip and download "
+            f"it again."
         )
-        os.replace(tmp, out_npz)
-    finally:
-        tmp.unlink(missing_ok=True)
+    try:
+        return archive.read(member)
+    except Exception as exc:  # CRC errors, damaged deflate streams, unknown compression, encryption, ...
+        raise DataError(
+            f"cannot read {member} in {zip_path} ({type(exc).__name__}); delete the zip and download it again."
+        ) from None
 
 
 def _as_remote(name: str, source: RemoteFile | Mapping[str, str] | str) -> RemoteFile:
@@ -276,7 +295,7 @@ def _npz_ok(path: Path) -> bool:
     try:
         with np.load(path, allow_pickle=False) as d:
             return set(_NPZ_KEYS) <= set(d.files)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error):
+    except Exception:  # any damage: convert again
         return False
 
 

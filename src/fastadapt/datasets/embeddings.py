@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import io
 import pickle
-import zipfile
-import zlib
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -81,8 +79,10 @@ def safe_load_pickle(path: Path) -> Any:
             return SafeUnpickler(f, encoding="latin1").load()
     except UnsafePickleError as exc:
         raise UnsafePickleError(f"{path}: {exc}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
-        raise DataError(f"{path} is corrupt or not a pickle ({type(exc).__name__}: {exc}); get it again.") from exc
+    except OSError as exc:
+        raise DataError(f"cannot read {path} ({exc.strerror or type(exc).__name__}); check the file.") from None
+    except Exception as exc:  # the unpickler raises many types on damaged bytes (and MemoryError on absurd sizes)
+        raise DataError(f"{path} is corrupt or not a pickle ({type(exc).__name__}); get it again.") from None
 
 
 def _class_of_key(key: Any, path: Path) -> str:
@@ -96,7 +96,7 @@ def _class_of_key(key: Any, path: Path) -> str:
 def _split_from_arrays(
     part: str, embeddings: np.ndarray, labels: np.ndarray, class_names: list[str], path: Path
 ) -> ClassSplit:
-    if embeddings.ndim != 2 or len(embeddings) != len(labels) or len(embeddings) == 0:
+    if embeddings.ndim != 2 or len(embeddings) != len(labels) or 0 in embeddings.shape:
         raise DataError(
             f"{path}: expected embeddings of shape (n, D) and n labels, got {embeddings.shape} and {labels.shape}."
         )
@@ -114,13 +114,21 @@ def _split_from_arrays(
 def _read_ours(path: Path, part: str) -> ClassSplit:
     try:
         with np.load(path, allow_pickle=False) as d:
-            embeddings, labels, names = d["embeddings"], d["labels"], [str(n) for n in d["class_names"]]
-    except (zipfile.BadZipFile, zlib.error, OSError, ValueError, KeyError, EOFError) as exc:
+            embeddings, labels, class_names = d["embeddings"], d["labels"], d["class_names"]
+    except Exception as exc:  # numpy and zipfile raise many types on damaged files; all mean the same here
         raise DataError(
-            f"{path} is corrupt or not written by `fastadapt embed` ({type(exc).__name__}: {exc}); run embed again."
-        ) from exc
-    if labels.ndim != 1 or len(labels) and (labels.min() < 0 or labels.max() >= len(names)):
-        raise DataError(f"{path}: labels must index class_names; run `fastadapt embed` again.")
+            f"{path} is corrupt or not written by `fastadapt embed` ({type(exc).__name__}); run embed again."
+        ) from None
+    if class_names.ndim != 1 or class_names.dtype.kind != "U":
+        raise DataError(f"{path}: class_names must be a list of names; run `fastadapt embed` again.")
+    names = [str(n) for n in class_names]
+    if (
+        labels.ndim != 1
+        or labels.dtype.kind not in "iu"
+        or len(labels)
+        and (labels.min() < 0 or labels.max() >= len(names))
+    ):
+        raise DataError(f"{path}: labels must be integers indexing class_names; run `fastadapt embed` again.")
     return _split_from_arrays(part, embeddings, labels.astype(np.int64), names, path)
 
 
@@ -131,11 +139,16 @@ def _read_leo_pickle(path: Path, part: str) -> ClassSplit:
             f"{path}: expected a dict with 'embeddings' and 'keys' (the LEO authors' layout), got "
             f"{type(data).__name__}{' with keys ' + str(sorted(map(str, data))) if isinstance(data, dict) else ''}."
         )
-    embeddings = np.asarray(data["embeddings"])
-    if "labels" in data:
-        raw = [str(x) for x in np.asarray(data["labels"]).reshape(-1)]
-    else:
-        raw = [_class_of_key(k, path) for k in np.asarray(data["keys"]).reshape(-1)]
+    try:
+        embeddings = np.asarray(data["embeddings"])
+        if "labels" in data:
+            raw = [str(x) for x in np.asarray(data["labels"]).reshape(-1)]
+        else:
+            raw = [_class_of_key(k, path) for k in np.asarray(data["keys"]).reshape(-1)]
+    except (ValueError, TypeError) as exc:  # ragged lists, objects numpy cannot make an array of
+        raise DataError(
+            f"{path}: its embeddings or keys are not arrays ({type(exc).__name__}); get it again."
+        ) from None
     names = sorted(set(raw))
     lookup = {n: i for i, n in enumerate(names)}
     labels = np.array([lookup[r] for r in raw], dtype=np.int64)
@@ -184,7 +197,6 @@ def embedding_dim(root: Path) -> int:
 def write_embedding_split(path: Path, embeddings: np.ndarray, labels: np.ndarray, class_names: list[str]) -> None:
     """Write one split in our layout atomically (temporary file, fsync, rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     np.savez(
         buffer,

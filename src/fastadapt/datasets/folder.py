@@ -19,6 +19,7 @@ holding ``train.txt``, ``val.txt`` and ``test.txt`` with one class name per line
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ import torch
 from PIL import Image, ImageOps
 
 from fastadapt.errors import ConfigError, DataError
+from fastadapt.options import require_memory
 from fastadapt.tasks.samplers import ClassSplit
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -66,13 +68,23 @@ def list_classes(root: Path) -> dict[str, list[Path]]:
 def _load_image(path: Path, image_size: int, mode: str) -> np.ndarray:
     """One image file -> uint8 (H, W) or (H, W, 3) array of ``image_size`` squared."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            im = im.convert(mode).resize((image_size, image_size), Image.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise DataError(f"cannot read image {path} ({type(exc).__name__}: {exc}); remove or replace the file.") from exc
+        with warnings.catch_warnings():
+            # Pillow warns about palette transparency and about images of 89 to 179 million pixels; both are read
+            # as they are. Larger images raise DecompressionBombError, refused below.
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                im = im.convert(mode).resize((image_size, image_size), Image.BILINEAR)
+                return np.asarray(im, dtype=np.uint8)
+    except Image.DecompressionBombError:
+        raise DataError(
+            f"image {path} has more pixels than Pillow reads safely (about 179 million); shrink or remove it."
+        ) from None
+    except Exception as exc:  # Pillow raises many types on damaged or unusual files; all mean the same here
+        raise DataError(
+            f"cannot read image {path} ({type(exc).__name__}: {str(exc)[:120]}); remove or replace the file."
+        ) from None
 
 
 def random_class_split(
@@ -122,8 +134,15 @@ def read_split_files(split_dir: Path, names: list[str]) -> dict[str, list[str]]:
         path = split_dir / f"{part}.txt"
         if not path.is_file():
             raise DataError(f"split file {path} is missing; write one class name per line into it.")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise DataError(
+                f"cannot read split file {path} ({type(error).__name__}); write it as UTF-8 text, one class name per "
+                f"line."
+            ) from None
         listed = []
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in text.splitlines():
             name = line.split("#", 1)[0].strip()
             if not name:
                 continue
@@ -150,6 +169,11 @@ def build_split(
     """Load the images of ``class_names`` into one uint8 :class:`ClassSplit`."""
     mode = "L" if channels == 1 else "RGB"
     counts = [len(classes[c]) for c in class_names]
+    require_memory(
+        2 * sum(counts) * image_size**2 * channels,
+        f"the {name} images at --image-size {image_size}",
+        "use a smaller --image-size",
+    )
     images = np.empty((sum(counts), image_size, image_size, channels), dtype=np.uint8)
     indices, row = [], 0
     for c, count in zip(class_names, counts, strict=True):
@@ -174,12 +198,17 @@ def load_image_folder(
     ``split``: a folder with ``train.txt``/``val.txt``/``test.txt``; otherwise the classes are split
     at random by ``fractions`` with ``split_seed``.
     """
-    if channels not in (1, 3):
-        raise ConfigError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}.")
-    if image_size < 1:
-        raise ConfigError(f"image_size must be a positive number of pixels, got {image_size}.")
+    if channels not in (1, 3) or isinstance(channels, bool):
+        raise ConfigError(f"--channels must be 1 (grayscale) or 3 (RGB), got {channels!r}.")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ConfigError(f"--image-size must be a positive number of pixels, got {image_size!r}.")
     classes = list_classes(root)
     names = list(classes)
+    if split is None and len(names) < 3:
+        raise DataError(
+            f"image folder {root} has {len(names)} class sub-folder{'s' if len(names) != 1 else ''} "
+            f"({', '.join(names)}) but a train/val/test split needs at least 3; add more class sub-folders."
+        )
     if split is None:
         parts = random_class_split(names, split_seed, fractions)
     else:

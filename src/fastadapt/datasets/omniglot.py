@@ -24,8 +24,6 @@ Splits (by character, so the four rotations of a character always stay together)
 from __future__ import annotations
 
 import hashlib
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +33,7 @@ from PIL import Image
 from fastadapt import atomic
 from fastadapt.datasets.paths import cache_dir
 from fastadapt.errors import ConfigError, DataError, OutputError
+from fastadapt.options import require_memory
 from fastadapt.tasks.samplers import ClassSplit
 
 FILES = ("images_background.npz", "images_evaluation.npz")
@@ -54,23 +53,79 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as d:
             arrays = {k: d[k] for k in ("images", "alphabet", "character")}
-    except (zipfile.BadZipFile, zlib.error, OSError, ValueError, KeyError, EOFError) as exc:
+    except Exception as exc:  # numpy and zipfile raise many types on damaged files; all mean the same here
         raise DataError(
-            f"Omniglot file {path} is corrupt or truncated ({type(exc).__name__}: {exc}). "
+            f"Omniglot file {path} is corrupt or truncated ({type(exc).__name__}). "
             f"Delete it and fetch it again with `fastadapt download omniglot`."
-        ) from exc
-    n = len(arrays["images"])
-    if n % 20 or arrays["images"].shape[1:] != (105, 105):
-        raise DataError(f"Omniglot file {path} does not hold 105x105 images in groups of 20; fetch it again.")
+        ) from None
+    problem = _layout_problem(arrays)
+    if problem:
+        raise DataError(
+            f"Omniglot file {path} does not hold what `fastadapt download omniglot` writes ({problem}); delete it and "
+            f"fetch it again."
+        )
     return arrays
+
+
+def _layout_problem(arrays: dict[str, np.ndarray]) -> str | None:
+    """What is wrong with the arrays of one Omniglot file, or None: 105x105 images of 0 and 1 in groups of 20, and
+    an alphabet and a character name for each."""
+    images = arrays["images"]
+    if images.ndim != 3 or images.shape[1:] != (105, 105) or len(images) == 0 or len(images) % 20:
+        return f"images of shape {images.shape}, not 105x105 images in groups of 20"
+    if images.dtype.kind not in "biu" or images.min() < 0 or images.max() > 1:
+        return "images that are not 0 (paper) and 1 (ink)"
+    for key in ("alphabet", "character"):
+        if arrays[key].ndim != 1 or arrays[key].dtype.kind != "U" or len(arrays[key]) != len(images):
+            return f"{key} names that are not one string per image"
+    return None
 
 
 def _resize(images: np.ndarray, size: int) -> np.ndarray:
     """Ink-is-1 binary images -> uint8 size x size with antialiasing (0 = background, 255 = ink)."""
     out = np.empty((len(images), size, size), dtype=np.uint8)
     for i, img in enumerate(images):
-        out[i] = np.asarray(Image.fromarray(img * 255).resize((size, size), Image.LANCZOS))
+        out[i] = np.asarray(Image.fromarray(img.astype(np.uint8) * 255).resize((size, size), Image.LANCZOS))
     return out
+
+
+#: What the cache holds, in this version: a cache written another way is rebuilt.
+CACHE_FORMAT = "fastadapt omniglot cache 1: uint8 ink 255, Lanczos resize"
+
+
+def _digest(images: np.ndarray, names: np.ndarray, sets: np.ndarray) -> str:
+    h = hashlib.sha256(np.ascontiguousarray(images).tobytes())
+    h.update("\n".join(map(str, names)).encode() + b"\0" + "\n".join(map(str, sets)).encode())
+    return h.hexdigest()
+
+
+def _read_cache(path: Path, image_size: int) -> tuple[np.ndarray, list[str], list[str]] | None:
+    """The cached resized arrays, or None when the cache is missing, damaged, or written another way."""
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            images, names, sets, form, digest = (d[k] for k in ("images", "names", "sets", "format", "digest"))
+    except Exception:  # any damage means: rebuild
+        return None
+    n = len(images) if images.ndim else -1
+    if (
+        str(form) != CACHE_FORMAT
+        or images.dtype != np.uint8
+        or images.shape[1:] != (20, image_size, image_size)
+        or any(a.ndim != 1 or a.dtype.kind != "U" or len(a) != n for a in (names, sets))
+        or str(digest) != _digest(images, names, sets)
+    ):
+        return None
+    return images, [str(n) for n in names], [str(s) for s in sets]
+
+
+def cache_path(data_dir: Path, image_size: int) -> Path:
+    """Where the images of the Omniglot files in ``data_dir`` resized to ``image_size`` are cached (the name changes
+    with the files' paths, sizes and times)."""
+    paths = [Path(data_dir) / "omniglot" / f for f in FILES]
+    key = hashlib.sha256(
+        "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in paths).encode()
+    ).hexdigest()[:16]
+    return cache_dir() / f"omniglot_{image_size}_{key}.npz"
 
 
 def load_characters(data_dir: Path, image_size: int = 28) -> tuple[np.ndarray, list[str], list[str]]:
@@ -81,44 +136,73 @@ def load_characters(data_dir: Path, image_size: int = 28) -> tuple[np.ndarray, l
     for p in paths:
         if not p.is_file():
             raise DataError(f"Omniglot not found in {root}. {MISSING_HELP}")
-    key = hashlib.sha256(
-        "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in paths).encode()
-    ).hexdigest()[:16]
-    cached = cache_dir() / f"omniglot_{image_size}_{key}.npz"
+    cached = cache_path(data_dir, image_size)
     if cached.is_file():
-        try:
-            with np.load(cached, allow_pickle=False) as d:
-                return d["images"], list(d["names"]), list(d["sets"])
-        except (zipfile.BadZipFile, zlib.error, OSError, ValueError, KeyError, EOFError):
-            cached.unlink(missing_ok=True)
+        found = _read_cache(cached, image_size)
+        if found is not None:
+            return found
     images, names, sets = [], [], []
     for path, set_name in zip(paths, ("background", "evaluation")):
         d = _load_npz(path)
         n_chars = len(d["images"]) // 20
+        # the resized images, then each split's four rotations of them (fastadapt.datasets.omniglot.rotated_classes)
+        require_memory(
+            5 * 2 * len(d["images"]) * image_size**2,
+            f"Omniglot at --image-size {image_size}",
+            "use a smaller --image-size (28 is the usual one)",
+        )
         images.append(_resize(d["images"], image_size).reshape(n_chars, 20, image_size, image_size))
         names += [f"{a}/{c}" for a, c in zip(d["alphabet"][::20], d["character"][::20])]
         sets += [set_name] * n_chars
     all_images = np.concatenate(images)
+    arrays = dict(images=all_images, names=np.array(names), sets=np.array(sets))
+    arrays.update(format=np.array(CACHE_FORMAT), digest=np.array(_digest(**arrays)))
     try:
-        arrays = dict(images=all_images, names=np.array(names), sets=np.array(sets))
         atomic.write_with(cached, lambda f: np.savez(f, **arrays))
     except OutputError:
         pass  # a read-only or full cache only costs time
     return all_images, names, sets
 
 
+def read_split_list(path: Path, names: list[str]) -> dict[str, list[int]]:
+    """Character indices of train/val/test from a list of ``<part> <alphabet>/<character>`` lines (blank lines and
+    lines starting with ``#`` skipped), each character once, every part listed."""
+    index = {n: i for i, n in enumerate(names)}
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"cannot read the split list {path} ({type(error).__name__}); reinstall fastadapt.") from None
+    out: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    seen: set[str] = set()
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        fields = line.split()
+        if len(fields) != 2 or fields[0] not in out:
+            raise DataError(
+                f"line {number} of the split list {path} is not `train|val|test <alphabet>/<character>`; "
+                f"reinstall fastadapt."
+            )
+        part, name = fields
+        if name not in index:
+            raise DataError(
+                f"Omniglot character {name} of the split list {path} is missing from the data; fetch Omniglot again "
+                f"with `fastadapt download omniglot`."
+            )
+        if name in seen:
+            raise DataError(f"Omniglot character {name} is listed twice in the split list {path}; reinstall fastadapt.")
+        seen.add(name)
+        out[part].append(index[name])
+    empty = [part for part, chars in out.items() if not chars]
+    if empty:
+        raise DataError(f"the split list {path} lists no {'/'.join(empty)} characters; reinstall fastadapt.")
+    return out
+
+
 def character_split(names: list[str], sets: list[str], split: str) -> dict[str, list[int]]:
     """Character indices of train/val/test for one of :data:`SPLITS`."""
-    index = {n: i for i, n in enumerate(names)}
     if split == "vinyals":
-        out: dict[str, list[int]] = {"train": [], "val": [], "test": []}
-        for line in _SPLIT_LIST.read_text().splitlines():
-            if line and not line.startswith("#"):
-                part, name = line.split()
-                if name not in index:
-                    raise DataError(f"Omniglot character {name} of the Vinyals split is missing from the data.")
-                out[part].append(index[name])
-        return out
+        return read_split_list(_SPLIT_LIST, names)
     if split == "vinyals-trainval":
         parts = character_split(names, sets, "vinyals")
         return {"train": parts["train"] + parts["val"], "val": parts["val"], "test": parts["test"]}
@@ -134,7 +218,7 @@ def character_split(names: list[str], sets: list[str], split: str) -> dict[str, 
             part = "test" if lake_set == "evaluation" else "val" if name.split("/")[0] in held_out else "train"
             out[part].append(i)
         return out
-    raise ConfigError(f"unknown Omniglot split {split!r}; choose one of {', '.join(SPLITS)}.")
+    raise ConfigError(f"unknown --split {split!r} for Omniglot; choose one of {', '.join(SPLITS)}.")
 
 
 def rotated_classes(images: np.ndarray, names: list[str], chars: list[int], split_name: str) -> ClassSplit:
@@ -154,7 +238,15 @@ def rotated_classes(images: np.ndarray, names: list[str], chars: list[int], spli
 def load_omniglot(data_dir: Path, split: str = "vinyals", image_size: int = 28) -> dict[str, ClassSplit]:
     """Train/val/test :class:`ClassSplit` of rotated Omniglot characters."""
     if split not in SPLITS:
-        raise ConfigError(f"unknown Omniglot split {split!r}; choose one of {', '.join(SPLITS)}.")
+        raise ConfigError(f"unknown --split {split!r} for Omniglot; choose one of {', '.join(SPLITS)}.")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ConfigError(f"--image-size must be a positive number of pixels (got {image_size!r}).")
     images, names, sets = load_characters(data_dir, image_size)
     chars = character_split(names, sets, split)
+    empty = [part for part, ix in chars.items() if not ix]
+    if empty:
+        raise DataError(
+            f"the Omniglot files in {Path(data_dir) / 'omniglot'} hold {len(names)} characters, which leave the "
+            f"{'/'.join(empty)} part of the {split} split empty; fetch Omniglot again (`fastadapt download omniglot`)."
+        )
     return {part: rotated_classes(images, names, ix, part) for part, ix in chars.items()}

@@ -52,15 +52,25 @@ class EpisodeSampler:
     out class by class: support row ``c * shots + k`` is the k-th shot of class ``c``.
     """
 
-    def __init__(self, split: ClassSplit, ways: int, shots: int, query: int, seed: int = 0) -> None:
+    def __init__(
+        self,
+        split: ClassSplit,
+        ways: int,
+        shots: int,
+        query: int,
+        seed: int = 0,
+        flags: tuple[str, str, str] = ("--ways", "--shots", "--query"),
+    ) -> None:
+        # flags: the options that set ways, shots and query for these episodes, named in the messages
+        ways_flag, shots_flag, query_flag = flags
         if ways < 2:
-            raise DataError(f"--ways must be at least 2 (got {ways}).")
+            raise DataError(f"{ways_flag} must be at least 2 (got {ways}).")
         if shots < 1 or query < 1:
-            raise DataError(f"--shots and --query must be at least 1 (got shots={shots}, query={query}).")
+            raise DataError(f"{shots_flag} and {query_flag} must be at least 1 (got shots={shots}, query={query}).")
         if ways > split.num_classes:
             raise DataError(
                 f"{ways}-way episodes need {ways} classes but the {split.name} split has only "
-                f"{split.num_classes}; lower --ways to at most {split.num_classes} or use a larger split."
+                f"{split.num_classes}; lower {ways_flag} to at most {split.num_classes} or use a larger split."
             )
         needed = shots + query
         if needed > split.min_examples_per_class:
@@ -68,7 +78,7 @@ class EpisodeSampler:
             raise DataError(
                 f"shots + query = {shots} + {query} = {needed} examples per class, but the {split.name} "
                 f"split has classes with only {split.min_examples_per_class} (e.g. {small[0]!r}, "
-                f"{len(small)} such classes); lower --shots/--query to a total of at most "
+                f"{len(small)} such classes); lower {shots_flag}/{query_flag} to a total of at most "
                 f"{split.min_examples_per_class}."
             )
         self.split = split
