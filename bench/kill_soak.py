@@ -82,8 +82,9 @@ def main() -> None:
         print(f"{name}: reference {measured['run_s']:.0f} s; {len(moments)} kills", flush=True)
         chain_dir = work / "chain"
         chain_dir.mkdir()
-        outcome = soak(argv, work / "killed", moments, chain_dir, processes)
-        comparison = compare_runs(work / "reference", work / "killed")
+        outcome = soak(argv, work / "killed", moments, chain_dir, processes, steps=plan.steps)
+        comparisons = [compare_runs(work / "reference", Path(chain)) for chain in outcome["chains"]]
+        comparison = {**comparisons[-1], "identical": all(c["identical"] for c in comparisons)}
         landed = [k for k in outcome["kills"] if k["killed"]]
         record["runs"][name] = {
             "argv": argv,
@@ -94,7 +95,9 @@ def main() -> None:
             "phases_hit": dict(collections.Counter(k["phase"] for k in landed)),
             "checkpoint_kills_with_temporary_file_left": sum(bool(k.get("temporary_file_left")) for k in landed),
             "final_exit_code": outcome["final_exit_code"],
+            "chains": len(comparisons),
             "identical": comparison,
+            "identical_per_chain": [c["identical"] for c in comparisons],
             "kills": outcome["kills"],
             "wall_s": round(time.time() - started, 1),
         }

@@ -431,7 +431,7 @@ def _names(*words: str) -> Callable[[Case, Path], list[str]]:
 @st.composite
 def checkpoint_cases(draw: st.DrawFn) -> Case:
     kind = draw(st.sampled_from(["random", "magic", "damaged", "structure", "settings", "tensors"]))
-    params: dict[str, Any] = {"kind": kind, "real": draw(st.sampled_from(["maml", "protonet"]))}
+    params: dict[str, Any] = {"kind": kind, "real": draw(st.sampled_from(["maml", "protonet", "pretrain"]))}
     if kind == "random":
         return Case({"model.pt": draw(random_bytes())}, params)
     if kind == "magic":
@@ -458,7 +458,8 @@ def _checkpoint_file(case: Case, root: Path, fixtures: Fixtures) -> Path:
     kind = case.params["kind"]
     if kind in ("random", "magic"):
         return path
-    real = fixtures.checkpoint(case.params["real"]) / "last.pt"
+    real = fixtures.checkpoint(case.params["real"])
+    real = real / ("pretrain.pt" if case.params["real"] == "pretrain" else "last.pt")
     if kind == "damaged":
         data = bytearray(real.read_bytes())
         for where, mask in case.params["edits"]:
@@ -503,10 +504,16 @@ def run_checkpoint_file(case: Case, root: Path, fixtures: Fixtures) -> None:
 
 
 def run_checkpoint(case: Case, root: Path, fixtures: Fixtures) -> None:
-    """What `fastadapt eval --checkpoint` does first: load the checkpoint and rebuild its learner."""
+    """What `fastadapt eval --checkpoint` does first (load the checkpoint and rebuild its learner), or for a
+    pre-training checkpoint what `fastadapt embed` does (rebuild its backbone)."""
     from fastadapt.evaluate import load_learner
+    from fastadapt.pretrain import load_backbone
 
-    load_learner(_checkpoint_file(case, root, fixtures))
+    path = _checkpoint_file(case, root, fixtures)
+    if case.params["real"] == "pretrain" and case.params["kind"] not in ("random", "magic"):
+        load_backbone(path)
+    else:
+        load_learner(path)
 
 
 # Omniglot's npz files --------------------------------------------------------------------------------------------
@@ -1146,11 +1153,15 @@ def embed_cases(draw: st.DrawFn) -> Case:
     checkpoint = draw(st.sampled_from(["{pretrain}/pretrain.pt", "{pretrain}/pretrain.pt", "{maml}/last.pt",
                                        "{root}/none.pt", "{root}/file"]))  # fmt: skip
     argv = ["embed", "--checkpoint", checkpoint, "--quiet"]
-    argv += draw(flags([("--batch-size", int, None), ("--device", str, None)], ()))
-    argv += ["--out", draw(st.sampled_from(["{out}", "{root}/file/x", "{root}/file"]))]
+    if draw(st.booleans()):
+        argv += draw(flags([("--batch-size", int, None), ("--device", str, None)], ()))
+    argv += ["--out", draw(st.sampled_from(["{out}", "{out}", "{root}/file/x", "{root}/file"]))]
     if draw(st.booleans()):
         argv += ["--data-dir", draw(st.sampled_from(["{folder}", "{root}/none", "{omniglot}"]))]
-    return Case({"file": b"a file"}, {"argv": argv})
+    files: dict[str, bytes | None] = {"file": b"a file"}
+    if draw(st.booleans()):  # damaged outputs of an earlier embed, which a new one replaces whole
+        files.update({"out/meta.json": draw(random_bytes(200)), "out/train.npz": draw(random_bytes(200))})
+    return Case(files, {"argv": argv})
 
 
 @st.composite
@@ -1196,7 +1207,13 @@ def run_embed(case: Case, root: Path, fixtures: Fixtures) -> Any:
     run_cli(_resolve(case.params["argv"], fixtures, root))
     out = Path(_resolve(["{out}"], fixtures, root)[0])
     missing = [f for f in ("train.npz", "val.npz", "test.npz", "meta.json") if not (out / f).is_file()]
-    return f"embed succeeded without writing {missing}" if missing else None
+    if missing:
+        return f"embed succeeded without writing {missing}"
+    json.loads((out / "meta.json").read_text())
+    from fastadapt.datasets.embeddings import load_embeddings
+
+    load_embeddings(out)  # what it wrote reads back, whatever was there before
+    return None
 
 
 # --- every target -----------------------------------------------------------------------------------------------------

@@ -215,6 +215,10 @@ def aim(moment: Moment, out: Path, markers_path: Path, since: float, process: su
 
         if not wait_for(validating, process, timeout=900, poll=0.002):
             return False
+        ended = count(markers_path, since, "val-end")[0] + 1
+        # delay seconds into it, or at once when it ends sooner: the checkpoint that follows is not written yet
+        wait_for(lambda: count(markers_path, since, "val-end")[0] >= ended, process, moment.delay, poll=0.002)
+        return process.poll() is None
     elif moment.nth:  # delay seconds into its nth training step
         if not wait_for(lambda: count(markers_path, since, "step")[0] >= moment.nth, process, 900, poll=0.002):
             return False
@@ -371,19 +375,25 @@ def soak(
     work: Path,
     processes: int = 1,
     env: dict[str, str] | None = None,
+    steps: int | None = None,
 ) -> dict[str, Any]:
     """Run ``fastadapt <argv> --out <out> --resume`` again and again, each time killed at the moment the next of
-    ``moments`` draws for it (given the step it resumes from), then once more to the end. Returns what each kill
-    hit."""
+    ``moments`` draws for it (given the step it resumes from), then once more to the end. Should a run of ``steps``
+    steps finish before the kills are spent (a kill that came too late), the next kills go to a new chain in
+    ``<out>-2``, and so on (each a run to compare). Returns what each kill hit and the chains."""
     markers_path = work / "markers.txt"
     log = work / "log.txt"
-    argv = [*argv, "--out", str(out), "--resume"]
     record: list[dict[str, Any]] = []
+    chains = [out]
     for draw in moments:
         resumed_from = _step_of(out / "last.pt")
+        if steps is not None and resumed_from == steps:  # a run finished before the kills were spent: a new chain
+            out = out.with_name(f"{chains[0].name}-{len(chains) + 1}")
+            chains.append(out)
+            resumed_from = None
         moment = draw(resumed_from)
         since = time.time()
-        process = launch(markers_path, argv, log, processes, env)
+        process = launch(markers_path, [*argv, "--out", str(out), "--resume"], log, processes, env)
         aimed = aim(moment, out, markers_path, since, process)
         killed_at = time.time()
         pid = kill_one(process, markers_path, since, moment.rank, processes) if aimed else None
@@ -399,11 +409,12 @@ def soak(
         }
         if moment.target == "checkpoint" and pid is not None:
             entry["temporary_file_left"] = bool(list(out.glob(".*.pt.tmp-*")))
+        entry["chain"] = len(chains)
         record.append(entry)
     since = time.time()
-    process = launch(markers_path, argv, log, processes, env)
+    process = launch(markers_path, [*argv, "--out", str(out), "--resume"], log, processes, env)
     final = finish(process, markers_path, since, timeout=3600)
-    return {"kills": record, "final_exit_code": final}
+    return {"kills": record, "final_exit_code": final, "chains": [str(c) for c in chains]}
 
 
 def _step_of(path: Path) -> int | None:

@@ -186,3 +186,25 @@ def test_a_failed_embed_leaves_no_partial_set(folder: Path, tmp_path: Path, monk
     with pytest.raises(OutputError):
         pretrain_module.embed(Path(pre["checkpoint"]), tmp_path / "emb")
     assert list((tmp_path / "emb").iterdir()) == []
+
+
+@pytest.mark.parametrize("edit", ["extra weight", "setting", "record"])
+def test_an_edited_pretrain_checkpoint_is_one_line(folder: Path, tmp_path: Path, edit: str) -> None:
+    import torch
+
+    from fastadapt.config import PretrainConfig
+    from fastadapt.errors import FastAdaptError
+    from fastadapt.pretrain import load_backbone, pretrain
+
+    config = PretrainConfig(dataset="folder", data_dir=str(folder), image_size=16, epochs=1, val_episodes=2)
+    pretrain(replace(config, out=str(tmp_path / "pre")), progress=False)
+    state = torch.load(tmp_path / "pre" / "pretrain.pt", weights_only=True)
+    if edit == "extra weight":  # load_state_dict's RuntimeError escaped before
+        state["model"]["extra"] = torch.zeros(1)
+    elif edit == "setting":  # built a backbone for 0-pixel images before
+        state["config"]["image_size"] = 0
+    else:  # embed's KeyError escaped before
+        del state["feature_dim"]
+    torch.save(state, tmp_path / "edited.pt")
+    with pytest.raises(FastAdaptError, match=r"edited\.pt.*(do not fit|--image-size must be|no feature_dim)"):
+        load_backbone(tmp_path / "edited.pt")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from fastadapt.config import Config, PretrainConfig, check_device
 from fastadapt.datasets import load_splits
 from fastadapt.datasets.embeddings import PARTS, write_embedding_split, write_json_atomically
 from fastadapt.engine.fastlayers import with_fast_layers
-from fastadapt.errors import ConfigError, OutputError
+from fastadapt.errors import ConfigError, DataError, OutputError
 from fastadapt.nets import build_network
 from fastadapt.nets.conv import conv4_filters
 from fastadapt.options import require_finite, require_positive, require_seed, require_types
@@ -255,8 +255,24 @@ def load_backbone(checkpoint: Path, device: str = "cpu") -> tuple[nn.Module, Pre
     """The backbone kept by :func:`pretrain`, its configuration and the checkpoint's record."""
     state = load_checkpoint(checkpoint, kind="pretrain")
     config = PretrainConfig(**{k: v for k, v in state["config"].items() if k in PretrainConfig.__dataclass_fields__})
+    try:  # its settings, checked as a command line's are
+        validate_pretrain(replace(config, device="cpu"))
+    except ConfigError as error:
+        raise ConfigError(f"{checkpoint}: {error}") from None
+    record = {"feature_dim": int, "network": str, "epoch": int, "val_acc": (int, float)}
+    missing = [k for k, kind in record.items() if not isinstance(state.get(k), kind) or isinstance(state.get(k), bool)]
+    if missing:
+        raise DataError(f"{checkpoint} is not a `fastadapt pretrain` checkpoint (no {', '.join(missing)}).")
     backbone = build_backbone(config)
-    backbone.load_state_dict(state["model"])
+    try:
+        backbone.load_state_dict(state["model"])
+    except RuntimeError as error:
+        lines = str(error).splitlines()  # torch: "Error(s) in loading state_dict ...:" then the first mismatch
+        detail = lines[1].strip() if len(lines) > 1 else lines[0]
+        raise DataError(
+            f"{checkpoint}: its weights do not fit the backbone of its own configuration ({detail}); it was changed "
+            f"or damaged after pre-training. Pre-train again."
+        ) from None
     return backbone.to(device).eval(), config, state
 
 

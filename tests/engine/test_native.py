@@ -111,7 +111,21 @@ def test_compiled_once_into_the_cache_and_loaded_from_it_later(fresh_library, mo
 
     monkeypatch.setattr(native, "_compile", no_compiling)
     assert native.library() is not None
-    assert built.stat().st_mtime_ns == stamp and list(fresh_library.glob("*")) == [built]  # no temporary left
+    assert built.stat().st_mtime_ns == stamp  # no temporary left
+    assert sorted(fresh_library.glob("*")) == [built, native._digest_path(built)]
+
+
+@needs_compiler
+@pytest.mark.parametrize("damage", [b"", b"not a library", "cut"])
+def test_a_library_damaged_in_the_cache_is_built_again(fresh_library, damage):
+    """A library damaged in the cache (cut short, overwritten) is built again rather than loaded: the dynamic loader
+    stopped the process with a bus error on a cut one; a file it refuses turned the kernel off in every run."""
+    built = native.library_path(native.compiler())
+    native._compile(native.compiler(), native.SOURCE, built)  # built, not loaded: this process maps nothing of it
+    whole = built.read_bytes()
+    built.write_bytes(whole[: len(whole) // 3] if damage == "cut" else damage)
+    assert native.library() is not None
+    assert built.read_bytes() == whole and sorted(fresh_library.glob("*")) == [built, native._digest_path(built)]
 
 
 @pytest.mark.parametrize("setting", [("CXX", "false"), ("CXX", "/no/such/compiler"), ("FASTADAPT_NATIVE", "0")])

@@ -55,15 +55,34 @@ def _cpu_signature() -> str:
 
 
 def _compile(cxx: str, source: Path, target: Path) -> None:
+    """Build ``target``, and beside it its sha256 (``<target>.sha256``), each written whole and renamed."""
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(handle)
     try:
         subprocess.run([cxx, *FLAGS, "-o", temporary, str(source)], check=True, capture_output=True, text=True)
+        digest = hashlib.sha256(Path(temporary).read_bytes()).hexdigest()
         os.replace(temporary, target)  # atomic: another process never loads a half-written library
+        handle, temporary = tempfile.mkstemp(suffix=".sha256", dir=target.parent)
+        with os.fdopen(handle, "w") as f:
+            f.write(digest)
+        os.replace(temporary, _digest_path(target))
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def _digest_path(target: Path) -> Path:
+    return target.with_name(target.name + ".sha256")
+
+
+def _intact(target: Path) -> bool:
+    """Whether ``target`` holds the bytes its build recorded: a library cut short or changed in the cache is not
+    loaded (the dynamic loader stops the process with a bus error on a truncated one, instead of raising)."""
+    try:
+        return hashlib.sha256(target.read_bytes()).hexdigest() == _digest_path(target).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -77,6 +96,13 @@ def _declare(lib: ctypes.CDLL) -> None:
         backward.restype = ctypes.c_int
 
 
+def library_path(cxx: str) -> Path:
+    """The cached library for this source, compiler, flags and CPU."""
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([source, cxx.encode(), " ".join(FLAGS).encode(), _cpu_signature().encode()]))
+    return cache_dir() / f"fastadapt_native_{key.hexdigest()[:16]}.so"
+
+
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The compiled kernels, or None where they cannot be had (see the module docstring)."""
@@ -87,11 +113,9 @@ def library() -> ctypes.CDLL | None:
         if cxx is None:
             log.warning("fastadapt: no C++ compiler found ($CXX, c++, g++, clang++); using torch operations instead.")
             return None
-        source = SOURCE.read_bytes()
-        key = hashlib.sha256(b"\0".join([source, cxx.encode(), " ".join(FLAGS).encode(), _cpu_signature().encode()]))
-        target = cache_dir() / f"fastadapt_native_{key.hexdigest()[:16]}.so"
+        target = library_path(cxx)
         try:
-            if not target.exists():
+            if not _intact(target):  # missing, or damaged in the cache (cut short, overwritten): build it
                 _compile(cxx, SOURCE, target)
             lib = ctypes.CDLL(str(target))
             _declare(lib)
