@@ -512,3 +512,29 @@ def test_a_checkpoint_with_impossible_settings_is_refused_by_name(tmp_path: Path
     torch.save(state, tmp_path / "edited.pt")
     line = run_error(capsys, ["eval", "--checkpoint", str(tmp_path / "edited.pt"), "--quiet"])
     assert "edited.pt: --inner-lr must be a finite number (got nan)" in line
+
+
+def test_devices_torch_knows_but_fastadapt_does_not_run_on_are_refused(tmp_path: Path, capsys) -> None:
+    for device in ("meta", "mps"):  # accepted before, then failed mid-run ("Cannot copy out of meta tensor")
+        line = run_error(capsys, [*maml_args(tmp_path / "out"), "--device", device])
+        assert f"--device {device}: fastadapt runs on cpu or cuda" in line
+
+
+def test_a_network_too_wide_for_memory_is_refused_before_it_is_built(folder: Path, tmp_path: Path, capsys) -> None:
+    """conv4-99999999 asked torch for 4.9 TB (a RuntimeError from its allocator escaped, from `pretrain`)."""
+    line = run_error(capsys, protonet_args(folder, tmp_path / "out", "--network", "conv4-99999999"))
+    assert "--network conv4-99999999, its weights, gradients and optimiser state, needs" in line
+    pretrain = ["pretrain", "--dataset", "folder", "--data-dir", str(folder), "--network", "conv4-99999999"]
+    assert "use fewer filters" in run_error(capsys, [*pretrain, "--out", str(tmp_path / "p")])
+
+
+def test_config_names_that_are_not_printable_stay_on_one_line(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"bad\nname": 1}))
+    line = run_error(capsys, [*maml_args(tmp_path / "out"), "--config", str(config)])
+    assert "has no setting(s) 'bad\\nname'" in line
+
+
+def test_an_empty_split_folder_name_is_not_the_working_directory(folder: Path, tmp_path: Path, capsys) -> None:
+    line = run_error(capsys, protonet_args(folder, tmp_path / "out", "--split", ""))
+    assert "--split '' names no folder" in line

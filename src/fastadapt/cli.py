@@ -194,7 +194,7 @@ def train_settings(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]]:
         raise ConfigError(" ".join(not_an_option(name, algorithm) for name in unknown))
     unknown = sorted(set(settings) - known)
     if unknown:
-        names = ", ".join(unknown)
+        names = ", ".join(name if name.isprintable() else repr(name) for name in unknown)
         raise ConfigError(
             f"{args.config}: {algorithm} has no setting(s) {names}; `fastadapt presets` shows its options."
         )

@@ -195,6 +195,7 @@ def validate(config: Config) -> None:
     require_positive(config, "test_episodes", "train_shots", "train_ways", "eval_query", "image_size", "channels")
     require_seed(config)
     check_episode_memory(config)
+    check_network_memory(config.network, config.channels)
     check_device(config.device)
     if not config.lr > 0:
         raise ConfigError(f"--lr must be positive (got {config.lr}).")
@@ -220,6 +221,18 @@ def check_episode_memory(config: Config) -> None:
     )
 
 
+def check_network_memory(network: str | None, channels: int) -> None:
+    """Refuse a --network conv4-N too wide to hold in memory: its weights, their gradients and Adam's two moments
+    (the other networks have a fixed size)."""
+    from fastadapt.nets.conv import conv4_filters
+
+    filters = conv4_filters(network)
+    if filters:
+        weights = 9 * filters * (channels + 3 * filters)
+        require_memory(16 * weights, f"--network {network}, its weights, gradients and optimiser state,",
+                       "use fewer filters (conv4 has 64)")  # fmt: skip
+
+
 def check_device(device: str) -> None:
     """Refuse a device this torch cannot use, before any work starts."""
     import torch
@@ -228,6 +241,8 @@ def check_device(device: str) -> None:
         kind = torch.device(device).type
     except (RuntimeError, TypeError):
         raise ConfigError(f"unknown --device {device!r}; use cpu, cuda or cuda:N.") from None
+    if kind not in ("cpu", "cuda"):  # meta, mps, xpu, ...: torch knows them, fastadapt does not run on them
+        raise ConfigError(f"--device {device}: fastadapt runs on cpu or cuda (cuda:N), not {kind}.")
     if kind == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
             f"--device {device} asked for a GPU but torch {torch.__version__} sees no CUDA device; use --device cpu."

@@ -28,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from fastadapt.checkpoint import load_checkpoint, save_checkpoint
-from fastadapt.config import Config, PretrainConfig, check_device
+from fastadapt.config import Config, PretrainConfig, check_device, check_network_memory
 from fastadapt.datasets import load_splits
 from fastadapt.datasets.embeddings import PARTS, write_embedding_split, write_json_atomically
 from fastadapt.engine.fastlayers import with_fast_layers
@@ -66,6 +66,7 @@ def validate_pretrain(config: PretrainConfig) -> None:
         raise ConfigError(
             f"unknown --network {config.network!r} for pretrain; choose conv4, conv4-N (N filters) or resnet12."
         )
+    check_network_memory(network, config.channels)
     if config.head not in HEADS:
         raise ConfigError(f"unknown --head {config.head!r}; choose one of: {', '.join(HEADS)}.")
     if not config.lr > 0:

@@ -354,3 +354,13 @@ def test_a_damaged_split_list_is_one_line(tmp_path: Path, text: bytes, message: 
     (tmp_path / "list.txt").write_bytes(text)
     with pytest.raises(DataError, match=message):
         read_split_list(tmp_path / "list.txt", ["Fake/character01", "Fake/character02"])
+
+
+def test_an_image_size_whose_arrays_would_not_fit_in_memory_is_refused(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("FASTADAPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("fastadapt.options.available_memory", lambda: 64 * 2**20)
+    root = tmp_path / "data" / "omniglot"
+    _write_fake_npz(root / "images_background.npz", n_chars=2)
+    _write_fake_npz(root / "images_evaluation.npz", n_chars=2, seed=1)
+    with pytest.raises(ConfigError, match="Omniglot at --image-size 500 needs .* use a smaller --image-size"):
+        load_omniglot(tmp_path / "data", "lake", image_size=500)

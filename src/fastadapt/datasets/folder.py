@@ -133,7 +133,9 @@ def read_split_files(split_dir: Path, names: list[str]) -> dict[str, list[str]]:
     for part in PARTS:
         path = split_dir / f"{part}.txt"
         if not path.is_file():
-            raise DataError(f"split file {path} is missing; write one class name per line into it.")
+            raise DataError(
+                f"split file {path} is missing (--split names its folder); write one class name per line into it."
+            )
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as error:
@@ -209,6 +211,8 @@ def load_image_folder(
             f"image folder {root} has {len(names)} class sub-folder{'s' if len(names) != 1 else ''} "
             f"({', '.join(names)}) but a train/val/test split needs at least 3; add more class sub-folders."
         )
+    if split is not None and not str(split):
+        raise ConfigError("--split '' names no folder; pass the folder holding train.txt, val.txt and test.txt.")
     if split is None:
         parts = random_class_split(names, split_seed, fractions)
     else:

@@ -186,8 +186,9 @@ def read_split_list(path: Path, names: list[str]) -> dict[str, list[int]]:
         part, name = fields
         if name not in index:
             raise DataError(
-                f"Omniglot character {name} of the split list {path} is missing from the data; fetch Omniglot again "
-                f"with `fastadapt download omniglot`."
+                f"Omniglot character {name} of the split list {path} is missing from the Omniglot files; fetch them "
+                f"again with `fastadapt download omniglot` (or point --data-dir at a full copy, or choose another "
+                f"--split)."
             )
         if name in seen:
             raise DataError(f"Omniglot character {name} is listed twice in the split list {path}; reinstall fastadapt.")

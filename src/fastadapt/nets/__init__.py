@@ -34,4 +34,4 @@ def build_network(name: str, channels: int, image_size: int, num_outputs: int | 
         return Conv4Stride(channels, 64, num_outputs or 64, norm=norm)
     if name == "mlp":
         return MLP(1, (40, 40), num_outputs or 1)
-    raise ConfigError(f"unknown network {name!r}; choose one of: {', '.join(NETWORKS)}, or conv4-N.")
+    raise ConfigError(f"unknown --network {name!r}; choose one of: {', '.join(NETWORKS)}, or conv4-N.")
