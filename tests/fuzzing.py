@@ -132,6 +132,17 @@ def with_magic(magic: bytes) -> st.SearchStrategy[bytes]:
 
 
 ZIP_MAGIC, PICKLE_MAGIC, NPY_MAGIC = b"PK\x03\x04", b"\x80\x02", b"\x93NUMPY\x01\x00"
+#: What is done to a file's bytes: random bytes, random bytes behind its format's signature, a damaged copy.
+BYTE_DAMAGE = ("random", "magic", "damaged")
+
+
+def byte_damage(draw: st.DrawFn, kind: str, data: bytes, magic: bytes) -> bytes:
+    """``data`` (a valid file) as one of :data:`BYTE_DAMAGE` makes it."""
+    if kind == "random":
+        return draw(random_bytes())
+    if kind == "magic":
+        return draw(with_magic(magic))
+    return draw(damaged(data))
 
 
 def npz_bytes(arrays: dict[str, np.ndarray], compressed: bool = False) -> bytes:
@@ -525,13 +536,9 @@ OMNIGLOT_KEYS = ("images", "alphabet", "character", "character_id", "drawer", "f
 def omniglot_npz_cases(draw: st.DrawFn) -> Case:
     files = tiny_omniglot_files()
     which = draw(st.sampled_from(sorted(files)))
-    kind = draw(st.sampled_from(["random", "magic", "damaged", "arrays", "edited"]))
-    if kind == "random":
-        files[which] = draw(random_bytes())
-    elif kind == "magic":
-        files[which] = draw(with_magic(ZIP_MAGIC))
-    elif kind == "damaged":
-        files[which] = draw(damaged(files[which]))
+    kind = draw(st.sampled_from([*BYTE_DAMAGE, "arrays", "edited"]))
+    if kind in BYTE_DAMAGE:
+        files[which] = byte_damage(draw, kind, files[which], ZIP_MAGIC)
     elif kind == "arrays":
         image_shapes = st.sampled_from([(0, 105, 105), (20, 105, 105), (40, 105, 105), (20, 28, 28), (20, 105),
                                         (21, 105, 105), (20, 105, 105, 1), ()])  # fmt: skip
@@ -667,13 +674,9 @@ def png_members(draw: st.DrawFn) -> bytes:
 
 @st.composite
 def zip_cases(draw: st.DrawFn) -> Case:
-    kind = draw(st.sampled_from(["random", "magic", "damaged", "members"]))
-    if kind == "random":
-        data = draw(random_bytes())
-    elif kind == "magic":
-        data = draw(with_magic(ZIP_MAGIC))
-    elif kind == "damaged":
-        data = draw(damaged(_cached("zip", omniglot_zip)))
+    kind = draw(st.sampled_from([*BYTE_DAMAGE, "members"]))
+    if kind in BYTE_DAMAGE:
+        data = byte_damage(draw, kind, _cached("zip", omniglot_zip), ZIP_MAGIC)
     else:
         names = st.one_of(
             st.builds(lambda a, c, f, d: f"images_background/Alpha_{a}/character{c:02d}/{f:04d}_{d:02d}.png",
@@ -905,14 +908,10 @@ def leo_cases(draw: st.DrawFn) -> Case:
     rng = np.random.default_rng(draw(seeds))
     files = {f"{p}_embeddings.pkl": leo_pickle(rng) for p in ("train", "val", "test")}
     which = draw(st.sampled_from(sorted(files)))
-    kind = draw(st.sampled_from(["random", "magic", "damaged", "values", "arrays", "calls"]))
+    kind = draw(st.sampled_from([*BYTE_DAMAGE, "values", "arrays", "calls"]))
     protocol = draw(st.integers(0, pickle.HIGHEST_PROTOCOL))
-    if kind == "random":
-        files[which] = draw(random_bytes())
-    elif kind == "magic":
-        files[which] = draw(with_magic(PICKLE_MAGIC))
-    elif kind == "damaged":
-        files[which] = draw(damaged(leo_pickle(rng, protocol)))
+    if kind in BYTE_DAMAGE:
+        files[which] = byte_damage(draw, kind, leo_pickle(rng, protocol), PICKLE_MAGIC)
     elif kind == "values":
         value = draw(junk_values() | st.dictionaries(st.sampled_from(["embeddings", "keys", "labels"]),
                                                      junk_values(), max_size=3))  # fmt: skip
@@ -950,13 +949,9 @@ def embedding_npz_cases(draw: st.DrawFn) -> Case:
 
     files = {f"{p}.npz": npz_bytes(valid(3)) for p in ("train", "val", "test")}
     which = draw(st.sampled_from(sorted(files)))
-    kind = draw(st.sampled_from(["random", "magic", "damaged", "arrays", "edited"]))
-    if kind == "random":
-        files[which] = draw(random_bytes())
-    elif kind == "magic":
-        files[which] = draw(with_magic(ZIP_MAGIC))
-    elif kind == "damaged":
-        files[which] = draw(damaged(files[which]))
+    kind = draw(st.sampled_from([*BYTE_DAMAGE, "arrays", "edited"]))
+    if kind in BYTE_DAMAGE:
+        files[which] = byte_damage(draw, kind, files[which], ZIP_MAGIC)
     elif kind == "arrays":
         files[which] = npz_bytes(draw(st.dictionaries(st.sampled_from(["embeddings", "labels", "class_names", "x"]),
                                                       arrays(), max_size=4)))  # fmt: skip

@@ -61,6 +61,19 @@ def write_json(path: Path, record: Any) -> None:
     write_text(path, json.dumps(record, indent=2) + "\n")
 
 
+def append_json_line(path: Path, record: Any, then: str = "") -> None:
+    """Append ``record`` as one line of JSON (to a log whose reader drops a last line a killed writer left half
+    written). A failed write raises :class:`OutputError`, one line ending with ``then``, what to do after."""
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as error:
+        raise OutputError(
+            f"could not write {path} ({error.strerror or type(error).__name__}); free space in {path.parent} or "
+            f"make it writable{then}."
+        ) from None
+
+
 def remove_leftovers(folder: Path) -> list[Path]:
     """Delete the temporary files that killed writers left in ``folder`` (only while no other writer can be there:
     the caller holds the folder's lock). Returns what was removed."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 import zipfile
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import torch
 from fastadapt import atomic
 from fastadapt.algorithms.base import MetaLearner
 from fastadapt.config import Config, PretrainConfig, config_differences
-from fastadapt.errors import ConfigError, DataError, TrainingDiverged
+from fastadapt.errors import ConfigError, DataError, FastAdaptError, TrainingDiverged
 from fastadapt.options import mistyped
 
 FORMAT_VERSION = 1
@@ -117,6 +118,16 @@ def check_structure(state: Any, path: Path, resumable: bool = False) -> None:
         raise DataError(f"{path} holds a configuration fastadapt cannot read ({type(error).__name__}).") from None
     if wrong:
         raise DataError(f"{path} holds a configuration fastadapt cannot read (settings {', '.join(wrong[:3])}).")
+
+
+def load_weights(module: torch.nn.Module, weights: dict[str, Any], refuse: Callable[[str], FastAdaptError]) -> None:
+    """``module.load_state_dict(weights)``; weights that do not fit raise ``refuse(the first mismatch)``, one line
+    (torch's message is "Error(s) in loading state_dict ...:" and then each mismatch)."""
+    try:
+        module.load_state_dict(weights)
+    except RuntimeError as error:
+        lines = str(error).splitlines()
+        raise refuse(lines[1].strip() if len(lines) > 1 else lines[0]) from None
 
 
 def measured_choices(learner: MetaLearner) -> dict[str, Any]:

@@ -13,10 +13,10 @@ from tqdm.auto import tqdm
 
 from fastadapt import atomic
 from fastadapt.algorithms import MetaLearner, build_algorithm, per_task_score
-from fastadapt.checkpoint import load_checkpoint, restore_measured_choices
+from fastadapt.checkpoint import load_checkpoint, load_weights, restore_measured_choices
 from fastadapt.config import Config, validate
 from fastadapt.datasets import DATASETS, load_splits, task_source
-from fastadapt.errors import ConfigError, DataError, OutputError
+from fastadapt.errors import ConfigError, DataError, FastAdaptError, OutputError
 from fastadapt.tasks.samplers import TaskSource
 
 #: Offset between the training seed and the seed of the meta-test episodes.
@@ -102,20 +102,19 @@ def load_learner(checkpoint: Path, **overrides: Any) -> tuple[MetaLearner, Confi
     except ConfigError as error:
         raise ConfigError(f"{checkpoint}: {error}") from None
     learner = build_algorithm(config)
-    try:
-        learner.load_state_dict(state["model"])
-    except RuntimeError as error:
+
+    def refuse(mismatch: str) -> FastAdaptError:
         if config.ways != saved.ways:  # a classifier head with one output per way does not fit other ways
-            raise ConfigError(
+            return ConfigError(
                 f"{checkpoint} is a {config.algorithm} model with a {saved.ways}-way classifier head; "
                 f"evaluate it with --ways {saved.ways}."
-            ) from error
-        lines = str(error).splitlines()  # torch: "Error(s) in loading state_dict ...:" then the first mismatch
-        detail = lines[1].strip() if len(lines) > 1 else lines[0]
-        raise DataError(
-            f"{checkpoint}: its weights do not fit the {config.algorithm} model of its own configuration ({detail}); "
+            )
+        return DataError(
+            f"{checkpoint}: its weights do not fit the {config.algorithm} model of its own configuration ({mismatch}); "
             f"it was changed or damaged after training. Use another checkpoint."
-        ) from None
+        )
+
+    load_weights(learner, state["model"], refuse)
     # What training measured as faster; workers are left to evaluation's own default (one).
     restore_measured_choices(learner, state, workers=False)
     return learner.to(config.device), config

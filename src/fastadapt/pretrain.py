@@ -14,7 +14,6 @@ divided by one scale (the mean length of the training vectors, so they have unit
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, replace
@@ -27,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from fastadapt.checkpoint import load_checkpoint, save_checkpoint
+from fastadapt import atomic
+from fastadapt.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from fastadapt.config import Config, PretrainConfig, check_device, check_network_memory
 from fastadapt.datasets import load_splits
 from fastadapt.datasets.embeddings import PARTS, write_embedding_split, write_json_atomically
@@ -222,14 +222,7 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> dict[str, Any]:
             "val_5w1s_nearest_centroid": val_acc,
             "elapsed_s": round(time.time() - started, 2),
         }
-        try:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-        except OSError as error:
-            raise OutputError(
-                f"could not write {metrics_path} ({error.strerror or type(error).__name__}); free space in {out} or "
-                f"make it writable."
-            ) from None
+        atomic.append_json_line(metrics_path, record)
         if progress:
             print(
                 f"epoch {epoch}: loss {record['loss']:.3f}, train acc {record['train_acc']:.3f}, "
@@ -265,15 +258,14 @@ def load_backbone(checkpoint: Path, device: str = "cpu") -> tuple[nn.Module, Pre
     if missing:
         raise DataError(f"{checkpoint} is not a `fastadapt pretrain` checkpoint (no {', '.join(missing)}).")
     backbone = build_backbone(config)
-    try:
-        backbone.load_state_dict(state["model"])
-    except RuntimeError as error:
-        lines = str(error).splitlines()  # torch: "Error(s) in loading state_dict ...:" then the first mismatch
-        detail = lines[1].strip() if len(lines) > 1 else lines[0]
-        raise DataError(
-            f"{checkpoint}: its weights do not fit the backbone of its own configuration ({detail}); it was changed "
-            f"or damaged after pre-training. Pre-train again."
-        ) from None
+    load_weights(
+        backbone,
+        state["model"],
+        lambda mismatch: DataError(
+            f"{checkpoint}: its weights do not fit the backbone of its own configuration ({mismatch}); it was "
+            f"changed or damaged after pre-training. Pre-train again."
+        ),
+    )
     return backbone.to(device).eval(), config, state
 
 

@@ -26,6 +26,7 @@ from fastadapt.algorithms import MetaLearner, build_algorithm, per_task_score
 from fastadapt.checkpoint import (
     check_structure,
     load_checkpoint,
+    load_weights,
     measured_choices,
     non_finite,
     restore_measured_choices,
@@ -59,14 +60,7 @@ def _higher_is_better(config: Config) -> bool:
 
 
 def _append_metrics(path: Path, record: dict[str, Any]) -> None:
-    try:
-        with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-    except OSError as error:
-        raise OutputError(
-            f"could not write {path} ({error.strerror or type(error).__name__}); the last checkpoint is intact. "
-            f"Free space in {path.parent} or make it writable, then --resume."
-        ) from None
+    atomic.append_json_line(path, record, then=", then --resume (the last checkpoint is intact)")
 
 
 def _records(path: Path) -> list[tuple[str, dict[str, Any]]]:
@@ -109,15 +103,14 @@ def _load_initial_weights(learner: torch.nn.Module, config: Config) -> None:
             f"--init-from {config.init_from} holds a {source.algorithm} model, not {config.algorithm}; "
             f"pass a checkpoint of the same method."
         )
-    try:
-        learner.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        lines = str(exc).splitlines()  # torch: "Error(s) in loading state_dict ...:" then the first mismatch
-        detail = lines[1].strip() if len(lines) > 1 else lines[0]
-        raise ConfigError(
-            f"--init-from {config.init_from}: its model does not fit this configuration ({detail}); "
+    load_weights(
+        learner,
+        state["model"],
+        lambda mismatch: ConfigError(
+            f"--init-from {config.init_from}: its model does not fit this configuration ({mismatch}); "
             f"use the network, ways and method settings it was trained with."
-        ) from exc
+        ),
+    )
 
 
 def _validate(
