@@ -678,3 +678,23 @@ def inspect_miniimagenet(data_dir: str | os.PathLike | None = None, image_size: 
     if all(not r.problem for r in report.parts.values()):
         report.split_problems = split_differences({p: parts[p].class_names for p in PARTS})
     return report
+
+
+#: The entry for ``fastadapt.datasets.DATASETS`` (its DatasetInfo takes name, kind, description).
+DATASET_DESCRIPTION = (
+    "100 ImageNet classes x 600 colour images, 84x84, Ravi & Larochelle's 64/16/20 split; reads "
+    "<data-dir>/mini-imagenet/ in any of four layouts (fastadapt datasets tells which it found)"
+)
+
+
+def splits_for_config(config: Any, progress: bool = True) -> dict[str, SourcedClassSplit]:
+    """What ``fastadapt.datasets.load_splits`` returns for ``--dataset mini-imagenet``: the splits of
+    ``config.data_dir`` (or ``$FASTADAPT_DATA``/``shared/data``), checked so that every class holds the episodes'
+    shots + queries (the training shape for train, the test shape for val and test) with a message naming
+    the class's files. ``config.split`` "vinyals", Omniglot's default in DataOptions, means the standard split."""
+    split = "ravi" if config.split == "vinyals" else config.split
+    splits = load_miniimagenet(config.data_dir, split, config.image_size, config.channels, progress)
+    check_class_sizes(splits["train"], config.train_shots_or_shots, config.query)
+    for part in ("val", "test"):
+        check_class_sizes(splits[part], config.shots, config.eval_query_or_query)
+    return splits
