@@ -352,7 +352,8 @@ def ensure_omniglot(
     except DataError as exc:
         if placed or "checksum mismatch" in str(exc) or "cannot write" in str(exc):
             raise
-        raise DataError(f"Omniglot is not in {root} and the download failed ({exc}); {by_hand}, then run again.") from exc
+        reason = str(exc).split("; check your connection", 1)[0]  # the URL and why, without download_file's advice
+        raise DataError(f"Omniglot is not in {root} and the download failed ({reason}); {by_hand}, then run again.") from exc
 
 
 def download_miniimagenet(*args: object, **kwargs: object) -> NoReturn:
@@ -378,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir")
     args, _ = parser.parse_known_args(argv)
     try:
-        root = ensure_omniglot(resolve_data_dir(args.data_dir), download=True, progress=sys.stderr.isatty())
+        root = ensure_omniglot(resolve_data_dir(args.data_dir), True, OMNIGLOT_SOURCES, progress=sys.stderr.isatty())
     except DataError as exc:
         print(f"fastadapt: error: {exc}", file=sys.stderr)
         return 2
