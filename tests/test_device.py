@@ -34,7 +34,9 @@ def test_auto_and_cpu_without_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     assert dev.resolve_device("auto") == torch.device("cpu")
     assert dev.resolve_device(None) == torch.device("cpu")
     assert dev.resolve_device("cpu") == torch.device("cpu")
-    with pytest.raises(ConfigError, match=r"--device cuda asked for a GPU but torch .* sees no CUDA device.*--device cpu"):
+    with pytest.raises(
+        ConfigError, match=r"--device cuda asked for a GPU but torch .* sees no CUDA device.*--device cpu"
+    ):
         dev.resolve_device("cuda")
     with pytest.raises(ConfigError, match="unknown --device 'gpu0'"):
         dev.resolve_device("gpu0")
@@ -136,7 +138,9 @@ def test_bf16_check_refuses_where_bf16_is_not_close() -> None:
     batch = image_batch(tasks=2, ways=3, shots=2, query=3, size=16, dtype=torch.float32, uniform=True)
     result = dev.check_bf16(learner, batch, torch.device("cpu"))
     assert result.gradient_cosine < 0.95 and not result.passed
-    with pytest.raises(ConfigError, match=r"--precision bf16 is not exact enough.*meta-gradient cosine.*use --precision fp32"):
+    with pytest.raises(
+        ConfigError, match=r"--precision bf16 is not exact enough.*meta-gradient cosine.*use --precision fp32"
+    ):
         dev.require_bf16_exact_enough(learner, batch, torch.device("cpu"))
     assert dev.require_bf16_exact_enough(learner, batch, torch.device("cpu"), min_gradient_cosine=-1.0).passed
 

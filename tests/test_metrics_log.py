@@ -29,7 +29,9 @@ def test_missing_tensorboard_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_pa
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
-    with pytest.raises(ConfigError, match=r"^--tensorboard needs the tensorboard package: pip install 'fastadapt\[tensorboard\]'") as info:
+    with pytest.raises(
+        ConfigError, match=r"^--tensorboard needs the tensorboard package: pip install 'fastadapt\[tensorboard\]'"
+    ) as info:
         TensorBoardMirror(tmp_path / "tb")
     assert "\n" not in str(info.value)
 

@@ -180,9 +180,13 @@ def check_bf16(
     return Bf16Check(loss32, loss16, relative, cosine, loss_tolerance, min_gradient_cosine)
 
 
-def require_bf16_exact_enough(learner: torch.nn.Module, batch: TaskBatch, device: torch.device, **limits: Any) -> Bf16Check:
+def require_bf16_exact_enough(
+    learner: torch.nn.Module, batch: TaskBatch, device: torch.device, **limits: Any
+) -> Bf16Check:
     """:func:`check_bf16`, refusing ``--precision bf16`` with one line when it fails."""
     result = check_bf16(learner, batch, device, **limits)
     if not result.passed:
-        raise ConfigError(f"--precision bf16 is not exact enough for this run ({result.describe()}); use --precision fp32.")
+        raise ConfigError(
+            f"--precision bf16 is not exact enough for this run ({result.describe()}); use --precision fp32."
+        )
     return result

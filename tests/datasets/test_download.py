@@ -255,7 +255,9 @@ def test_ensure_omniglot_without_download_says_how(tmp_path):
     message = str(info.value)
     assert "\n" not in message
     assert f"Omniglot is not in {tmp_path / 'omniglot'}; pass --download" in message
-    assert "images_background.zip and images_evaluation.zip" in message and str(tmp_path / "omniglot" / "raw") in message
+    assert (
+        "images_background.zip and images_evaluation.zip" in message and str(tmp_path / "omniglot" / "raw") in message
+    )
 
 
 def _dead_port() -> int:

@@ -202,7 +202,9 @@ def test_episode_sampler_on_result(folder: Path) -> None:
 # --- colour and size chosen from the images --------------------------------------------------------------------
 
 
-def _photos(root: Path, size: tuple[int, int], mode: str, classes: int = 3, per_class: int = 3, fmt: str = "JPEG") -> Path:
+def _photos(
+    root: Path, size: tuple[int, int], mode: str, classes: int = 3, per_class: int = 3, fmt: str = "JPEG"
+) -> Path:
     """Smooth images (JPEG-friendly): colour gradients for "RGB", one grey level per pixel for "L", and grey
     images stored as RGB for "RGB-gray"."""
     rng = np.random.default_rng(1)

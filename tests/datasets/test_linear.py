@@ -49,7 +49,9 @@ def test_seeded_and_resumable() -> None:
 def test_noise() -> None:
     batch = LinearTasks(shots=200, query=1, seed=0, noise=0.5).sample(1)
     fitted = _fit_lines(batch.support_x, batch.support_y)[0]
-    residual = batch.support_y[0, :, 0].double().numpy() - (fitted[0] + fitted[1] * batch.support_x[0, :, 0].double().numpy())
+    residual = batch.support_y[0, :, 0].double().numpy() - (
+        fitted[0] + fitted[1] * batch.support_x[0, :, 0].double().numpy()
+    )
     assert 0.4 < residual.std() < 0.6
     with pytest.raises(ValueError, match="noise"):
         LinearTasks(noise=-1)

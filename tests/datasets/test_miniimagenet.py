@@ -140,7 +140,9 @@ def test_misplaced_and_unknown_classes_named(tmp_path: Path) -> None:
     classes["train"].append(moved)
     classes["val"].append("n99999999")
     folder = _fixture(tmp_path, "learn2learn", classes=classes, per_class=1)
-    with pytest.raises(DataError, match=rf"train holds 1 class\(es\) of another part \({moved} belongs to test\)") as info:
+    with pytest.raises(
+        DataError, match=rf"train holds 1 class\(es\) of another part \({moved} belongs to test\)"
+    ) as info:
         mi.load_miniimagenet(folder)
     assert "val holds 1 class(es) outside the split (n99999999)" in str(info.value)
     assert "test lacks 1 of its 20 classes" in str(info.value)
@@ -251,7 +253,9 @@ def test_truncated_pickle(tmp_path: Path) -> None:
     folder = _fixture(tmp_path, "learn2learn")
     path = folder / "mini-imagenet-cache-train.pkl"
     path.write_bytes(path.read_bytes()[:5000])
-    with pytest.raises(DataError, match=r"mini-imagenet-cache-train\.pkl is corrupt or not a pickle.*get it again") as info:
+    with pytest.raises(
+        DataError, match=r"mini-imagenet-cache-train\.pkl is corrupt or not a pickle.*get it again"
+    ) as info:
         mi.load_miniimagenet(folder, split="as-found")
     _one_line(info)
 
@@ -297,7 +301,11 @@ def test_hdf5_without_h5py(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 def test_corrupt_jpeg(tmp_path: Path, layout: str) -> None:
     folder = _fixture(tmp_path, layout)
     synset = small_split(3)["val"][2]
-    bad = folder / "images" / f"{synset}00000004.jpg" if layout == "ravi" else folder / "val" / synset / f"{synset}_00003.JPEG"
+    bad = (
+        folder / "images" / f"{synset}00000004.jpg"
+        if layout == "ravi"
+        else folder / "val" / synset / f"{synset}_00003.JPEG"
+    )
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     with pytest.raises(DataError, match=rf"cannot decode {bad}.*replace it with an intact copy") as info:
         mi.load_miniimagenet(folder, split="as-found")
@@ -322,7 +330,9 @@ def test_csv_without_header(tmp_path: Path) -> None:
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_class_too_small_names_its_source(tmp_path: Path, layout: str) -> None:
     small = small_split(3)["train"][1]
-    folder = _fixture(tmp_path, layout, per_class={**{n: PER_CLASS for p in small_split(3).values() for n in p}, small: 4})
+    folder = _fixture(
+        tmp_path, layout, per_class={**{n: PER_CLASS for p in small_split(3).values() for n in p}, small: 4}
+    )
     splits = mi.load_miniimagenet(folder, split="as-found")
     mi.check_class_sizes(splits["train"], shots=1, query=3)  # 4 images suffice
     with pytest.raises(DataError) as info:
@@ -356,7 +366,11 @@ def test_report_counts_and_cache(tmp_path: Path) -> None:
 def test_report_full_split_and_pickles(tmp_path: Path) -> None:
     _fixture(tmp_path, "learn2learn", classes=mi.standard_split(), per_class=1)
     lines = mi.inspect_miniimagenet(tmp_path).lines()
-    assert lines[1:4] == ["  train 64 classes, 64 images (at least 1 per class)", "  val   16 classes, 16 images (at least 1 per class)", "  test  20 classes, 20 images (at least 1 per class)"]
+    assert lines[1:4] == [
+        "  train 64 classes, 64 images (at least 1 per class)",
+        "  val   16 classes, 16 images (at least 1 per class)",
+        "  test  20 classes, 20 images (at least 1 per class)",
+    ]
     assert lines[4] == "  split: Ravi & Larochelle's 64/16/20 classes"
 
 

@@ -143,7 +143,11 @@ def test_maml_preset_is_finn_et_al() -> None:
     one, five = preset("maml", 1), preset("maml", 5)
     for p in (one, five):
         assert (p["network"], p["inner_lr"], p["inner_steps"], p["eval_inner_steps"], p["query"]) == (
-            "conv4-32", 0.01, 5, 10, 15
+            "conv4-32",
+            0.01,
+            5,
+            10,
+            15,
         )
     assert (one["meta_batch_size"], five["meta_batch_size"]) == (4, 2)
     assert preset("metasgd", 1)["inner_steps"] == preset("metasgd", 1)["eval_inner_steps"] == 1

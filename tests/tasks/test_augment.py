@@ -48,7 +48,9 @@ def test_jitter_operations_by_hand() -> None:
     np.testing.assert_allclose(adjust_saturation(x, b)[0].numpy(), np.clip(0.6 * x[0].numpy() + 0.4 * grey, 0, 1))
     one = x[:, :1]
     assert torch.equal(adjust_saturation(one, b), one)  # no colour to change
-    np.testing.assert_allclose(adjust_contrast(one, b)[0].numpy(), np.clip(0.6 * one[0].numpy() + 0.4 * one[0].numpy().mean(), 0, 1))
+    np.testing.assert_allclose(
+        adjust_contrast(one, b)[0].numpy(), np.clip(0.6 * one[0].numpy() + 0.4 * one[0].numpy().mean(), 0, 1)
+    )
 
 
 def test_each_operation_alone_against_reference() -> None:

@@ -353,7 +353,9 @@ def ensure_omniglot(
         if placed or "checksum mismatch" in str(exc) or "cannot write" in str(exc):
             raise
         reason = str(exc).split("; check your connection", 1)[0]  # the URL and why, without download_file's advice
-        raise DataError(f"Omniglot is not in {root} and the download failed ({reason}); {by_hand}, then run again.") from exc
+        raise DataError(
+            f"Omniglot is not in {root} and the download failed ({reason}); {by_hand}, then run again."
+        ) from exc
 
 
 def download_miniimagenet(*args: object, **kwargs: object) -> NoReturn:

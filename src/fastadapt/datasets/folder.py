@@ -117,18 +117,28 @@ def detect_format(
                 shorter.append(min(im.size))  # a 90-degree EXIF rotation keeps the shorter side
                 coloured += channels is None and _has_colour(im)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            raise DataError(f"cannot read image {path} ({type(exc).__name__}: {exc}); remove or replace the file.") from exc
+            raise DataError(
+                f"cannot read image {path} ({type(exc).__name__}: {exc}); remove or replace the file."
+            ) from exc
     if channels is None:
         channels = 3 if coloured else 1
         why_channels = (
-            f"colour in {coloured} of {len(sample)} sampled images" if coloured else f"no colour in {len(sample)} sampled images"
+            f"colour in {coloured} of {len(sample)} sampled images"
+            if coloured
+            else f"no colour in {len(sample)} sampled images"
         )
     else:
         why_channels = f"--channels {channels}"
     if image_size is None:
         median = int(np.median(shorter))
         image_size = min(MAX_AUTO_SIZE, max(MIN_AUTO_SIZE, median))
-        bound = f", capped at {MAX_AUTO_SIZE}" if median > MAX_AUTO_SIZE else f", raised to {MIN_AUTO_SIZE}" if median < MIN_AUTO_SIZE else ""
+        bound = (
+            f", capped at {MAX_AUTO_SIZE}"
+            if median > MAX_AUTO_SIZE
+            else f", raised to {MIN_AUTO_SIZE}"
+            if median < MIN_AUTO_SIZE
+            else ""
+        )
         why_size = f"median shorter side {median} px{bound}"
     else:
         why_size = f"--image-size {image_size}"

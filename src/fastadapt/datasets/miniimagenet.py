@@ -220,7 +220,9 @@ def _scan_ravi(folder: Path, part: str) -> _Part:
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"cannot read {csv_path} ({exc}); get it again.") from exc
     if not by_class:
-        raise DataError(f"{csv_path} lists no images; get it again from github.com/twitter-research/meta-learning-lstm.")
+        raise DataError(
+            f"{csv_path} lists no images; get it again from github.com/twitter-research/meta-learning-lstm."
+        )
     names = sorted(by_class)
     files = [p for name in names for p in by_class[name]]
     for p in files:
@@ -229,7 +231,9 @@ def _scan_ravi(folder: Path, part: str) -> _Part:
                 f"{p} (listed in {csv_path}) is missing; restore it from your mini-ImageNet copy, or remove its line."
             )
     part_files = _Part(part, csv_path, [csv_path, *files])
-    _set_file_classes(part_files, names, [by_class[n] for n in names], [f"{images_dir} (via {csv_path.name})"] * len(names))
+    _set_file_classes(
+        part_files, names, [by_class[n] for n in names], [f"{images_dir} (via {csv_path.name})"] * len(names)
+    )
     return part_files
 
 
@@ -240,13 +244,19 @@ def _scan_folders(folder: Path, part: str) -> _Part:
             break
     else:
         raise _missing_part(folder, "folders", str(folder / _FOLDER_PART_NAMES[part][0]) + "/")
-    class_dirs = sorted((p for p in part_dir.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+    class_dirs = sorted(
+        (p for p in part_dir.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name
+    )
     if not class_dirs:
         raise DataError(f"{part_dir} has no class sub-folders; put one folder of images per class in it.")
     classes = []
     for d in class_dirs:
         files = sorted(
-            (p for p in d.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in _IMAGE_SUFFIXES),
+            (
+                p
+                for p in d.iterdir()
+                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in _IMAGE_SUFFIXES
+            ),
             key=lambda p: p.name,
         )
         if not files:
@@ -445,7 +455,9 @@ def _load_cached(entry: Path) -> dict[str, SourcedClassSplit] | None:
         return None
 
 
-def _as_split(part: str, images: np.ndarray, names: list[str], sources: list[str], counts: list[int]) -> SourcedClassSplit:
+def _as_split(
+    part: str, images: np.ndarray, names: list[str], sources: list[str], counts: list[int]
+) -> SourcedClassSplit:
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     indices = [np.arange(starts[c], starts[c + 1]) for c in range(len(names))]
     return SourcedClassSplit(part, torch.from_numpy(images), indices, list(names), class_sources=list(sources))
@@ -534,7 +546,9 @@ def _build_cache(
     return splits
 
 
-def _decode_in_memory(layout: str, parts: dict[str, _Part], image_size: int, progress: bool) -> dict[str, SourcedClassSplit]:
+def _decode_in_memory(
+    layout: str, parts: dict[str, _Part], image_size: int, progress: bool
+) -> dict[str, SourcedClassSplit]:
     out = {}
     for name in PARTS:
         holder: list[np.ndarray] = []
@@ -660,7 +674,9 @@ def inspect_miniimagenet(data_dir: str | os.PathLike | None = None, image_size: 
             report.parts[name] = PartReport(problem=str(exc))
     cached = None
     if len(parts) == len(PARTS):
-        cached = _load_cached(cache_dir() / "mini-imagenet" / _cache_key(report.layout, report.folder, parts, image_size)[1])
+        cached = _load_cached(
+            cache_dir() / "mini-imagenet" / _cache_key(report.layout, report.folder, parts, image_size)[1]
+        )
     report.cached = cached is not None
     for name, part in parts.items():
         try:

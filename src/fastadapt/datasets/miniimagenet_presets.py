@@ -190,7 +190,9 @@ def preset(algorithm: str, shots: int = 1, network: str | None = None) -> dict[s
     table = RESNET12_PRESETS if network == "resnet12" else PRESETS
     if algorithm not in table:
         known = ", ".join(sorted(table))
-        raise KeyError(f"no mini-ImageNet preset for {algorithm!r}{' with ResNet-12' if network else ''}; known: {known}")
+        raise KeyError(
+            f"no mini-ImageNet preset for {algorithm!r}{' with ResNet-12' if network else ''}; known: {known}"
+        )
     if shots not in table[algorithm]:
         raise KeyError(f"mini-ImageNet presets are for 1 or 5 shots, not {shots}")
     return dict(table[algorithm][shots])
@@ -198,6 +200,11 @@ def preset(algorithm: str, shots: int = 1, network: str | None = None) -> dict[s
 
 def published_table() -> str:
     """The published accuracies as a markdown table, with the "measured here" column the docs carry."""
-    rows = ["| method | 5-way 1-shot (published) | 5-way 5-shot (published) | measured here | source |", "|---|---|---|---|---|"]
-    rows += [f"| {name} | {one} | {five} | not measured here | {source} |" for name, (one, five, source) in PUBLISHED.items()]
+    rows = [
+        "| method | 5-way 1-shot (published) | 5-way 5-shot (published) | measured here | source |",
+        "|---|---|---|---|---|",
+    ]
+    rows += [
+        f"| {name} | {one} | {five} | not measured here | {source} |" for name, (one, five, source) in PUBLISHED.items()
+    ]
     return "\n".join(rows)

@@ -76,7 +76,8 @@ class AugmentOptions:
         unknown = chosen - set(OPERATIONS)
         if unknown or not chosen:
             raise ConfigError(
-                f"unknown --augment {value!r}; use all, none, or a comma list of {', '.join(OPERATIONS)} (e.g. crop,flip)."
+                f"unknown --augment {value!r}; use all, none, or a comma list of {', '.join(OPERATIONS)} "
+                f"(e.g. crop,flip)."
             )
         off = {f.name: 0 for f in fields(cls)}
         on = {}
