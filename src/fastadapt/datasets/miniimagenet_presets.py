@@ -14,19 +14,20 @@ Sources (all numbers read from the papers' tables or the authors' released confi
 
 - MAML: Finn et al. 2017, "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks", section 5.2 and
   Table 1 (mini-ImageNet), appendix A.1.
-- ANIL: Raghu et al. 2020, "Rapid Learning or Feature Reuse?", Table 2 (MiniImageNet-5way); MAML's settings.
-- Meta-SGD: Li et al. 2017, "Meta-SGD: Learning to Learn Quickly for Few-Shot Learning", Table 1.
-- MAML++: Antoniou et al. 2019, "How to train your MAML", Table 2; settings from the authors' released
+- ANIL: Raghu et al. 2020, "Rapid Learning or Feature Reuse?" (MiniImageNet-5way); MAML's settings.
+- Meta-SGD: Li et al. 2017, "Meta-SGD: Learning to Learn Quickly for Few-Shot Learning" (miniImagenet).
+- MAML++: Antoniou et al. 2019, "How to train your MAML" (Mini-Imagenet); settings from the authors' released
   ``experiment_config/mini-imagenet_maml++-mini-imagenet_{1,5}_2_0.01_48_5_0.json``
   (github.com/AntreasAntoniou/HowToTrainYourMAMLPytorch).
-- ProtoNet: Snell et al. 2017, "Prototypical Networks for Few-shot Learning", section 3.2 and Table 2.
+- ProtoNet: Snell et al. 2017, "Prototypical Networks for Few-shot Learning", section 3.2 and its miniImageNet
+  table.
 - ProtoNet with ResNet-12: Lee et al. 2019, "Meta-Learning with Differentiable Convex Optimization"
   (MetaOptNet), Table 3 (their Prototypical Networks with ResNet-12); settings from their ``train.py`` defaults
   (github.com/kjunelee/MetaOptNet).
 - Matching Networks: Vinyals et al. 2016; the numbers on Ravi & Larochelle's split are Ravi & Larochelle's
   re-implementation (their Table 1), settings from their ``config/baselines/train-matching-net.lua``
   (github.com/twitter-research/meta-learning-lstm).
-- Relation Network: Sung et al. 2018, "Learning to Compare", Table 2; settings from the authors'
+- Relation Network: Sung et al. 2018, "Learning to Compare" (miniImageNet); settings from the authors'
   ``miniimagenet/miniimagenet_train_{one,few}_shot.py`` (github.com/floodsung/LearningToCompare_FSL).
 - Reptile: Nichol et al. 2018, "On First-Order Meta-Learning Algorithms", Table 1; settings from the commands
   in the authors' README (github.com/openai/supervised-reptile), the non-transductive ones.
@@ -170,14 +171,14 @@ NOT_EXPRESSIBLE: dict[str, list[str]] = {
 PUBLISHED: dict[str, tuple[str, str, str]] = {
     "maml": ("48.70 ± 1.84", "63.11 ± 0.92", "Finn et al. 2017, Table 1"),
     "maml (first order)": ("48.07 ± 1.75", "63.15 ± 0.91", "Finn et al. 2017, Table 1"),
-    "anil": ("46.7 ± 0.4", "61.5 ± 0.5", "Raghu et al. 2020, Table 2 (their MAML: 46.9 ± 0.2, 63.1 ± 0.4)"),
-    "metasgd": ("50.47 ± 1.87", "64.03 ± 0.94", "Li et al. 2017, Table 1"),
-    "maml++": ("52.15 ± 0.26", "68.32 ± 0.44", "Antoniou et al. 2019, Table 2"),
-    "protonet": ("49.42 ± 0.78", "68.20 ± 0.66", "Snell et al. 2017, Table 2 (30-way / 20-way training)"),
+    "anil": ("46.7 ± 0.4", "61.5 ± 0.5", "Raghu et al. 2020 (their MAML: 46.9 ± 0.2, 63.1 ± 0.4)"),
+    "metasgd": ("50.47 ± 1.87", "64.03 ± 0.94", "Li et al. 2017"),
+    "maml++": ("52.15 ± 0.26", "68.32 ± 0.44", "Antoniou et al. 2019"),
+    "protonet": ("49.42 ± 0.78", "68.20 ± 0.66", "Snell et al. 2017 (30-way / 20-way training)"),
     "protonet (ResNet-12)": ("59.25 ± 0.64", "75.60 ± 0.48", "Lee et al. 2019 (MetaOptNet), Table 3"),
     "matching": ("43.40 ± 0.78", "51.09 ± 0.71", "Ravi & Larochelle 2017, Table 1 (re-implementation)"),
     "matching (FCE)": ("43.56 ± 0.84", "55.31 ± 0.73", "Ravi & Larochelle 2017, Table 1 (re-implementation)"),
-    "relation": ("50.44 ± 0.82", "65.32 ± 0.70", "Sung et al. 2018, Table 2"),
+    "relation": ("50.44 ± 0.82", "65.32 ± 0.70", "Sung et al. 2018"),
     "reptile": ("47.07 ± 0.26", "62.74 ± 0.37", "Nichol et al. 2018, Table 1 (49.97 / 65.99 with transduction)"),
     "meta-lstm": ("43.44 ± 0.77", "60.60 ± 0.71", "Ravi & Larochelle 2017, Table 1"),
     "leo": ("61.76 ± 0.08", "77.59 ± 0.12", "Rusu et al. 2019, Table 1 (WRN-28-10 embeddings)"),
