@@ -95,7 +95,7 @@ def test_resized_when_asked(tmp_path: Path) -> None:
     folder = _fixture(tmp_path, "learn2learn")
     splits = mi.load_miniimagenet(folder, split="as-found", image_size=32)
     assert splits["test"].images.shape == (3 * PER_CLASS, 3, 32, 32)
-    first = class_images(splits["test"].class_names[0], 1)[0]
+    first = class_images(splits["test"].class_names[0], PER_CLASS)[0]
     resized = np.asarray(Image.fromarray(first).resize((32, 32), Image.BILINEAR)).transpose(2, 0, 1)
     np.testing.assert_array_equal(splits["test"].images[0].numpy(), resized)
 

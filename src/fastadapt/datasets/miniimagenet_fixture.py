@@ -32,16 +32,13 @@ def class_images(synset: str, count: int, image_size: int = 84, seed: int = 0) -
     """``count`` images of one synthetic class: uint8 (count, size, size, 3)."""
     digest = sum(ord(ch) * 31**i for i, ch in enumerate(synset)) % (2**32)
     rng = np.random.default_rng([seed, digest])
-    colour = rng.uniform(40, 215, size=3)
+    colour = rng.uniform(40, 215, size=3).astype(np.float32)
     angle = rng.uniform(0, np.pi)
     yy, xx = np.mgrid[0:image_size, 0:image_size].astype(np.float32) / image_size
-    out = np.empty((count, image_size, image_size, 3), dtype=np.uint8)
-    for i in range(count):
-        phase = rng.uniform(0, 2 * np.pi)
-        stripes = np.sin(12 * (np.cos(angle) * xx + np.sin(angle) * yy) + phase)[..., None]
-        noise = rng.normal(0, 12, size=(image_size, image_size, 3))
-        out[i] = np.clip(colour + 40 * stripes + noise, 0, 255).astype(np.uint8)
-    return out
+    phase = rng.uniform(0, 2 * np.pi, size=(count, 1, 1)).astype(np.float32)
+    stripes = np.sin(12 * (np.cos(angle) * xx + np.sin(angle) * yy) + phase)[..., None]  # (count, H, W, 1)
+    noise = rng.standard_normal((count, image_size, image_size, 3), dtype=np.float32) * 12
+    return np.clip(colour + 40 * stripes + noise, 0, 255).astype(np.uint8)
 
 
 def _save_jpeg(path: Path, image: np.ndarray, quality: int) -> None:
