@@ -27,10 +27,14 @@ import torch
 from common import RESULTS, ROOT, machine, save_figure, write_json
 
 from fastadapt.algorithms import MAML
-from fastadapt.datasets.linear import PRESET, LinearTasks
+from fastadapt.config import presets
+from fastadapt.datasets.linear import LinearTasks
 from fastadapt.evaluate import evaluate, mean_ci95
 from fastadapt.nets import MLP
 from fastadapt.tasks.episodes import TaskBatch
+
+#: MAML's preset for lines (src/fastadapt/algorithms/optimization/maml.py)
+PRESET = presets("maml", "linear")
 
 TEST_STEPS = (0, 1, 5, 10)
 CHECKPOINT_EVERY = 500

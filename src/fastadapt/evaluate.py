@@ -14,8 +14,9 @@ from tqdm.auto import tqdm
 
 from fastadapt.algorithms import MetaLearner, build_algorithm, per_task_score
 from fastadapt.checkpoint import load_checkpoint, restore_measured_choices
-from fastadapt.config import Config, check_device
+from fastadapt.config import Config
 from fastadapt.datasets import DATASETS, load_splits, task_source
+from fastadapt.device import resolve_device
 from fastadapt.errors import ConfigError
 from fastadapt.tasks.samplers import TaskSource
 
@@ -97,7 +98,7 @@ def load_learner(checkpoint: Path, **overrides: Any) -> tuple[MetaLearner, Confi
     state = load_checkpoint(checkpoint)
     saved = Config.from_dict(state["config"])
     config = Config.from_dict({**state["config"], **{k: v for k, v in overrides.items() if v is not None}})
-    check_device(config.device)
+    config.device = str(resolve_device(config.device))  # "auto" settled; refused in one line where unusable
     learner = build_algorithm(config)
     try:
         learner.load_state_dict(state["model"])
@@ -130,7 +131,7 @@ def evaluate_checkpoint(
         raise ConfigError(f"unknown split {split!r} to evaluate on; use 'val' or 'test'.")
     learner, config = load_learner(checkpoint, **overrides)
     episodes = episodes or config.test_episodes
-    splits = load_splits(config)
+    splits = load_splits(config, progress=progress)
     source = task_source(config, splits, split, seed=config.seed + TEST_SEED_OFFSET)
     scores = evaluate(learner, source, episodes, config.device, progress=progress)
     result = summarise(config, scores, split=split, checkpoint=str(checkpoint))

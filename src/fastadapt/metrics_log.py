@@ -31,6 +31,11 @@ def _summary_writer_class():
     return SummaryWriter
 
 
+def require_tensorboard() -> None:
+    """Refuse ``--tensorboard`` with one line when the tensorboard package is missing (before a run starts)."""
+    _summary_writer_class()
+
+
 class TensorBoardMirror:
     """Writes metrics records as TensorBoard scalars (tag = the record's key, step = its ``step``).
 

@@ -312,7 +312,31 @@ def test_quickstart_entry_point(served, tmp_path, monkeypatch, capsys):
     assert err.count("\n") == 0 and err.startswith("fastadapt: error: Omniglot is not in")
 
 
-def test_demo_script_fetches_before_training():
+def test_demo_script_fetches_omniglot():
     script = (Path(__file__).resolve().parents[2] / "scripts" / "demo.sh").read_text()
-    fetch = script.index("-m fastadapt.datasets.download omniglot")
-    assert fetch < script.index("exec .venv/bin/fastadapt train")
+    train = script[script.index("exec .venv/bin/fastadapt train") :]
+    assert "--dataset omniglot --download" in train
+
+
+def test_train_download_flag_fetches_omniglot_where_training_reads_it(served, tmp_path, monkeypatch):
+    """`fastadapt train --dataset omniglot --download` (load_splits with config.download): fetched when absent into
+    the data folder training reads, then loaded from there; without the flag, one line naming it; present files are
+    read without a request."""
+    from fastadapt.config import make_config
+    from fastadapt.datasets import download, load_splits, omniglot
+
+    server, sums = served
+    monkeypatch.setattr(download, "OMNIGLOT_SOURCES", _sources(server, sums))
+    monkeypatch.setenv("FASTADAPT_CACHE", str(tmp_path / "cache"))
+    loaded = []  # the fixture's 8 characters make no Vinyals split: record what training would load
+    monkeypatch.setattr(omniglot, "load_omniglot", lambda *args: loaded.append(args) or "splits")
+    data = tmp_path / "data"
+    with pytest.raises(DataError, match="pass --download to fetch it"):
+        load_splits(make_config("protonet", "omniglot", data_dir=str(data)))
+    before = len(server.requests)
+    assert load_splits(make_config("protonet", "omniglot", data_dir=str(data), download=True)) == "splits"
+    assert len(server.requests) == before + 2 and loaded == [(data, "vinyals", 28)]
+    images, names, _ = omniglot.load_characters(data, 28)
+    assert len(names) == 8 and images.shape[1:] == (20, 28, 28)
+    load_splits(make_config("protonet", "omniglot", data_dir=str(data)))
+    assert len(server.requests) == before + 2 and len(loaded) == 2

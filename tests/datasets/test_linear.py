@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from fastadapt.algorithms import MAML
-from fastadapt.datasets.linear import INPUT_RANGE, PRESET, LinearTasks
+from fastadapt.config import presets
+from fastadapt.datasets.linear import INPUT_RANGE, LinearTasks
 from fastadapt.nets import MLP
 
 
@@ -61,9 +62,10 @@ def test_noise() -> None:
 
 def test_maml_learns_linear_tasks() -> None:
     """Sixty MAML steps with the preset's inner loop lower the post-adaptation MSE on held-out lines."""
+    preset = presets("maml", "linear")
     torch.manual_seed(0)
-    learner = MAML(MLP(1, (40, 40), 1), inner_lr=PRESET["inner_lr"], inner_steps=1, strategy="vmap")
-    optimizer = torch.optim.Adam(learner.parameters(), lr=PRESET["lr"])
+    learner = MAML(MLP(1, (40, 40), 1), inner_lr=preset["inner_lr"], inner_steps=1, strategy="vmap")
+    optimizer = torch.optim.Adam(learner.parameters(), lr=preset["lr"])
     held_out = LinearTasks(shots=10, query=50, seed=99).sample(100)
 
     def mse() -> float:

@@ -1,57 +1,28 @@
 """``fastadapt train --dataset mini-imagenet`` on each layout's fixture, from the CLI, trains a few steps and
-evaluates; and the mini-ImageNet presets are valid configurations.
-
-The dataset is not registered in ``fastadapt.datasets`` yet (that module is being restructured); ``registered``
-below wires it in exactly as the hand-back describes (DATASETS entry, load_splits branch, presets), so these
-tests exercise the real CLI, trainer and evaluator on the real loader.
-"""
+evaluates; the mini-ImageNet presets (in each method's file) are valid configurations; `fastadapt datasets` and
+`fastadapt download mini-imagenet` say what they found."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import fields
+import re
+import shlex
 from pathlib import Path
 
 import pytest
 
-import fastadapt.datasets as datasets_module
-import fastadapt.evaluate as evaluate_module
-import fastadapt.train as train_module
-from fastadapt.cli import main
-from fastadapt.config import PRESETS, Config, make_config
-from fastadapt.datasets import DatasetInfo
-from fastadapt.datasets import miniimagenet as mi
+from fastadapt.algorithms.registry import algorithms
+from fastadapt.cli import build_parser, main, train_settings
+from fastadapt.config import make_config, presets
 from fastadapt.datasets.miniimagenet_fixture import small_split, write_fixture
-from fastadapt.datasets.miniimagenet_presets import (
-    NOT_EXPRESSIBLE,
-    PUBLISHED,
-    RESNET12_PRESETS,
-    preset,
-    published_table,
-)
-from fastadapt.datasets.miniimagenet_presets import PRESETS as MINI_PRESETS
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "data.md"
 
 
-@pytest.fixture
-def registered(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """The wiring the lead adds to fastadapt.datasets (DATASETS entry + load_splits branch), and the presets."""
+@pytest.fixture(autouse=True)
+def cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The decoded-image cache in the test's own folder."""
     monkeypatch.setenv("FASTADAPT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setitem(
-        datasets_module.DATASETS,
-        "mini-imagenet",
-        DatasetInfo("mini-imagenet", "classification", mi.DATASET_DESCRIPTION),
-    )
-    original = datasets_module.load_splits
-
-    def load_splits(config):
-        if config.dataset == "mini-imagenet":
-            return mi.splits_for_config(config, progress=False)
-        return original(config)
-
-    for module in (datasets_module, train_module, evaluate_module):
-        monkeypatch.setattr(module, "load_splits", load_splits)
-    for algorithm, by_shots in MINI_PRESETS.items():
-        monkeypatch.setitem(PRESETS, (algorithm, "mini-imagenet"), by_shots[1])
 
 
 def _train_args(data_dir: Path, out: Path, algorithm: str = "protonet", *extra: str) -> list[str]:
@@ -65,7 +36,7 @@ def _train_args(data_dir: Path, out: Path, algorithm: str = "protonet", *extra: 
 
 
 @pytest.mark.parametrize("layout", ["ravi", "learn2learn", "torchmeta", "folders"])
-def test_train_and_evaluate_each_layout(registered: None, tmp_path: Path, layout: str, capsys) -> None:
+def test_train_and_evaluate_each_layout(tmp_path: Path, layout: str, capsys) -> None:
     if layout == "torchmeta":
         pytest.importorskip("h5py")
     write_fixture(tmp_path / "data" / "mini-imagenet", layout, classes=small_split(3), per_class=5)
@@ -78,7 +49,7 @@ def test_train_and_evaluate_each_layout(registered: None, tmp_path: Path, layout
     assert saved["step"] == 2
 
 
-def test_maml_preset_trains(registered: None, tmp_path: Path, capsys) -> None:
+def test_maml_preset_trains(tmp_path: Path, capsys) -> None:
     """MAML with its mini-ImageNet preset (5 inner steps of 0.01, 10 at test), shrunk to a few tiny steps."""
     write_fixture(tmp_path / "data" / "mini-imagenet", "learn2learn", classes=small_split(3), per_class=5)
     out = tmp_path / "maml"
@@ -88,7 +59,7 @@ def test_maml_preset_trains(registered: None, tmp_path: Path, capsys) -> None:
     assert config["algorithm"] == "maml"
 
 
-def test_class_too_small_is_one_line_naming_the_file(registered: None, tmp_path: Path, capsys) -> None:
+def test_class_too_small_is_one_line_naming_the_file(tmp_path: Path, capsys) -> None:
     small = small_split(3)["train"][0]
     write_fixture(tmp_path / "data" / "mini-imagenet", "ravi", classes=small_split(3), per_class={small: 2})
     assert main(_train_args(tmp_path / "data", tmp_path / "run", "protonet", "--shots", "2")) == 2
@@ -98,7 +69,7 @@ def test_class_too_small_is_one_line_naming_the_file(registered: None, tmp_path:
 
 
 @pytest.mark.parametrize("broken", ["truncated pickle", "missing split file", "corrupt jpeg", "wrong split"])
-def test_broken_copies_are_one_line(registered: None, tmp_path: Path, broken: str, capsys) -> None:
+def test_broken_copies_are_one_line(tmp_path: Path, broken: str, capsys) -> None:
     layout = {"truncated pickle": "learn2learn", "missing split file": "ravi"}.get(broken, "folders")
     folder = write_fixture(tmp_path / "data" / "mini-imagenet", layout, classes=small_split(3), per_class=5)
     args = _train_args(tmp_path / "data", tmp_path / "run")
@@ -126,45 +97,69 @@ def test_broken_copies_are_one_line(registered: None, tmp_path: Path, broken: st
 # --- presets ------------------------------------------------------------------------------------------------------
 
 
-def test_every_preset_is_a_valid_configuration(registered: None) -> None:
-    known = {f.name for f in fields(Config)}
-    tables = [(a, s, p) for a, by_shots in MINI_PRESETS.items() for s, p in by_shots.items()]
-    tables += [(a, s, p) for a, by_shots in RESNET12_PRESETS.items() for s, p in by_shots.items()]
-    assert {a for a, _, _ in tables} >= {"maml", "maml++", "anil", "metasgd", "reptile", "meta-lstm", "protonet",
-                                         "matching", "relation"}  # fmt: skip
-    for algorithm, shots, settings in tables:
-        assert set(settings) <= known, (algorithm, set(settings) - known)
-        config = make_config(algorithm, "mini-imagenet", **settings)
-        assert (config.shots, config.ways, config.image_size, config.channels) == (shots, 5, 84, 3)
-        assert config.split == "ravi" and config.test_episodes == 600
+def test_every_method_on_images_has_a_valid_preset() -> None:
+    """Each image method's paper configuration, 5-way 1-shot, with the data set's protocol (84x84 colour, Ravi &
+    Larochelle's split, 15 test queries, 600 test episodes)."""
+    with_preset = {name for name, spec in algorithms().items() if "mini-imagenet" in spec.presets}
+    assert with_preset == {"maml", "maml++", "anil", "metasgd", "reptile", "meta-lstm", "protonet", "matching",
+                           "relation"}  # fmt: skip
+    for name in with_preset:
+        config = make_config(name, "mini-imagenet")
+        assert (config.shots, config.ways, config.image_size, config.channels) == (1, 5, 84, 3), name
+        assert (config.split, config.eval_query, config.test_episodes) == ("ravi", 15, 600), name
 
 
 def test_maml_preset_is_finn_et_al() -> None:
-    one, five = preset("maml", 1), preset("maml", 5)
-    for p in (one, five):
-        assert (p["network"], p["inner_lr"], p["inner_steps"], p["eval_inner_steps"], p["query"]) == (
-            "conv4-32",
-            0.01,
-            5,
-            10,
-            15,
-        )
-    assert (one["meta_batch_size"], five["meta_batch_size"]) == (4, 2)
-    assert preset("metasgd", 1)["inner_steps"] == preset("metasgd", 1)["eval_inner_steps"] == 1
-    assert (preset("protonet", 1)["train_ways"], preset("protonet", 5)["train_ways"]) == (30, 20)
-    assert (preset("relation", 1)["query"], preset("relation", 5)["query"]) == (15, 10)
-    assert preset("protonet", 5, network="resnet12")["network"] == "resnet12"
-    one["inner_lr"] = 99.0
-    assert preset("maml", 1)["inner_lr"] == 0.01  # a copy
-    with pytest.raises(KeyError):
-        preset("maml", 3)
-    with pytest.raises(KeyError):
-        preset("maml", 1, network="resnet12")
+    maml = make_config("maml", "mini-imagenet")
+    assert (maml.network, maml.inner_lr, maml.inner_steps, maml.eval_inner_steps, maml.query) == (
+        "conv4-32",
+        0.01,
+        5,
+        10,
+        15,
+    )
+    assert maml.meta_batch_size == 4 and presets("anil", "mini-imagenet") == presets("maml", "mini-imagenet")
+    metasgd = make_config("metasgd", "mini-imagenet")
+    assert metasgd.inner_steps == metasgd.eval_inner_steps == 1
+    assert make_config("protonet", "mini-imagenet").train_ways == 30
+    assert make_config("relation", "mini-imagenet").query == 15
+    plus = make_config("maml++", "mini-imagenet")
+    assert (plus.network, plus.meta_batch_size, plus.first_order_steps) == ("conv4-48", 2, 0)
 
 
-def test_published_table() -> None:
-    table = published_table().splitlines()
-    assert len(table) == 2 + len(PUBLISHED)
-    assert all("not measured here" in row for row in table[2:])
-    assert "| maml | 48.70 ± 1.84 | 63.11 ± 0.92 | not measured here | Finn et al. 2017, Table 1 |" in table
-    assert set(NOT_EXPRESSIBLE) <= {"protonet-resnet12", *MINI_PRESETS}
+def _documented_commands() -> list[str]:
+    """The `fastadapt train ... --dataset mini-imagenet ...` commands in docs/data.md (the 5-shot lines)."""
+    return re.findall(r"`(fastadapt train [^`]*--dataset mini-imagenet[^`]*)`", DOCS.read_text())
+
+
+def test_the_documented_five_shot_lines_are_ready() -> None:
+    """Each 5-shot line of the docs' table parses and makes a valid 5-shot configuration."""
+    commands = _documented_commands()
+    five_shot = [c for c in commands if "--shots 5" in c]
+    assert len(five_shot) >= 10, commands
+    for command in commands:
+        args = build_parser().parse_args(shlex.split(command)[1:])
+        algorithm, dataset, settings = train_settings(args)
+        config = make_config(algorithm, dataset, **settings)
+        if "--shots 5" in command:
+            assert config.shots == 5, command
+    maml5 = next(c for c in five_shot if "--algorithm maml " in c)
+    assert "--meta-batch-size 2" in maml5  # Finn et al.: meta-batch 2 for 5-shot
+
+
+# --- what the commands say -------------------------------------------------------------------------------------------
+
+
+def test_datasets_reports_the_copy(tmp_path: Path, capsys) -> None:
+    write_fixture(tmp_path / "data" / "mini-imagenet", "learn2learn", classes=small_split(3), per_class=5)
+    assert main(["datasets", "--data-dir", str(tmp_path / "data")]) == 0
+    out = capsys.readouterr().out
+    assert f"mini-imagenet: learn2learn's mini-imagenet-cache-{{train,validation,test}}.pkl in {tmp_path}" in out
+    assert "train 3 classes, 15 images (at least 5 per class)" in out
+    assert "split: differs from Ravi & Larochelle's" in out
+
+
+def test_download_says_there_is_none(capsys) -> None:
+    assert main(["download", "mini-imagenet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("fastadapt: error: mini-ImageNet has no stable public download")

@@ -57,11 +57,3 @@ class LinearTasks:
 
 #: The entry for fastadapt.datasets.DATASETS (kind "regression").
 DATASET_DESCRIPTION = "y = theta_0 + theta_1 x, theta_0~U[-3,3], theta_1~U[-3,3], x~U[-5,5] (generated)"
-
-# MAML on linear regression (``PRESETS[("maml", "linear")]`` once wired): the sinusoid set-up of Finn et al. 2017
-# (MLP 1-40-40-1, K=10, one inner step of 0.01, meta-batch 25, Adam 1e-3) on this easier family, with fewer outer
-# steps (fastadapt's choice; bench/linear_regression.py measures what 5000 steps reach).
-PRESET: dict[str, Any] = dict(
-    network="mlp", shots=10, query=10, eval_query=100, meta_batch_size=25, inner_lr=0.01, inner_steps=1,
-    eval_inner_steps=1, lr=1e-3, steps=5000, val_every=500, val_episodes=300,
-)  # fmt: skip

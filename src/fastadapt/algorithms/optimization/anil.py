@@ -152,7 +152,7 @@ register(
         summary="ANIL (Raghu et al. 2020): MAML's inner loop on the head only",
         options=ANILOptions,
         build=build,
-        # The paper uses MAML's hyper-parameters.
-        presets={dataset: MAML_PRESETS[dataset] for dataset in ("omniglot", "sinusoid")},
+        # The paper uses MAML's hyper-parameters (on mini-ImageNet too: Raghu et al. 2020, MiniImageNet-5way).
+        presets={dataset: MAML_PRESETS[dataset] for dataset in ("omniglot", "sinusoid", "mini-imagenet", "linear")},
     )
 )
