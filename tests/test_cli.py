@@ -499,3 +499,11 @@ def test_train_help_for_one_method_shows_its_options_only(capsys) -> None:
         main(["train", "--algorithm", "protonet", "--help"])
     out = capsys.readouterr().out
     assert "--distance" in out and "--inner-lr" not in out and "--steps" in out
+
+
+def test_an_image_network_on_regression_tasks_is_one_line(tmp_path: Path, capsys) -> None:
+    line = run_error(capsys, maml_args(tmp_path / "run", "--network", "conv4"))
+    assert "--network conv4 takes images" in line and "--network mlp" in line
+    argv = maml_args(tmp_path / "run")
+    argv[argv.index("maml")], argv[argv.index("sinusoid")] = "maml++", "linear"  # no preset: MAML++'s defaults
+    assert "--per-step-bn needs a network with batch norm" in run_error(capsys, argv)

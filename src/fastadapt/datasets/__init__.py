@@ -52,10 +52,14 @@ DATASETS: dict[str, DatasetInfo] = {
         "classification",
         "feature vectors for LEO: `fastadapt embed` output or the LEO authors' pickles; --data-dir DIR",
     ),
+    # Inputs are numbers, not images: the MLP (1-40-40-1 of Finn et al.) is the network that takes them.
     "sinusoid": DatasetInfo(
-        "sinusoid", "regression", "y = A sin(x - phase), A~U[0.1,5], phase~U[0,pi], x~U[-5,5] (generated)"
+        "sinusoid",
+        "regression",
+        "y = A sin(x - phase), A~U[0.1,5], phase~U[0,pi], x~U[-5,5] (generated)",
+        dict(network="mlp"),
     ),
-    "linear": DatasetInfo("linear", "regression", linear.DATASET_DESCRIPTION),
+    "linear": DatasetInfo("linear", "regression", linear.DATASET_DESCRIPTION, dict(network="mlp")),
 }
 
 #: Seed offsets of the generated regression tasks' parts: the parts differ only by seed.

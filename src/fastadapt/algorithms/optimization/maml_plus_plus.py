@@ -216,11 +216,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "sinusoid": dict(MAML_PRESETS["sinusoid"], inner_steps=5, eval_inner_steps=5, lr_schedule="cosine", lr_min=1e-5,
                      multi_step_loss=True, multi_step_loss_steps=5000, per_step_lr=True, per_step_bn=False,
                      first_order_steps=35000),
-    # Lines: the sinusoid setting's switches on MAML's linear preset, annealing over the same fractions of its 5000
-    # steps as on Omniglot (MSL over the first 10%, first order for the first half); fastadapt's choice.
-    "linear": dict(MAML_PRESETS["linear"], inner_steps=5, eval_inner_steps=5, lr_schedule="cosine", lr_min=1e-5,
-                   multi_step_loss=True, multi_step_loss_steps=500, per_step_lr=True, per_step_bn=False,
-                   first_order_steps=2500),
     # The authors' released configuration (experiment_config/mini-imagenet_maml++-mini-imagenet_1_2_0.01_48_5_0.json,
     # github.com/AntreasAntoniou/HowToTrainYourMAMLPytorch; the 5-shot file differs only in the shots): Conv-4 with
     # 48 filters and max-pooling; 5 inner steps in training and at test, initial inner step 0.01 learned per layer
