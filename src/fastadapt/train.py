@@ -234,9 +234,9 @@ def _train(
         if progress and measured:
             print(describe_choice(measured))
     if config.precision == "bf16":
-        # On the first training batch (of this process's run: a resumed run checks again, maybe on another device),
-        # as the strategy's measuring: the sampler is rewound, the random streams
-        # forked (check_bf16) and the buffers (batch-norm statistics) put back, so training is unchanged by it.
+        # On the first training batch of this process (a resumed run checks again, maybe on another device), as the
+        # strategy's measuring: the sampler is rewound, the random streams forked (check_bf16) and the buffers
+        # (batch-norm statistics) put back, so that training is unchanged by it.
         sampler_state = train_tasks.state_dict()
         probe = move_batch(train_tasks.sample(tasks_per_process), device)
         train_tasks.load_state_dict(sampler_state)
