@@ -229,10 +229,16 @@ def run_only_fields(config: Config) -> set[str]:
     return {f.name for f in fields(config) if f.metadata.get("run_only")}
 
 
+#: Settings that a configuration may leave open (None) for the data to settle when a run starts (--dataset folder:
+#: from its images); the run's checkpoints store the settled values.
+LEFT_TO_THE_DATA = ("image_size", "channels")
+
+
 def config_differences(saved: Config, current: Config) -> list[str]:
-    """Settings (other than :func:`run_only_fields`) on which two configurations disagree, as 'name: a != b'."""
+    """Settings (other than :func:`run_only_fields`) on which two configurations disagree, as 'name: a != b'. A
+    setting ``current`` leaves to the data (:data:`LEFT_TO_THE_DATA`, None) agrees with what the checkpoint settled."""
     a, b = saved.to_dict(), current.to_dict()
-    free = run_only_fields(current)
+    free = run_only_fields(current) | {k for k in LEFT_TO_THE_DATA if b.get(k) is None}
     return [f"{k}: checkpoint {a[k]!r} != now {b.get(k)!r}" for k in a if k not in free and a[k] != b.get(k)]
 
 
