@@ -66,7 +66,7 @@ WORKLOADS = {"stride": 1, "pool": 15}  # queries per class
 #: fastadapt-auto-torchlayers is auto with ``fast_layers=False``: it runs torch's layers as given;
 #: fastadapt-auto-standard is auto with ``channels_last=False``: the images stay in the standard (NCHW) layout;
 #: fastadapt-auto-nokernel is auto with FASTADAPT_NATIVE=0: torch's operations instead of fastadapt's C++ kernel
-#: (fastadapt.engine.native) for batch norm + max pool + ReLU, as until the twelfth session.
+#: (fastadapt.engine.native) for batch norm + max pool + ReLU.
 IMPLEMENTATIONS = (
     "fastadapt-auto",
     "fastadapt-auto-serial",
@@ -86,12 +86,12 @@ IMPLEMENTATIONS = (
 PEERS = ("learn2learn", "higher", "torchopt", "plain")
 #: The network every implementation is given: "torch", torch's layers as learn2learn users write the Conv-4 (each
 #: library runs it its own way; fastadapt swaps in its faster equivalents, fastadapt.engine.fastlayers), or "fastadapt",
-#: fastadapt.nets' Conv4/Conv4Stride, whose faster layers every implementation then runs (until the tenth session,
-#: the only protocol). Set from --model.
+#: fastadapt.nets' Conv4/Conv4Stride (plain torch modules too; the older protocol, kept to compare with earlier
+#: records). Set from --model.
 MODELS = ("torch", "fastadapt")
 MODEL = "torch"
 #: --keep-freed-memory: every worker, peers included, first calls fastadapt.engine.taskpool.keep_freed_memory (as
-#: ``fastadapt train`` did until the thirteenth session): a setting of the process's C library, so every
+#: ``fastadapt train`` once did): a setting of the process's C library, so every
 #: implementation gets it or none.
 KEEP_FREED_MEMORY = False
 #: float32 meta-gradients of different but exact implementations agree to about this relative error.

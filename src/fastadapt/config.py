@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -19,7 +20,7 @@ from fastadapt.algorithms.registry import algorithms
 from fastadapt.datasets import DATASETS
 from fastadapt.device import PRECISIONS, check_precision, resolve_device
 from fastadapt.errors import ConfigError
-from fastadapt.options import MethodOptions, flag_of, option, require_positive, validate_choices
+from fastadapt.options import MethodOptions, flag_of, option, require_finite, require_positive, validate_choices
 from fastadapt.tasks.augment import AugmentOptions
 
 
@@ -209,10 +210,13 @@ def validate(config: Config) -> None:
     if config.dataset == "embeddings" and config.algorithm != "leo":
         raise ConfigError(f"--dataset embeddings holds feature vectors for --algorithm leo, not {config.algorithm}.")
     validate_choices(config)
+    require_finite(config)
     require_positive(config, "ways", "shots", "query", "meta_batch_size", "steps", "val_every", "val_episodes")
     require_positive(config, "test_episodes", "train_shots", "train_ways", "eval_query", "image_size")
+    require_positive(config, "seed", minimum=0)
     if config.channels not in (None, 1, 3):
         raise ConfigError(f"--channels must be 1 (grayscale) or 3 (RGB) (got {config.channels}).")
+    check_episode_memory(config)
     check_precision(config.precision, resolve_device(config.device))
     augment = AugmentOptions.from_flag(config.augment)
     if augment.active and (config.regression or config.dataset == "embeddings"):
@@ -222,6 +226,33 @@ def validate(config: Config) -> None:
     if not 0 <= config.lr_min < config.lr:
         raise ConfigError(f"--lr-min must be >= 0 and below --lr (got {config.lr_min} and {config.lr}).")
     config.validate()
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the system can give this process now (None where it does not say)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_episode_memory(config: Config) -> None:
+    """Refuse a meta-batch whose inputs alone would not fit in memory (absurd --ways/--shots/--query/--image-size/
+    --meta-batch-size would otherwise allocate until the system stops the process)."""
+    per_example = DATASETS[config.dataset].values_per_example(config)
+    if per_example is None:
+        return
+    ways = 1 if config.regression else max(config.ways, config.train_ways_or_ways)
+    shots = max(config.shots, config.train_shots_or_shots)
+    examples = ways * (shots + max(config.query, config.eval_query_or_query))
+    needed = 4 * per_example * examples * config.meta_batch_size
+    available = available_memory()
+    if available is not None and needed > available // 2:
+        raise ConfigError(
+            f"a meta-batch of {config.meta_batch_size} such episodes needs {needed / 2**30:.1f} GiB for its inputs "
+            f"alone, and {available / 2**30:.1f} GiB are available; lower --meta-batch-size, --ways, --shots, "
+            f"--query or --image-size."
+        )
 
 
 def run_only_fields(config: Config) -> set[str]:

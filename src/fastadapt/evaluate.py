@@ -3,7 +3,6 @@ interval (1.96 * std / sqrt(n)) of the per-episode query accuracy (regression: M
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from fastadapt import atomic
 from fastadapt.algorithms import MetaLearner, build_algorithm, per_task_score
 from fastadapt.checkpoint import load_checkpoint, restore_measured_choices
 from fastadapt.config import Config
@@ -137,5 +137,5 @@ def evaluate_checkpoint(
     result = summarise(config, scores, split=split, checkpoint=str(checkpoint))
     out = Path(out) if out else Path(checkpoint).parent
     out.mkdir(parents=True, exist_ok=True)
-    (out / ("eval.json" if split == "test" else "eval_val.json")).write_text(json.dumps(result, indent=2) + "\n")
+    atomic.write_json(out / ("eval.json" if split == "test" else "eval_val.json"), result)
     return result

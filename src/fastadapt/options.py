@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -87,6 +88,34 @@ def add_arguments(
                 metavar=kind.__name__.upper() if not field.metadata.get("choices") else None,
                 help=help_text.replace("%", "%%"),
             )
+
+
+def mistyped(options: Any) -> list[str]:
+    """The fields of ``options`` whose value is not of the field's type (None where the field allows it): settings
+    read from a file rather than through argparse."""
+    hints = typing.get_type_hints(type(options))
+    wrong = []
+    for field in dataclasses.fields(options):
+        value = getattr(options, field.name)
+        annotation = hints[field.name]
+        optional = isinstance(annotation, types.UnionType) and type(None) in typing.get_args(annotation)
+        if value is None and (optional or field.default is None):
+            continue
+        kind = _scalar_type(annotation)
+        ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+        if kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok:
+            wrong.append(field.name)
+    return wrong
+
+
+def require_finite(options: Any) -> None:
+    """Every real-valued option is a finite number: one line naming the first that is not."""
+    for field in dataclasses.fields(options):
+        value = getattr(options, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{flag_of(field)} must be a finite number (got {value}).")
 
 
 def validate_choices(options: Any) -> None:

@@ -33,7 +33,7 @@ from fastadapt.datasets import image_format, load_splits
 from fastadapt.datasets.embeddings import PARTS, write_embedding_split, write_json_atomically
 from fastadapt.device import resolve_device
 from fastadapt.engine.fastlayers import with_fast_layers
-from fastadapt.errors import ConfigError, DataError
+from fastadapt.errors import ConfigError
 from fastadapt.nets import build_network
 from fastadapt.nets.conv import conv4_filters
 from fastadapt.tasks.samplers import ClassSplit, EpisodeSampler
@@ -255,12 +255,7 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> dict[str, Any]:
 
 def load_backbone(checkpoint: Path, device: str = "cpu") -> tuple[nn.Module, PretrainConfig, dict[str, Any]]:
     """The backbone kept by :func:`pretrain`, its configuration and the checkpoint's record."""
-    state = load_checkpoint(checkpoint)
-    if state.get("kind") != "pretrain":
-        raise DataError(
-            f"{checkpoint} is not a `fastadapt pretrain` checkpoint (it looks like a meta-training one); "
-            f"pass the pretrain.pt that pretrain wrote."
-        )
+    state = load_checkpoint(checkpoint, kind="pretrain")
     config = PretrainConfig(**{k: v for k, v in state["config"].items() if k in PretrainConfig.__dataclass_fields__})
     backbone = build_backbone(config)
     backbone.load_state_dict(state["model"])
@@ -281,7 +276,7 @@ def embed(
     features = {part: embed_split(backbone, splits[part], batch_size, device) for part in PARTS}
     # One scale for every split, from the training images only: LEO's step sizes and initialisations
     # (the authors') assume features of about unit length; raw Conv-4 features are ~40 long, and LEO at
-    # 5-way 5-shot then scored 96.2% on them against 98.8% on the rescaled ones (docs/RESULTS.md).
+    # 5-way 5-shot then scored 96.2% on them against 98.8% on the rescaled ones (docs/results.md).
     scale = float(np.linalg.norm(features["train"], axis=1).mean())
     counts = {}
     for part in PARTS:

@@ -21,15 +21,22 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from fastadapt import distributed
+from fastadapt import atomic, distributed
 from fastadapt.algorithms import MetaLearner, build_algorithm, per_task_score
-from fastadapt.checkpoint import load_checkpoint, measured_choices, restore_measured_choices, save_checkpoint
+from fastadapt.checkpoint import (
+    check_structure,
+    load_checkpoint,
+    measured_choices,
+    non_finite,
+    restore_measured_choices,
+    save_checkpoint,
+)
 from fastadapt.config import Config
 from fastadapt.datasets import DATASETS, image_format, load_splits, task_source
 from fastadapt.device import autocast, move_batch, require_bf16_exact_enough, resolve_device, rng_devices
 from fastadapt.engine.guard import require_agreement
 from fastadapt.engine.strategy import choose_strategy, describe_choice, needs_measuring
-from fastadapt.errors import ConfigError, TrainingDiverged
+from fastadapt.errors import ConfigError, DataError, OutputError, TrainingDiverged
 from fastadapt.evaluate import evaluate, mean_ci95
 from fastadapt.metrics_log import TensorBoardMirror, require_tensorboard
 from fastadapt.tasks.augment import AugmentedTasks, AugmentOptions
@@ -57,8 +64,27 @@ def _higher_is_better(config: Config) -> bool:
 
 
 def _append_metrics(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as error:
+        raise OutputError(
+            f"could not write {path} ({error.strerror or type(error).__name__}); the last checkpoint is intact. "
+            f"Free space in {path.parent} or make it writable, then --resume."
+        ) from None
+
+
+def _records(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(line, record) for each whole record of a metrics file; a line a killed run left half-written is dropped."""
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append((line, record))
+    return records
 
 
 def _truncate_metrics(path: Path, step: int) -> float:
@@ -66,9 +92,9 @@ def _truncate_metrics(path: Path, step: int) -> float:
     Returns the last training time recorded up to ``step`` (for checkpoints that do not store it)."""
     if not path.is_file():
         return 0.0
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept))
-    return max((json.loads(line).get("elapsed_s", 0.0) for line in kept), default=0.0)
+    kept = [(line, record) for line, record in _records(path) if record["step"] <= step]
+    atomic.write_text(path, "".join(line + "\n" for line, _ in kept))
+    return max((record.get("elapsed_s", 0.0) for _, record in kept), default=0.0)
 
 
 def _load_initial_weights(learner: torch.nn.Module, config: Config) -> None:
@@ -127,12 +153,16 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> TrainR
     Launched by ``torchrun`` with several processes, they train one model together (data parallel)."""
     requested = resolve_device(config.device).type if config.device == "auto" else config.device
     replicas, device_name = distributed.setup(requested)
+    lock = atomic.FolderLock(Path(config.out))
     try:
+        if replicas.is_main:  # the process that writes: refused if another live run writes the folder
+            lock.acquire()
         result = _train(config, resume, progress, replicas, torch.device(device_name))
         if replicas.enabled:  # leave together: gloo aborts a process whose peer tears down mid-exchange
             torch.distributed.barrier()
         return result
     finally:
+        lock.release()
         distributed.teardown(replicas)
 
 
@@ -140,7 +170,10 @@ def _train(
     config: Config, resume: bool, progress: bool, replicas: distributed.Replicas, device: torch.device
 ) -> TrainResult:
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"cannot create the output folder {out} ({error.strerror}); choose another --out.") from None
     torch.manual_seed(config.seed)
     if config.meta_batch_size % replicas.world_size:
         raise ConfigError(
@@ -186,6 +219,12 @@ def _train(
         resuming = distributed.broadcast_object(resuming)
     if resuming:
         state = load_checkpoint(out / "last.pt", expected=config)
+        check_structure(state, out / "last.pt", resumable=True)
+        if non_finite(state["model"]):
+            raise DataError(
+                f"{out / 'last.pt'} holds weights that are not finite and cannot be resumed; start again, or from "
+                f"best.pt with --init-from."
+            )
         saved_world = state.get("world_size", 1)
         if saved_world != replicas.world_size:
             raise ConfigError(
@@ -193,14 +232,20 @@ def _train(
                 f"{replicas.world_size}; resume with the same count (torchrun --nproc-per-node {saved_world}, "
                 f"or plain `fastadapt train` for 1), or start a new run from it with --init-from."
             )
-        learner.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        own = state if replicas.rank == 0 else state["ranks"][replicas.rank - 1]
-        train_tasks.load_state_dict(own["sampler"])
-        torch.set_rng_state(own["torch_rng"])
-        step, best_val = state["step"], state["best_val"]
-        window = dict(state.get("window", window))
+        try:
+            learner.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            own = state if replicas.rank == 0 else state["ranks"][replicas.rank - 1]
+            train_tasks.load_state_dict(own["sampler"])
+            torch.set_rng_state(own["torch_rng"])
+            step, best_val = state["step"], state["best_val"]
+            window = dict(state.get("window", window))
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
+            raise DataError(
+                f"{out / 'last.pt'} cannot be resumed: its training state is damaged ({type(error).__name__}); "
+                f"start a new run from it with --init-from, or from best.pt."
+            ) from None
         restore_measured_choices(learner, state)  # keep what was measured: resume stays exact
         gradient_checks = list(state.get("gradient_checks", []))
         precision_check = state.get("precision_check")
@@ -321,6 +366,12 @@ def _train(
                     f"meta-loss became {loss} at step {step + 1}; training stopped and the last "
                     f"good checkpoint is kept in {out}. Lower --lr or --inner-lr, then --resume or start again."
                 )
+            bad = non_finite({n: p.grad for n, p in learner.named_parameters() if p.grad is not None})
+            if bad:
+                raise TrainingDiverged(
+                    f"the meta-gradient of {bad[0]} became non-finite at step {step + 1}; training stopped and the "
+                    f"last good checkpoint is kept in {out}. Lower --lr or --inner-lr, then --resume or start again."
+                )
             learner.clip_meta_gradient()
             optimizer.step()
             scheduler.step()
@@ -385,7 +436,7 @@ def _train(
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+    return [record for _, record in _records(Path(path))]
 
 
 def plot_learning_curve(metrics_path: Path, png_path: Path) -> None:

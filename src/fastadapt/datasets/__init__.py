@@ -22,6 +22,17 @@ class DatasetInfo:
     #: the data set's own settings (its images' size and colour, its standard protocol), applied before a method's
     #: preset for it: fastadapt.config.make_config
     settings: dict[str, Any] = field(default_factory=dict)
+    #: "images" (channels x image_size^2 values per example), "points" (an x and a y), or "vectors" (read from disk)
+    inputs: str = "images"
+
+    def values_per_example(self, config: Any) -> int | None:
+        """How many numbers one example holds under ``config`` (None where only the files know: vectors, or images
+        whose size and colour are read from the folder)."""
+        if self.inputs == "images":
+            if config.channels is None or config.image_size is None:
+                return None
+            return config.channels * config.image_size**2
+        return 2 if self.inputs == "points" else None
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -51,6 +62,7 @@ DATASETS: dict[str, DatasetInfo] = {
         "embeddings",
         "classification",
         "feature vectors for LEO: `fastadapt embed` output or the LEO authors' pickles; --data-dir DIR",
+        inputs="vectors",
     ),
     # Inputs are numbers, not images: the MLP (1-40-40-1 of Finn et al.) is the network that takes them.
     "sinusoid": DatasetInfo(
@@ -58,8 +70,9 @@ DATASETS: dict[str, DatasetInfo] = {
         "regression",
         "y = A sin(x - phase), A~U[0.1,5], phase~U[0,pi], x~U[-5,5] (generated)",
         dict(network="mlp"),
+        inputs="points",
     ),
-    "linear": DatasetInfo("linear", "regression", linear.DATASET_DESCRIPTION, dict(network="mlp")),
+    "linear": DatasetInfo("linear", "regression", linear.DATASET_DESCRIPTION, dict(network="mlp"), inputs="points"),
 }
 
 #: Seed offsets of the generated regression tasks' parts: the parts differ only by seed.

@@ -15,14 +15,14 @@ its name, so checkpoints and optimisers see the same network:
   statistics becomes :class:`~fastadapt.engine.layers.VmapSafeInstanceNorm`. Each runs torch's kernel outside
   ``torch.func`` transforms, so only ``vmap`` sees a difference: the right meta-gradient.
 - ``nn.MaxPool2d(2)`` (2x2 windows, stride 2, no padding) becomes :class:`~fastadapt.engine.layers.MaxPool2x2`,
-  about 2x faster on a CPU forward plus backward (docs/RESULTS.md, speed section).
+  about 2x faster on a CPU forward plus backward (docs/performance.md).
 - In an ``nn.Sequential``, a ReLU (or a leaky ReLU) directly followed by that pooling is run after it instead:
   max commutes with a non-decreasing map, so the values and the gradient are the same, and the ReLU and its
   backward pass touch a quarter of the activations.
 - In an ``nn.Sequential``, that batch norm, pooling and ReLU in a row (after the move above) become one
   :class:`~fastadapt.engine.layers.EpisodeBatchNormPoolReLU`, which runs fastadapt's C++ kernel on a CPU
   (fastadapt.engine.native): 1.8-2.5x faster forward plus backward for the max-pool Conv-4's layers on channels-last
-  images (docs/RESULTS.md, speed section). It takes the batch norm's place, so its parameters keep their names;
+  images (docs/performance.md). It takes the batch norm's place, so its parameters keep their names;
   the pooling and the ReLU become ``nn.Identity``.
 
 Only layers of exactly these types, without hooks, are swapped (a subclass may change ``forward``). The

@@ -55,7 +55,7 @@ class _EpisodeBatchNormBackward(torch.autograd.Function):
 
     Every full-size term is one of torch's batch-norm kernels or a multiply-add: torch's own formula for this
     derivative took 2.4-4x as long for a (5, 64, 28, 28) batch, and 12x in channels-last layout
-    (docs/RESULTS.md, speed section). Checked against it by ``gradgradcheck`` in float64 (tests/nets)."""
+    (docs/performance.md). Checked against it by ``gradgradcheck`` in float64 (tests/nets)."""
 
     @staticmethod
     def forward(ctx, x, weight, grad_y, mean, invstd, eps):
@@ -117,7 +117,18 @@ class _EpisodeBatchNorm(torch.autograd.Function):
         return (grad_x, grad_weight, grad_bias, None) if weight is not None else (grad_x, None, None, None)
 
 
-class EpisodeBatchNorm2d(nn.Module):
+class _PerChannelNorm(nn.Module):
+    """A normalisation with an optional weight and bias per channel (torch's defaults: ones and zeros)."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_features)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(num_features)) if affine else None
+
+
+class EpisodeBatchNorm2d(_PerChannelNorm):
     """Batch norm that always normalises with the statistics of the batch it is given, as in the MAML
     reference code (per task: the support set during adaptation, the query set when scoring).
 
@@ -126,16 +137,9 @@ class EpisodeBatchNorm2d(nn.Module):
     (a per-task loop, evaluation) it calls that kernel, which computes the same function and its first
     derivatives in fewer passes over the activations (a second-order MAML step on 15 query images per class ran
     1.4-1.6x faster with it), and differentiates the backward pass with :class:`_EpisodeBatchNormBackward`'s
-    closed form, for second-order MAML (docs/RESULTS.md). Under ``torch.compile`` it takes the mean/var form
+    closed form, for second-order MAML (docs/performance.md). Under ``torch.compile`` it takes the mean/var form
     too: the compiler fuses its passes, and the functorch check cannot be traced.
     """
-
-    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
-        super().__init__()
-        self.num_features = num_features
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(num_features)) if affine else None
-        self.bias = nn.Parameter(torch.zeros(num_features)) if affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return episode_batch_norm(x, self.weight, self.bias, self.eps)
@@ -198,7 +202,7 @@ class MaxPool2x2(nn.Module):
 
     torch's CPU kernel for the standard (NCHW) layout took 20 ms for a (75, 64, 28, 28) batch on one thread,
     10x its channels-last kernel; the maximum of the four strided views with torch's own backward took 10.4
-    against 23.5 ms forward plus backward, and 1.0 against 1.3 ms at 7x7 (docs/RESULTS.md, speed). Used for
+    against 23.5 ms forward plus backward, and 1.0 against 1.3 ms at 7x7 (docs/performance.md). Used for
     NCHW float tensors of at least 2x2 on a CPU outside ``torch.func`` transforms and ``torch.compile``;
     everything else goes to ``F.max_pool2d``.
     """
@@ -338,16 +342,9 @@ def _normalise(
     return normalised
 
 
-class EpisodeBatchNorm1d(nn.Module):
+class EpisodeBatchNorm1d(_PerChannelNorm):
     """``nn.BatchNorm1d(track_running_stats=False)``: batch statistics always, over (N,) or (N, L), for (N, C) or
     (N, C, L) inputs. torch's kernel outside ``torch.func`` transforms, the mean/var form inside them."""
-
-    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
-        super().__init__()
-        self.num_features = num_features
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(num_features)) if affine else None
-        self.bias = nn.Parameter(torch.zeros(num_features)) if affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not _under_transform(x, self.weight, self.bias):
@@ -376,18 +373,14 @@ class VmapSafeLayerNorm(nn.Module):
         return _normalise(x, dims, self.weight, self.bias, self.eps, self.normalized_shape)
 
 
-class VmapSafeInstanceNorm(nn.Module):
+class VmapSafeInstanceNorm(_PerChannelNorm):
     """``nn.InstanceNorm1d/2d/3d(affine=True, track_running_stats=False)``: each example's channels normalised over
     their ``spatial_dims`` positions, batched (N, C, ...) or unbatched (C, ...) inputs. torch's kernel outside
     ``torch.func`` transforms, the mean/var form inside them."""
 
     def __init__(self, num_features: int, spatial_dims: int, eps: float = 1e-5, affine: bool = True) -> None:
-        super().__init__()
-        self.num_features = num_features
+        super().__init__(num_features, eps, affine)
         self.spatial_dims = spatial_dims
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(num_features)) if affine else None
-        self.bias = nn.Parameter(torch.zeros(num_features)) if affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         unbatched = x.dim() == self.spatial_dims + 1

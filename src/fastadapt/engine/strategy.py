@@ -10,14 +10,14 @@ resumed run continues with it. With ``workers=None`` (the MAML family), one work
 thread in the same way: two workers were 1.2-2x faster on the Omniglot-shaped workloads, but up to 2x slower
 on a small sinusoid MLP. With ``channels_last=None`` (the MAML family, image batches), both layouts are timed
 too: channels-last made a MAML step with 15 queries per class 1.17-1.39x faster on a CPU, and changed
-nothing measurable with one query per class (docs/RESULTS.md). A network that cannot take channels-last
+nothing measurable with one query per class (docs/performance.md). A network that cannot take channels-last
 inputs (a ``.view`` of its input, say) keeps the standard layout.
 
 Before timing, it measures how much one task's meta-loss saves for the backward pass. Above
 ``VMAP_TRIAL_LIMIT_MIB`` the task is arithmetic-bound, and the loop is kept without trying vmap: vmap
 lost on every such workload measured (2.2-2.5x slower with 15 queries per class, 63-92 MiB per task),
 and its trial alone, a chunk of tasks vectorised at once, raised the process's peak memory 4-fold
-(docs/RESULTS.md, speed section). Folding lost there too (1.2x slower than the loop, channels-last, one
+(docs/performance.md). Folding lost there too (1.2x slower than the loop, channels-last, one
 thread). MAML's one-query Omniglot setting, where vmap and folding win, saves 3-11 MiB.
 """
 

@@ -2,7 +2,7 @@
 
 A task's inner loop and query pass are small operations (a few to a few dozen images), which torch's intra-op
 threads split poorly. Giving each core whole tasks instead, one torch thread each, was faster on the 2-core
-machine of docs/RESULTS.md for the Omniglot-shaped MAML workloads, and slower for a small sinusoid MLP (speed
+machine of docs/performance.md for the Omniglot-shaped MAML workloads, and slower for a small sinusoid MLP (speed
 section). So the number of workers is measured (fastadapt.engine.strategy.choose_strategy) unless it is set.
 
 ``torch.func.functional_call`` swaps tensors into a module while it runs, so two threads cannot run one module
@@ -99,7 +99,7 @@ def release_freed_memory() -> None:
     ``malloc_trim``; nothing elsewhere). :func:`fastadapt.engine.strategy.time_strategies` calls it between trials:
     trials of different configurations otherwise pile their freed blocks up in each thread's heap, and the measurement,
     not the training, set the process's peak memory (533 against 492-497 MiB, MAML's Omniglot setting at 5
-    second-order steps, docs/RESULTS.md)."""
+    second-order steps, docs/performance.md)."""
     trim = _c_library_function("malloc_trim")
     if trim is not None:
         trim(0)
@@ -114,8 +114,8 @@ def keep_freed_memory() -> bool:
     One heap serves every thread, so that a block one worker frees is reused by the other: with a heap per
     thread, each kept its own peak, and the process's peak memory grew by 5-12%; with one, it was 517-541 MiB
     against 572 MiB without this call. A 2-worker step took 16-17% less time (with a heap per thread, 21%).
-    Since then the fused batch-norm kernel and one-thread vmap chunks changed that: in the thirteenth session's
-    CLI runs (docs/RESULTS.md) the one shared heap made two workers contend: training steps were 3-11% slower
+    Since then the fused batch-norm kernel and one-thread vmap chunks changed that: in CLI training runs
+    (docs/performance.md) the one shared heap made two workers contend: training steps were 3-11% slower
     with this call, and a scratch 2-worker vmap step at 5 second-order steps took 1.68-1.72 s against 1.02-1.05 s.
     So the CLI no longer calls it. An option for a user whose own workload faults pages heavily: call it once at start.
     Process-wide and permanent. Returns False where the C library has no ``mallopt`` (not glibc), which changes

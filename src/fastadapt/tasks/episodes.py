@@ -104,7 +104,7 @@ def channels_last_images(x: torch.Tensor) -> torch.Tensor:
     Unlike ``x.contiguous(memory_format=torch.channels_last)`` this also lays out one-channel images (Omniglot)
     with C stride 1, which is what makes oneDNN run the first convolution channels-last: torch takes a contiguous
     one-channel tensor for both layouts and keeps the standard one, and the first convolution's weight gradient
-    then took 7 ms instead of 1 ms for 75 Omniglot images (docs/RESULTS.md, speed section)."""
+    then took 7 ms instead of 1 ms for 75 Omniglot images (docs/performance.md)."""
     strides = channels_last_strides(x.shape)
     if x.stride() == strides:
         return x

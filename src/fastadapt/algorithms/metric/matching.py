@@ -12,7 +12,7 @@ Deviation, off by default (``cosine_scale=None``): with ``cosine_scale=s`` the s
 by a learned scalar initialised to s before the softmax, ``a = softmax_i(s * c(f(x_hat), g(x_i)))``. On
 ReLU features cosines lie in [0, 1], so the plain softmax over 5 support examples cannot put more than
 e / (e + 4) ~ 0.40 on one of them: the loss saturates early and training stalls (88.5% on Omniglot 5-way
-1-shot here, docs/RESULTS.md). A learned scale (a temperature, as in Oreshkin et al.'s TADAM, 2018)
+1-shot here, docs/results.md). A learned scale (a temperature, as in Oreshkin et al.'s TADAM, 2018)
 removes that bound; the Omniglot preset turns it on.
 
 Without full context embeddings, f = g = the encoder. With ``fce=True`` (appendix A):

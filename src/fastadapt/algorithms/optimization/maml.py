@@ -178,18 +178,17 @@ def engine_settings(config: Any) -> dict[str, Any]:
     return {name: getattr(config, name) for name in names}
 
 
+def inner_loop_settings(config: Any) -> dict[str, Any]:
+    """The settings of InnerLoopOptions (MAML's inner loop and the engine's), as keyword arguments of a learner."""
+    names = ("inner_lr", "inner_steps", "first_order", "eval_inner_steps")
+    return {**{name: getattr(config, name) for name in names}, **engine_settings(config)}
+
+
 def build(config: Any) -> MAML:
     """MAML, or MAML++ (maml_plus_plus.py) with the switches that are on."""
-    common = dict(
-        inner_lr=config.inner_lr,
-        inner_steps=config.inner_steps,
-        first_order=config.first_order,
-        eval_inner_steps=config.eval_inner_steps,
-        **engine_settings(config),
-    )
     if config.switched_on():
         return registered_algorithm("maml++").build(config)
-    return MAML(network_for(config), **common)
+    return MAML(network_for(config), **inner_loop_settings(config))
 
 
 register(

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from fastadapt.algorithms.optimization.maml import MAML, MAMLOptions, engine_settings, network_for
+from fastadapt.algorithms.optimization.maml import MAML, MAMLOptions, inner_loop_settings, network_for
 from fastadapt.algorithms.optimization.maml import PRESETS as MAML_PRESETS
 from fastadapt.algorithms.registry import Algorithm, register
 from fastadapt.engine.functional import Params, parameter_key, parameters_of
@@ -234,13 +234,7 @@ def build(config: Any) -> MAMLPlusPlus:
     """MAML++ with the switches the configuration turns on (also for `--algorithm maml` with one of them)."""
     switches = ("multi_step_loss", "multi_step_loss_steps", "per_step_lr", "per_step_bn", "first_order_steps")
     return MAMLPlusPlus(
-        network_for(config),
-        inner_lr=config.inner_lr,
-        inner_steps=config.inner_steps,
-        first_order=config.first_order,
-        eval_inner_steps=config.eval_inner_steps,
-        **{name: getattr(config, name) for name in switches},
-        **engine_settings(config),
+        network_for(config), **inner_loop_settings(config), **{name: getattr(config, name) for name in switches}
     )
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fastadapt.algorithms.optimization.maml import MAML, InnerLoopOptions, engine_settings, network_for
+from fastadapt.algorithms.optimization.maml import MAML, InnerLoopOptions, inner_loop_settings, network_for
 from fastadapt.algorithms.optimization.maml import PRESETS as MAML_PRESETS
 from fastadapt.algorithms.registry import Algorithm, register
 from fastadapt.engine.functional import parameter_key, parameters_of
@@ -62,14 +62,7 @@ class MetaSGDOptions(InnerLoopOptions):
 
 
 def build(config: Any) -> MetaSGD:
-    return MetaSGD(
-        network_for(config),
-        inner_lr=config.inner_lr,
-        inner_steps=config.inner_steps,
-        first_order=config.first_order,
-        eval_inner_steps=config.eval_inner_steps,
-        **engine_settings(config),
-    )
+    return MetaSGD(network_for(config), **inner_loop_settings(config))
 
 
 register(
