@@ -997,6 +997,106 @@ def run_metrics(case: Case, root: Path, fixtures: Fixtures) -> None:
     read_metrics(path)
 
 
+# mini-ImageNet in its four layouts, and its decoded-image cache -------------------------------------------------
+
+MINI_LAYOUTS = ("ravi", "learn2learn", "torchmeta", "folders")
+_MINI_IMAGENET: dict[str, dict[str, bytes]] = {}
+
+
+def mini_imagenet_files(layout: str) -> dict[str, bytes]:
+    """A tiny synthetic copy in ``layout`` (fastadapt.datasets.miniimagenet_fixture): 2 classes per part, 3 images
+    of 12 pixels each; paths relative to the data folder."""
+    import tempfile
+
+    from fastadapt.datasets.miniimagenet_fixture import small_split, write_fixture
+
+    def make() -> dict[str, bytes]:
+        with tempfile.TemporaryDirectory() as folder:
+            write_fixture(folder, layout, small_split(2), per_class=3, image_size=12)
+            return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+    if layout not in _MINI_IMAGENET:
+        _MINI_IMAGENET[layout] = make()
+    return dict(_MINI_IMAGENET[layout])
+
+
+@st.composite
+def mini_imagenet_cases(draw: st.DrawFn) -> Case:
+    layout = draw(st.sampled_from(MINI_LAYOUTS if _has_h5py() else tuple(x for x in MINI_LAYOUTS if x != "torchmeta")))
+    files: dict[str, bytes | None] = dict(mini_imagenet_files(layout))
+    which = draw(st.sampled_from(sorted(files)))
+    kind = draw(st.sampled_from([*BYTE_DAMAGE, "removed", "text", "values", "cache"]))
+    magic = {".pkl": PICKLE_MAGIC, ".hdf5": b"\x89HDF\r\n\x1a\n", ".jpg": b"\xff\xd8\xff", ".JPEG": b"\xff\xd8\xff"}
+    if kind in BYTE_DAMAGE:
+        files[which] = byte_damage(draw, kind, files[which], magic.get(Path(which).suffix, b""))
+    elif kind == "removed":
+        del files[which]
+    elif kind == "text":  # a CSV or label list (or any file) replaced by lines of drawn text
+        words = st.sampled_from(["filename,label", "n01532829", "x.jpg,n01532829", ",", "", "\x00", "a,b,c",
+                                 "[]", '["n01532829", 3]', "{}", "n01532829/../../etc"])  # fmt: skip
+        lines = draw(st.lists(words | st.text(max_size=30), max_size=8))
+        files[which] = "\n".join(lines).encode("utf-8", "surrogatepass")
+    elif kind == "values":  # a learn2learn pickle holding other values or arrays
+        which = draw(st.sampled_from([w for w in files if w.endswith(".pkl")] or [which]))
+        images = draw(arrays(st.sampled_from([(6, 12, 12, 3), (6, 12, 12), (0, 12, 12, 3), (6, 12, 12, 4),
+                                              (6, 1, 1, 3), (), (6,)])))  # fmt: skip
+        class_dict = draw(st.dictionaries(st.text(max_size=10), st.lists(st.integers(-3, 9), max_size=4)
+                                          | junk_values(), max_size=3) | junk_values())  # fmt: skip
+        value = draw(st.sampled_from(["both", "images", "junk"]))
+        content = {"image_data": images, "class_dict": class_dict} if value == "both" else (
+            {"image_data": images} if value == "images" else draw(junk_values()))  # fmt: skip
+        files[which] = pickle.dumps(content, protocol=draw(st.integers(2, pickle.HIGHEST_PROTOCOL)))
+    params = {"layout": layout, "which": which, "kind": kind, "image_size": draw(st.sampled_from([12, 8, 20]))}
+    if kind == "cache":  # a valid copy whose cache entry is then damaged
+        params["cache_file"] = draw(st.sampled_from(["meta.json", "train.npy", "val.npy", "test.npy"]))
+        params["cache_damage"] = draw(st.sampled_from(BYTE_DAMAGE))
+        params["cache_bytes"] = draw(random_bytes(2000))
+        params["cache_cut"] = draw(st.floats(0, 1))
+    return Case({f"data/{k}": v for k, v in files.items()}, params)
+
+
+def _has_h5py() -> bool:
+    try:
+        import h5py  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run_mini_imagenet(case: Case, root: Path, fixtures: Fixtures) -> Any:
+    """`--dataset mini-imagenet --split as-found` on the copy; a damaged cache entry must be decoded again (the
+    images equal a load from scratch), never used."""
+    from fastadapt.datasets.miniimagenet import load_miniimagenet
+
+    def load() -> Any:
+        return load_miniimagenet(root / "data", "as-found", case.params["image_size"])
+
+    with environment(FASTADAPT_CACHE=str(root / "cache")):
+        first = load()
+        if case.params["kind"] != "cache":
+            return None
+        reference = {part: split.images.clone() for part, split in first.items()}
+        del first
+        entries = [p for p in (root / "cache" / "mini-imagenet").iterdir() if p.is_dir()]
+        target = entries[0] / case.params["cache_file"]
+        data = target.read_bytes()
+        damage = case.params["cache_damage"]
+        if damage == "random":
+            data = case.params["cache_bytes"]
+        elif damage == "magic":
+            data = (b"\x93NUMPY\x01\x00" if target.suffix == ".npy" else b"{") + case.params["cache_bytes"]
+        else:
+            data = data[: int(case.params["cache_cut"] * len(data))]
+        target.write_bytes(data)
+        again = load()
+    import torch
+
+    for part, images in reference.items():
+        if not torch.equal(again[part].images, images):
+            return f"the {part} images differ from a load from scratch"
+    return None
+
+
 # --- the targets: settings -------------------------------------------------------------------------------------------
 
 SETTING_NAMES = [
@@ -1275,6 +1375,13 @@ TARGETS: dict[str, Target] = {
             embedding_npz_cases(),
             run_embeddings,
             lambda case, root: [case.params["which"], str(root)],
+        ),
+        Target(
+            "mini_imagenet",
+            "mini-ImageNet in its four layouts, and its decoded-image cache",
+            mini_imagenet_cases(),
+            run_mini_imagenet,
+            _names("mini-imagenet", "mini-ImageNet"),
         ),
         Target(
             "metrics_jsonl",

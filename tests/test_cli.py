@@ -16,6 +16,7 @@ import torch
 from helpers import make_image_folder
 
 from fastadapt.algorithms import algorithms
+from fastadapt.checkpoint import load_checkpoint
 from fastadapt.cli import main
 from fastadapt.datasets import resolve_data_dir
 
@@ -221,8 +222,9 @@ def test_datasets_lists_every_data_set(tmp_path: Path, capsys) -> None:
     assert str(tmp_path) in stdout
     # One "  name  kind  where" line per data set, each followed by an indented description.
     names = [line.split()[0] for line in stdout.splitlines()[1:] if re.match(r"  \S", line)]
-    assert names == ["omniglot", "folder", "embeddings", "sinusoid"]
-    assert "missing: fastadapt download omniglot" in stdout  # nothing in tmp_path
+    assert names == ["omniglot", "mini-imagenet", "folder", "embeddings", "sinusoid", "linear"]
+    assert "missing: fastadapt download omniglot (or --download)" in stdout  # nothing in tmp_path
+    assert f"mini-imagenet: not found (no mini-ImageNet found in {tmp_path}" in stdout
     root = resolve_data_dir()
     if (root / "omniglot" / "images_background.npz").is_file():
         assert "found in" in run_ok(capsys, ["datasets"])
@@ -288,6 +290,8 @@ def test_protonet_on_sinusoid(capsys, tmp_path: Path) -> None:
         (["--no-channels-last"], "--channels-last/--no-channels-last applies to --algorithm maml"),
         (["--steps", "0"], "--steps"),
         (["--device", "tpu9"], "--device"),
+        (["--augment", "rotate"], "--augment"),
+        (["--channels", "2"], "--channels"),
         pytest.param(
             ["--device", "cuda"],
             "no CUDA device",
@@ -326,7 +330,7 @@ def test_missing_omniglot_says_how_to_get_it(tmp_path: Path, capsys) -> None:
         capsys,
         ["train", "--dataset", "omniglot", "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "run")],
     )
-    assert "fastadapt download omniglot" in line
+    assert "pass --download to fetch it" in line and "fastadapt download omniglot" in line
 
 
 def test_corrupt_omniglot_file(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -377,6 +381,43 @@ def test_missing_checkpoint_for_eval(tmp_path: Path, capsys) -> None:
 
 def test_unknown_download(capsys) -> None:
     assert "omniglot" in run_error(capsys, ["download", "imagenet"])
+
+
+def test_folder_colour_and_size_come_from_the_images(tmp_path: Path, capsys) -> None:
+    """Without --channels/--image-size, a folder of 20x20 colour photos trains as RGB 20x20, says so, and the
+    checkpoint keeps what was chosen (evaluation rebuilds the same network)."""
+    photos = make_image_folder(tmp_path / "photos", classes=16, per_class=5, size=20, colour=True)
+    argv = protonet_args(photos, tmp_path / "run")
+    del argv[argv.index("--image-size") : argv.index("--image-size") + 2]
+    stdout = run_ok(capsys, argv)
+    assert f"{photos}: 16 classes, loaded as RGB 20x20 (colour in 64 of 64 sampled images" in stdout
+    assert "median shorter side 20 px); --channels and --image-size override" in stdout
+    saved = load_checkpoint(tmp_path / "run" / "best.pt")["config"]
+    assert (saved["image_size"], saved["channels"]) == (20, 3)
+    run_ok(capsys, ["eval", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--episodes", "3", "--quiet"])
+    # The flags override; the log line says so.
+    stdout = run_ok(capsys, [*argv, "--channels", "1", "--image-size", "16", "--out", str(tmp_path / "gray")])
+    assert "loaded as grayscale 16x16 (--channels 1; --image-size 16)" in stdout
+
+
+def test_maml_on_linear_tasks_from_the_cli(tmp_path: Path, capsys) -> None:
+    argv = maml_args(tmp_path / "linear", "--quiet")
+    argv[argv.index("sinusoid")] = "linear"
+    stdout = run_ok(capsys, argv)
+    assert "maml linear 5-shot: MSE" in stdout
+    assert json.loads((tmp_path / "linear" / "eval.json").read_text())["dataset"] == "linear"
+
+
+def test_device_auto_runs_on_what_is_there(tmp_path: Path, capsys) -> None:
+    run_ok(capsys, maml_args(tmp_path / "auto", "--device", "auto", "--quiet"))
+    run_ok(capsys, ["eval", "--checkpoint", str(tmp_path / "auto" / "best.pt"), "--device", "auto", "--quiet"])
+
+
+def test_tensorboard_without_the_package_is_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # importing it raises ImportError
+    line = run_error(capsys, maml_args(tmp_path / "tb", "--tensorboard"))
+    assert "pip install 'fastadapt[tensorboard]'" in line
+    assert not (tmp_path / "tb" / "metrics.jsonl").exists()
 
 
 @pytest.mark.parametrize(
@@ -538,3 +579,11 @@ def test_config_names_that_are_not_printable_stay_on_one_line(tmp_path: Path, ca
 def test_an_empty_split_folder_name_is_not_the_working_directory(folder: Path, tmp_path: Path, capsys) -> None:
     line = run_error(capsys, protonet_args(folder, tmp_path / "out", "--split", ""))
     assert "--split '' names no folder" in line
+
+
+def test_an_image_network_on_regression_tasks_is_one_line(tmp_path: Path, capsys) -> None:
+    line = run_error(capsys, maml_args(tmp_path / "run", "--network", "conv4"))
+    assert "--network conv4 takes images" in line and "--network mlp" in line
+    argv = maml_args(tmp_path / "run")
+    argv[argv.index("maml")], argv[argv.index("sinusoid")] = "maml++", "linear"  # no preset: MAML++'s defaults
+    assert "--per-step-bn needs a network with batch norm" in run_error(capsys, argv)

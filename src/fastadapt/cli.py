@@ -66,6 +66,7 @@ def _method_groups(parser: argparse.ArgumentParser, only: str | None) -> None:
 
 def _train_parser(sub: argparse._SubParsersAction, only: str | None) -> argparse.ArgumentParser:
     from fastadapt.config import DataOptions, TrainOptions
+    from fastadapt.datasets import DATASETS
     from fastadapt.options import add_arguments
 
     t = sub.add_parser(
@@ -78,7 +79,7 @@ def _train_parser(sub: argparse._SubParsersAction, only: str | None) -> argparse
         formatter_class=_formatter,
     )
     t.add_argument("--algorithm", help="the meta-learning method (default: protonet); `fastadapt presets` lists them")
-    t.add_argument("--dataset", help="omniglot, folder, sinusoid, or embeddings (default: omniglot)")
+    t.add_argument("--dataset", help=f"{', '.join(DATASETS)} (default: omniglot); `fastadapt datasets` lists them")
     t.add_argument("--config", type=Path, help="a YAML, TOML or JSON file of settings (flags given here override it)")
     data = t.add_argument_group("data")
     add_arguments(data, DataOptions, skip=("dataset",))
@@ -154,11 +155,11 @@ def build_parser(algorithm: str | None = None) -> argparse.ArgumentParser:
     pr.add_argument("dataset", nargs="?", help="a data set, e.g. omniglot")
     pr.add_argument("--format", choices=("yaml", "toml", "json"), default="yaml", help="output format (default yaml)")
 
-    d = sub.add_parser("datasets", help="list the data sets and where they are found")
+    d = sub.add_parser("datasets", help="list the data sets, where they are found and (mini-ImageNet) what was found")
     d.add_argument("--data-dir", help="folder holding the data sets")
 
     dl = sub.add_parser("download", help="download a data set (needs internet), checking its sha256")
-    dl.add_argument("name", help="omniglot")
+    dl.add_argument("name", help="omniglot (mini-imagenet has no public download: it says where to put a copy)")
     dl.add_argument("--data-dir", help="where to put it (default: $FASTADAPT_DATA or ~/.cache/fastadapt/data)")
     return parser
 
@@ -269,9 +270,9 @@ def cmd_presets(args: argparse.Namespace) -> None:
     from fastadapt.config import make_config
 
     if args.algorithm is None:
-        print(f"{'method':<10} {'family':<13} {'presets for':<32} description")
+        print(f"{'method':<10} {'family':<13} {'presets for':<50} description")
         for name, spec in algorithms().items():
-            print(f"{name:<10} {spec.family:<13} {', '.join(spec.presets) or '-':<32} {spec.summary}")
+            print(f"{name:<10} {spec.family:<13} {', '.join(spec.presets) or '-':<50} {spec.summary}")
         print("\n`fastadapt presets METHOD DATASET` prints one as a file for `fastadapt train --config FILE`.")
         return
     spec = algorithm(args.algorithm)
@@ -303,20 +304,33 @@ def cmd_datasets(args: argparse.Namespace) -> None:
     root = resolve_data_dir(args.data_dir)
     print(f"data directory: {root}  (--data-dir, else $FASTADAPT_DATA, else shared/data, else ~/.cache)")
     for info in DATASETS.values():
+        report = []
         if info.name == "omniglot":
             found = all((root / "omniglot" / f).is_file() for f in ("images_background.npz", "images_evaluation.npz"))
-            where = f"found in {root / 'omniglot'}" if found else "missing: fastadapt download omniglot"
+            where = f"found in {root / 'omniglot'}" if found else "missing: fastadapt download omniglot (or --download)"
+        elif info.name == "mini-imagenet":
+            from fastadapt.datasets.miniimagenet import inspect_miniimagenet
+
+            inspected = inspect_miniimagenet(root)
+            where = f"found in {inspected.folder}" if inspected.layout else "missing (no public download)"
+            report = inspected.lines()
         elif info.name in ("folder", "embeddings"):
             where = "pass --data-dir DIR"
         else:
             where = "generated"
-        print(f"  {info.name:<9} {info.kind:<15} {where}\n            {info.description}")
+        print(f"  {info.name:<13} {info.kind:<15} {where}\n                {info.description}")
+        for line in report:
+            print(f"                {line}")
 
 
 def cmd_download(args: argparse.Namespace) -> None:
     from fastadapt.datasets.download import download_omniglot
     from fastadapt.datasets.paths import resolve_data_dir
 
+    if args.name == "mini-imagenet":
+        from fastadapt.datasets.download import download_miniimagenet
+
+        download_miniimagenet()  # one line: there is no public source, and where to put a copy
     if args.name != "omniglot":
         raise ConfigError(f"no download for {args.name!r}; available: omniglot.")
     print(f"Omniglot ready in {download_omniglot(resolve_data_dir(args.data_dir))}")

@@ -1,8 +1,9 @@
 """A run's configuration: the trainer's options (one shared dataclass) and the method's own (declared beside it).
 
-``make_config(algorithm, dataset, **overrides)`` builds it in three layers: the dataclass defaults, the method's
-preset for the data set (its paper's configuration, from the method's file), then the overrides (the command
-line, a config file, or Python). The result is one flat dataclass per method (``config.inner_lr``,
+``make_config(algorithm, dataset, **overrides)`` builds it in layers: the dataclass defaults, the data set's own
+settings (its images' size and colour, its standard protocol: ``fastadapt.datasets.DATASETS``), the method's preset
+for the data set (its paper's configuration, from the method's file), then the overrides (the command line, a config
+file, or Python). The result is one flat dataclass per method (``config.inner_lr``,
 ``config.steps``), so checkpoints store it as one dict and ``dataclasses.replace`` works on it.
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 from fastadapt.algorithms.registry import algorithm as registered_algorithm
 from fastadapt.algorithms.registry import algorithms
 from fastadapt.datasets import DATASETS
+from fastadapt.device import PRECISIONS, check_precision, resolve_device
 from fastadapt.errors import ConfigError
 from fastadapt.options import (
     MethodOptions,
@@ -28,6 +30,7 @@ from fastadapt.options import (
     require_types,
     validate_choices,
 )
+from fastadapt.tasks.augment import AugmentOptions
 
 
 @dataclass
@@ -36,15 +39,26 @@ class DataOptions:
 
     dataset: str = option("omniglot", "the data set (`fastadapt datasets` lists them)")
     split: str = option(
-        "vinyals", "omniglot: vinyals, vinyals-trainval, maml or lake; folder: a folder with train/val/test.txt"
+        "vinyals",
+        "omniglot: vinyals, vinyals-trainval, maml or lake; mini-imagenet: ravi (checked) or as-found; "
+        "folder: a folder with train/val/test.txt",
     )
-    image_size: int = option(28, "images are resized to this square size")
-    channels: int = option(1, "1 (grayscale) or 3 (RGB) for --dataset folder")
+    image_size: int | None = option(
+        None,
+        "images are resized to this square size (default: omniglot 28, mini-imagenet 84; folder: the images' "
+        "median shorter side within 16..84)",
+    )
+    channels: int | None = option(
+        None, "1 (grayscale) or 3 (RGB) (default: omniglot 1, mini-imagenet 3; folder: 3 when the images have colour)"
+    )
     data_dir: str | None = option(
         None, "folder holding the data sets (default: $FASTADAPT_DATA, else shared/data)", run_only=True
     )
+    download: bool = option(
+        False, "omniglot: download it when absent (about 16 MB, sha256-checked) into the data folder", run_only=True
+    )
     seed: int = option(0, "seed of everything random")
-    device: str = option("cpu", "cpu, cuda, cuda:1, ...", run_only=True)
+    device: str = option("cpu", "auto (a GPU when torch sees one), cpu, cuda, cuda:1, ...", run_only=True)
 
     def data_options(self) -> dict[str, Any]:
         """The :class:`DataOptions` fields of this configuration, as keyword arguments."""
@@ -92,6 +106,23 @@ class TrainOptions(DataOptions):
         "lower --lr after a run has plateaued; the model's settings must match",
     )
     out: str = option("runs/latest", "output folder for checkpoints, metrics and plots", run_only=True)
+    augment: str = option(
+        "none",
+        "augment training episodes (never validation or test): all, none, or a comma list of crop, flip, jitter "
+        "(random crop with 8 pixels of padding, horizontal flip, colour jitter 0.4)",
+    )
+    precision: str = option(
+        "fp32",
+        "bf16: forward passes under bfloat16 autocast, refused unless the first meta-batch's meta-loss is within 1% "
+        "and its meta-gradient's cosine to float32's at least 0.99",
+        choices=PRECISIONS,
+    )
+    tensorboard: bool = option(
+        False,
+        "also write TensorBoard event files to <out>/tensorboard/, as metrics.jsonl (pip install "
+        "'fastadapt[tensorboard]')",
+        run_only=True,
+    )
 
 
 @dataclass
@@ -168,7 +199,8 @@ def make_config(algorithm: str = "protonet", dataset: str = "omniglot", **overri
     unknown = sorted(set(given) - known)
     if unknown:
         raise ConfigError(" ".join(not_an_option(setting, algorithm) for setting in unknown))
-    config = replace(cls(algorithm=spec.name, dataset=dataset), **presets(spec.name, dataset))
+    config = replace(cls(algorithm=spec.name, dataset=dataset), **DATASETS[dataset].settings)
+    config = replace(config, **presets(spec.name, dataset))
     config = replace(config, **given)
     config.settle(set(given))
     validate(config)
@@ -192,11 +224,16 @@ def validate(config: Config) -> None:
     validate_choices(config)
     require_finite(config)
     require_positive(config, "ways", "shots", "query", "meta_batch_size", "steps", "val_every", "val_episodes")
-    require_positive(config, "test_episodes", "train_shots", "train_ways", "eval_query", "image_size", "channels")
+    require_positive(config, "test_episodes", "train_shots", "train_ways", "eval_query", "image_size")
     require_seed(config)
+    if config.channels not in (None, 1, 3):
+        raise ConfigError(f"--channels must be 1 (grayscale) or 3 (RGB) (got {config.channels}).")
     check_episode_memory(config)
-    check_network_memory(config.network, config.channels)
-    check_device(config.device)
+    check_network_memory(config.network, config.channels or 3)
+    check_precision(config.precision, resolve_device(config.device))
+    augment = AugmentOptions.from_flag(config.augment)
+    if augment.active and (config.regression or config.dataset == "embeddings"):
+        raise ConfigError(f"--augment applies to images, and {config.dataset} has none; drop --augment.")
     if not config.lr > 0:
         raise ConfigError(f"--lr must be positive (got {config.lr}).")
     if not 0 <= config.lr_min < config.lr:
@@ -233,34 +270,21 @@ def check_network_memory(network: str | None, channels: int) -> None:
                        "use fewer filters (conv4 has 64)")  # fmt: skip
 
 
-def check_device(device: str) -> None:
-    """Refuse a device this torch cannot use, before any work starts."""
-    import torch
-
-    try:
-        kind = torch.device(device).type
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"unknown --device {device!r}; use cpu, cuda or cuda:N.") from None
-    if kind not in ("cpu", "cuda"):  # meta, mps, xpu, ...: torch knows them, fastadapt does not run on them
-        raise ConfigError(f"--device {device}: fastadapt runs on cpu or cuda (cuda:N), not {kind}.")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"--device {device} asked for a GPU but torch {torch.__version__} sees no CUDA device; use --device cpu."
-        )
-    index = torch.device(device).index
-    if kind == "cuda" and index is not None and index >= torch.cuda.device_count():
-        raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here.")
-
-
 def run_only_fields(config: Config) -> set[str]:
     """Settings that may differ between a checkpoint and the run resuming it (how fast, where, how long)."""
     return {f.name for f in fields(config) if f.metadata.get("run_only")}
 
 
+#: Settings that a configuration may leave open (None) for the data to settle when a run starts (--dataset folder:
+#: from its images); the run's checkpoints store the settled values.
+LEFT_TO_THE_DATA = ("image_size", "channels")
+
+
 def config_differences(saved: Config, current: Config) -> list[str]:
-    """Settings (other than :func:`run_only_fields`) on which two configurations disagree, as 'name: a != b'."""
+    """Settings (other than :func:`run_only_fields`) on which two configurations disagree, as 'name: a != b'. A
+    setting ``current`` leaves to the data (:data:`LEFT_TO_THE_DATA`, None) agrees with what the checkpoint settled."""
     a, b = saved.to_dict(), current.to_dict()
-    free = run_only_fields(current)
+    free = run_only_fields(current) | {k for k in LEFT_TO_THE_DATA if b.get(k) is None}
     return [f"{k}: checkpoint {a[k]!r} != now {b.get(k)!r}" for k in a if k not in free and a[k] != b.get(k)]
 
 

@@ -16,6 +16,7 @@ from fastadapt.algorithms import MetaLearner, build_algorithm, per_task_score
 from fastadapt.checkpoint import load_checkpoint, load_weights, restore_measured_choices
 from fastadapt.config import Config, validate
 from fastadapt.datasets import DATASETS, load_splits, task_source
+from fastadapt.device import resolve_device
 from fastadapt.errors import ConfigError, DataError, FastAdaptError, OutputError
 from fastadapt.tasks.samplers import TaskSource
 
@@ -97,11 +98,12 @@ def load_learner(checkpoint: Path, **overrides: Any) -> tuple[MetaLearner, Confi
     state = load_checkpoint(checkpoint)
     saved = Config.from_dict(state["config"])
     config = Config.from_dict({**state["config"], **{k: v for k, v in overrides.items() if v is not None}})
-    try:  # the checkpoint's settings with the overrides, checked as a command line's are
+    try:  # the checkpoint's settings with the overrides, checked as a command line's are, and its model built
         validate(config)
+        config.device = str(resolve_device(config.device))  # "auto" settled; refused in one line where unusable
+        learner = build_algorithm(config)
     except ConfigError as error:
         raise ConfigError(f"{checkpoint}: {error}") from None
-    learner = build_algorithm(config)
 
     def refuse(mismatch: str) -> FastAdaptError:
         if config.ways != saved.ways:  # a classifier head with one output per way does not fit other ways
@@ -144,7 +146,7 @@ def evaluate_checkpoint(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise OutputError(f"cannot create the output folder {out} ({error.strerror}); choose another --out.") from None
-    splits = load_splits(config)
+    splits = load_splits(config, progress=progress)
     source = task_source(config, splits, split, seed=config.seed + TEST_SEED_OFFSET)
     scores = evaluate(learner, source, episodes, config.device, progress=progress)
     result = summarise(config, scores, split=split, checkpoint=str(checkpoint))

@@ -28,9 +28,10 @@ from tqdm.auto import tqdm
 
 from fastadapt import atomic
 from fastadapt.checkpoint import load_checkpoint, load_weights, save_checkpoint
-from fastadapt.config import Config, PretrainConfig, check_device, check_network_memory
-from fastadapt.datasets import load_splits
+from fastadapt.config import Config, PretrainConfig, check_network_memory
+from fastadapt.datasets import image_format, load_splits
 from fastadapt.datasets.embeddings import PARTS, write_embedding_split, write_json_atomically
+from fastadapt.device import resolve_device
 from fastadapt.engine.fastlayers import with_fast_layers
 from fastadapt.errors import ConfigError, DataError, OutputError
 from fastadapt.nets import build_network
@@ -39,6 +40,7 @@ from fastadapt.options import require_finite, require_positive, require_seed, re
 from fastadapt.tasks.samplers import ClassSplit, EpisodeSampler
 
 HEADS = ("linear", "cosine")
+IMAGE_DATASETS = ("omniglot", "mini-imagenet", "folder")
 CHECKPOINT_NAME = "pretrain.pt"
 
 
@@ -53,12 +55,25 @@ def _data_config(config: PretrainConfig) -> Config:
     return Config(algorithm="protonet", network=default_network(config), **config.data_options())
 
 
+def _require_image_dataset(config: PretrainConfig) -> None:
+    if config.dataset not in IMAGE_DATASETS:
+        choices = ", ".join(IMAGE_DATASETS)
+        raise ConfigError(f"pretrain needs an image data set ({choices}), not {config.dataset!r}.")
+
+
+def settled(config: PretrainConfig) -> PretrainConfig:
+    """``config`` with what it leaves open filled in: the data set's image size and colour (omniglot 28x28
+    grayscale, mini-ImageNet 84x84 colour; a folder's chosen from its images) and the device ("auto")."""
+    _require_image_dataset(config)
+    chosen, _ = image_format(config)
+    return replace(config, **chosen, device=str(resolve_device(config.device)))
+
+
 def validate_pretrain(config: PretrainConfig) -> None:
     """Refuse impossible settings before any work starts: one line naming the option and the fix."""
     require_types(config)
     require_finite(config)
-    if config.dataset not in ("omniglot", "folder"):
-        raise ConfigError(f"--dataset {config.dataset}: pretrain needs an image data set (omniglot or folder).")
+    _require_image_dataset(config)
     require_positive(config, "epochs", "batch_size", "val_episodes", "image_size", "channels")
     require_seed(config)
     network = default_network(config)
@@ -73,7 +88,7 @@ def validate_pretrain(config: PretrainConfig) -> None:
         raise ConfigError(f"--lr must be positive (got {config.lr}).")
     if not config.weight_decay >= 0:
         raise ConfigError(f"--weight-decay must be at least 0 (got {config.weight_decay}).")
-    check_device(config.device)
+    resolve_device(config.device)
 
 
 def build_backbone(config: PretrainConfig) -> nn.Module:
@@ -164,6 +179,7 @@ def nearest_centroid_accuracy(features: np.ndarray, split: ClassSplit, episodes:
 
 def pretrain(config: PretrainConfig, progress: bool = True) -> dict[str, Any]:
     """Train the backbone; returns the record of the kept epoch (also in ``<out>/pretrain_metrics.jsonl``)."""
+    config = settled(config)
     validate_pretrain(config)
     out = Path(config.out)
     try:
@@ -171,7 +187,7 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> dict[str, Any]:
     except OSError as error:
         raise OutputError(f"cannot create the output folder {out} ({error.strerror}); choose another --out.") from None
     torch.manual_seed(config.seed)
-    splits = load_splits(_data_config(config))
+    splits = load_splits(_data_config(config), progress=progress)
     assert splits is not None
     train_split = splits["train"]
     labels = _labels(train_split)
@@ -273,10 +289,10 @@ def embed(
     checkpoint: Path, out: Path, data_dir: str | None = None, batch_size: int = 512, device: str | None = None
 ) -> dict[str, Any]:
     """Write ``<out>/{train,val,test}.npz`` and ``meta.json`` from a pretrain checkpoint."""
-    check_device(device or "cpu")
+    device = str(resolve_device(device or "cpu"))
     if type(batch_size) is not int or batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1 (got {batch_size!r}).")
-    backbone, config, state = load_backbone(Path(checkpoint), device or "cpu")
+    backbone, config, state = load_backbone(Path(checkpoint), device)
     if data_dir:
         config.data_dir = data_dir
     out = Path(out)
@@ -286,7 +302,7 @@ def embed(
         raise OutputError(f"cannot create the output folder {out} ({error.strerror}); choose another --out.") from None
     splits = load_splits(_data_config(config))
     assert splits is not None
-    features = {part: embed_split(backbone, splits[part], batch_size, device or "cpu") for part in PARTS}
+    features = {part: embed_split(backbone, splits[part], batch_size, device) for part in PARTS}
     # One scale for every split, from the training images only: LEO's step sizes and initialisations
     # (the authors') assume features of about unit length; raw Conv-4 features are ~40 long, and LEO at
     # 5-way 5-shot then scored 96.2% on them against 98.8% on the rescaled ones (docs/results.md).

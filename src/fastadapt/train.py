@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +34,19 @@ from fastadapt.checkpoint import (
     save_checkpoint,
 )
 from fastadapt.config import Config
-from fastadapt.datasets import DATASETS, load_splits, task_source
+from fastadapt.datasets import DATASETS, image_format, load_splits, task_source
+from fastadapt.device import autocast, move_batch, require_bf16_exact_enough, resolve_device, rng_devices
 from fastadapt.engine.guard import require_agreement
 from fastadapt.engine.strategy import choose_strategy, describe_choice, needs_measuring
 from fastadapt.errors import ConfigError, DataError, OutputError, TrainingDiverged
 from fastadapt.evaluate import evaluate, mean_ci95
+from fastadapt.metrics_log import TensorBoardMirror, require_tensorboard
+from fastadapt.tasks.augment import AugmentedTasks, AugmentOptions
 
 #: Seed offset of the fixed validation episodes (the same episodes at every validation).
 VAL_SEED_OFFSET = 500_009
+#: Seed offset of the training episodes' augmentations (--augment), from the training seed of each process.
+AUGMENT_SEED_OFFSET = 700_001
 LOG_EVERY = 50
 
 
@@ -118,7 +124,7 @@ def _validate(
 ) -> tuple[float, float]:
     """Mean and 95% CI of the score on the fixed validation episodes. It must not consume the training
     random state (exact resume)."""
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=rng_devices(device)):
         source = task_source(config, splits, "val", seed)
         return mean_ci95(evaluate(learner, source, config.val_episodes, device))
 
@@ -147,7 +153,8 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> TrainR
     ``learning_curve.png``). With ``resume``, continue from ``last.pt`` exactly where it stopped.
 
     Launched by ``torchrun`` with several processes, they train one model together (data parallel)."""
-    replicas, device_name = distributed.setup(config.device)
+    requested = resolve_device(config.device).type if config.device == "auto" else config.device
+    replicas, device_name = distributed.setup(requested)
     lock = atomic.FolderLock(Path(config.out))
     try:
         if replicas.is_main:  # the process that writes: refused if another live run writes the folder
@@ -177,10 +184,21 @@ def _train(
         )
     tasks_per_process = config.meta_batch_size // replicas.world_size
     progress = progress and replicas.is_main
+    if config.tensorboard and replicas.is_main:
+        require_tensorboard()  # before any work: one line when the package is missing
 
-    splits = load_splits(config)
+    # Settings left to the data (--dataset folder: colour and size from its images) are settled before anything
+    # reads them, and so stored in the checkpoints.
+    settled, described = image_format(config)
+    config = replace(config, **settled)
+    if progress and described:
+        print(described)
+    splits = load_splits(config, progress=progress)
     rank_seed = config.seed + replicas.rank * distributed.RANK_SEED_OFFSET
     train_tasks = task_source(config, splits, "train", rank_seed)
+    augment = AugmentOptions.from_flag(config.augment)
+    if augment.active:  # the training episodes only: validation and test episodes are never augmented
+        train_tasks = AugmentedTasks(train_tasks, augment, seed=rank_seed + AUGMENT_SEED_OFFSET)
     for part in ("val", "test"):  # fail now, not at the first validation, if their episodes cannot be drawn
         task_source(config, splits, part, config.seed)
     learner = build_algorithm(config).to(device)
@@ -195,6 +213,8 @@ def _train(
     metrics_path = out / "metrics.jsonl"
     #: What the gradient guard compared (fastadapt.engine.guard), kept in every checkpoint.
     gradient_checks: list[dict[str, Any]] = []
+    #: --precision bf16: the check that allowed it (fastadapt.device.check_bf16), kept in every checkpoint.
+    precision_check: dict[str, Any] | None = None
 
     resuming = resume and (out / "last.pt").is_file()
     if replicas.enabled:  # rank 0 decides, so that no process starts afresh beside resumed ones
@@ -230,6 +250,7 @@ def _train(
             ) from None
         restore_measured_choices(learner, state)  # keep what was measured: resume stays exact
         gradient_checks = list(state.get("gradient_checks", []))
+        precision_check = state.get("precision_check")
         recorded = _truncate_metrics(metrics_path, step) if replicas.is_main else 0.0
         elapsed_before = state.get("elapsed_s", recorded)
     else:
@@ -259,6 +280,32 @@ def _train(
                 learner.channels_last = distributed.broadcast_object(learner.channels_last)
         if progress and measured:
             print(describe_choice(measured))
+    if config.precision == "bf16":
+        # On the first training batch of this process (a resumed run checks again, maybe on another device), as the
+        # strategy's measuring: the sampler is rewound, the random streams forked (check_bf16) and the buffers
+        # (batch-norm statistics) put back, so that training is unchanged by it.
+        sampler_state = train_tasks.state_dict()
+        probe = move_batch(train_tasks.sample(tasks_per_process), device)
+        train_tasks.load_state_dict(sampler_state)
+        buffers = {name: b.detach().clone() for name, b in learner.named_buffers()}
+        learner.training_step = step
+        check = require_bf16_exact_enough(learner, probe, device)
+        with torch.no_grad():
+            for name, b in learner.named_buffers():
+                b.copy_(buffers[name])
+        precision_check = {"precision": "bf16", "device": str(device), **asdict(check), "passed": check.passed}
+        if progress:
+            print(check.describe())
+    mirror = None
+    if config.tensorboard and replicas.is_main:
+        if not resuming:  # a fresh run's events replace an earlier run's in the same folder, as metrics.jsonl
+            shutil.rmtree(out / "tensorboard", ignore_errors=True)
+        mirror = TensorBoardMirror(out / "tensorboard", resume_step=step if resuming else None)
+
+    def log_metrics(record: dict[str, Any]) -> None:
+        _append_metrics(metrics_path, record)
+        if mirror is not None:
+            mirror.write(record)
 
     def checkpoint_state() -> dict[str, Any]:
         """The checkpoint; under torchrun a collective call (it gathers every rank's random state)."""
@@ -278,6 +325,7 @@ def _train(
             "window": dict(window),
             **measured_choices(learner),
             "gradient_checks": gradient_checks,
+            "precision_check": precision_check,
             "elapsed_s": time.time() - started,
             "world_size": replicas.world_size,
             "ranks": ranks,
@@ -305,10 +353,11 @@ def _train(
                 torch.get_rng_state(),
                 {k: b.detach().clone() for k, b in learner.named_buffers()},
             )
-            batch = train_tasks.sample(tasks_per_process).to(device)
+            batch = move_batch(train_tasks.sample(tasks_per_process), device)
             learner.training_step = step  # MAML++'s annealing schedules follow the outer step
             optimizer.zero_grad(set_to_none=True)
-            output = learner.meta_backward(batch)
+            with autocast(device, config.precision):  # fp32: nothing; bf16: checked above
+                output = learner.meta_backward(batch)
             loss = output.loss.item()
             score = per_task_score(output.predictions.detach(), batch.query_y).mean().item()
             if replicas.enabled:
@@ -343,7 +392,7 @@ def _train(
                     "elapsed_s": round(time.time() - started, 2),
                 }
                 if replicas.is_main:
-                    _append_metrics(metrics_path, record)
+                    log_metrics(record)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", **{metric_name: f"{record[f'train_{metric_name}']:.3f}"})
                 window = {"loss": 0.0, "score": 0.0, "n": 0}
             bar.update(1)
@@ -359,9 +408,7 @@ def _train(
                     )
                     if improved:
                         best_val = val_mean
-                    _append_metrics(
-                        metrics_path, {"step": step, f"val_{metric_name}": val_mean, f"val_{metric_name}_ci95": val_ci}
-                    )
+                    log_metrics({"step": step, f"val_{metric_name}": val_mean, f"val_{metric_name}_ci95": val_ci})
                     best_mark = " (best)" if improved else ""
                     bar.write(f"step {step}: val {metric_name} {val_mean:.4f} ± {val_ci:.4f}{best_mark}")
                 state = checkpoint_state()
@@ -383,6 +430,8 @@ def _train(
         raise
     finally:
         bar.close()
+        if mirror is not None:
+            mirror.close()
     if replicas.is_main:
         plot_learning_curve(metrics_path, out / "learning_curve.png")
     return TrainResult(learner, config, step, best_val, out, rank=replicas.rank)

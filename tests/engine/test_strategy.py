@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from fastadapt.algorithms import MAML, ProtoNet, Reptile
@@ -232,3 +233,20 @@ def test_freed_memory_is_given_back_after_every_trial(monkeypatch):
     monkeypatch.setattr("fastadapt.engine.strategy.SECONDS_PER_CANDIDATE", 0.0)
     time_strategies(learner, SinusoidTasks(5, 5, seed=0).sample(2), trials=1)
     assert events == ["loop", "released", "vmap", "released"] * 2
+
+
+def test_timings_wait_for_the_gpu_and_measuring_forks_its_random_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU the clock is read after the queued kernels finish, and fork_rng is given the GPU (mocked: no GPU
+    here); on the CPU neither happens."""
+    from types import SimpleNamespace
+
+    from fastadapt.engine.strategy import generators_of, synchronize
+
+    waited = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(device))
+    on_gpu = SimpleNamespace(support_x=SimpleNamespace(is_cuda=True, device=torch.device("cuda", 1)))
+    synchronize(on_gpu)
+    assert waited == [torch.device("cuda", 1)] and generators_of(on_gpu) == [1]
+    on_cpu = SimpleNamespace(support_x=torch.zeros(1))
+    synchronize(on_cpu)
+    assert waited == [torch.device("cuda", 1)] and generators_of(on_cpu) == []

@@ -334,7 +334,11 @@ def _compiled_backward(learner: Runnable, part: TaskBatch, weight: float) -> tup
 
         learner._compiled_gradient = torch.compile(chunk_gradient, dynamic=False)
     trainable = parameters_of(learner)
-    schedule = {k: torch.tensor(v) if isinstance(v, list) else v for k, v in learner.schedule(training=True).items()}
+    device = next(iter(trainable.values())).device  # MAML++'s step weights join the losses on the learner's device
+    schedule = {
+        k: torch.tensor(v, device=device) if isinstance(v, list) else v
+        for k, v in learner.schedule(training=True).items()
+    }
     learner._theta_names = tuple(parameters_of(learner.model))
     try:
         params = {name: p.detach() for name, p in trainable.items()}

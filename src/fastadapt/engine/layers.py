@@ -117,7 +117,18 @@ class _EpisodeBatchNorm(torch.autograd.Function):
         return (grad_x, grad_weight, grad_bias, None) if weight is not None else (grad_x, None, None, None)
 
 
-class EpisodeBatchNorm2d(nn.Module):
+class _PerChannelNorm(nn.Module):
+    """A normalisation with an optional weight and bias per channel (torch's defaults: ones and zeros)."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_features)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(num_features)) if affine else None
+
+
+class EpisodeBatchNorm2d(_PerChannelNorm):
     """Batch norm that always normalises with the statistics of the batch it is given, as in the MAML
     reference code (per task: the support set during adaptation, the query set when scoring).
 
@@ -129,13 +140,6 @@ class EpisodeBatchNorm2d(nn.Module):
     closed form, for second-order MAML (docs/performance.md). Under ``torch.compile`` it takes the mean/var form
     too: the compiler fuses its passes, and the functorch check cannot be traced.
     """
-
-    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
-        super().__init__()
-        self.num_features = num_features
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(num_features)) if affine else None
-        self.bias = nn.Parameter(torch.zeros(num_features)) if affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return episode_batch_norm(x, self.weight, self.bias, self.eps)
@@ -338,16 +342,9 @@ def _normalise(
     return normalised
 
 
-class EpisodeBatchNorm1d(nn.Module):
+class EpisodeBatchNorm1d(_PerChannelNorm):
     """``nn.BatchNorm1d(track_running_stats=False)``: batch statistics always, over (N,) or (N, L), for (N, C) or
     (N, C, L) inputs. torch's kernel outside ``torch.func`` transforms, the mean/var form inside them."""
-
-    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
-        super().__init__()
-        self.num_features = num_features
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(num_features)) if affine else None
-        self.bias = nn.Parameter(torch.zeros(num_features)) if affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not _under_transform(x, self.weight, self.bias):
@@ -376,18 +373,14 @@ class VmapSafeLayerNorm(nn.Module):
         return _normalise(x, dims, self.weight, self.bias, self.eps, self.normalized_shape)
 
 
-class VmapSafeInstanceNorm(nn.Module):
+class VmapSafeInstanceNorm(_PerChannelNorm):
     """``nn.InstanceNorm1d/2d/3d(affine=True, track_running_stats=False)``: each example's channels normalised over
     their ``spatial_dims`` positions, batched (N, C, ...) or unbatched (C, ...) inputs. torch's kernel outside
     ``torch.func`` transforms, the mean/var form inside them."""
 
     def __init__(self, num_features: int, spatial_dims: int, eps: float = 1e-5, affine: bool = True) -> None:
-        super().__init__()
-        self.num_features = num_features
+        super().__init__(num_features, eps, affine)
         self.spatial_dims = spatial_dims
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(num_features)) if affine else None
-        self.bias = nn.Parameter(torch.zeros(num_features)) if affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         unbatched = x.dim() == self.spatial_dims + 1

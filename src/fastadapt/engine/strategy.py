@@ -91,6 +91,19 @@ def saved_activation_mib(learner: Learner, batch: TaskBatch) -> float:
     return sum(storages.values()) / 2**20
 
 
+def synchronize(batch: TaskBatch) -> None:
+    """Wait for the kernels queued on the batch's GPU, so that a timing covers them (a no-op on the CPU, whose
+    operations finish when they return)."""
+    if batch.support_x.is_cuda:
+        torch.cuda.synchronize(batch.support_x.device)
+
+
+def generators_of(batch: TaskBatch) -> list[int]:
+    """``fork_rng``'s ``devices`` for the batch's device: its GPU's random generator too, so that measuring there
+    leaves what training draws unchanged (``[]`` covers only the CPU's)."""
+    return [batch.support_x.device.index or 0] if batch.support_x.is_cuda else []
+
+
 Candidate = tuple[str, int | None, bool | None]  # strategy, workers, channels_last (None: the learner's own)
 #: Timing per candidate that :func:`time_strategies` aims for, and its cap on trials. Three runs of a 0.1 s step
 #: (MAML's Omniglot setting, first order) chose 2 workers at 0.117 s over one at 0.101 s.
@@ -123,8 +136,10 @@ def time_strategies(
                     learner.execution.workers = workers
                 if channels_last is not None:
                     learner.execution.channels_last = channels_last
+                synchronize(batch)
                 started = time.perf_counter()
                 learner.meta_backward(batch)
+                synchronize(batch)
                 times[strategy, workers, channels_last].append(time.perf_counter() - started)
                 release_freed_memory()  # so that the peak memory is one candidate's, not all of theirs
     return {choice_label(*candidate): sorted(t[1:])[len(t[1:]) // 2] for candidate, t in times.items()}
@@ -179,7 +194,7 @@ def choose_strategy(learner: Learner, batch: TaskBatch, trials: int = 2, gradien
         learner.channels_last, open_layout = False, False  # only image batches have a layout to choose
     if not (open_strategy or open_workers or open_layout):
         return {}
-    with torch.random.fork_rng(devices=[]):  # measuring must not change what training draws
+    with torch.random.fork_rng(devices=generators_of(batch)):  # measuring must not change what training draws
         per_task_mib = saved_activation_mib(learner, batch)
         arithmetic_bound = per_task_mib > VMAP_TRIAL_LIMIT_MIB
         vectorised, checks = None, []

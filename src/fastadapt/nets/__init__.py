@@ -15,10 +15,14 @@ __all__ = ["NETWORKS", "Conv4", "Conv4Stride", "MLP", "ResNet12", "build_network
 NETWORKS = ("conv4", "conv4-32", "conv4-stride", "mlp", "resnet12")
 
 
-def build_network(name: str, channels: int, image_size: int, num_outputs: int | None, norm: Norm) -> nn.Module:
+def build_network(
+    name: str, channels: int | None, image_size: int | None, num_outputs: int | None, norm: Norm
+) -> nn.Module:
     """The backbone ``name``; ``num_outputs=None`` gives an embedding network. ``norm``: "episode" (batch statistics
     always, for methods that adapt weights per task) or "running" (batch norm with running statistics)."""
     hidden = conv4_filters(name)
+    if name != "mlp" and image_size is None:
+        raise ConfigError(f"--network {name} takes images and this data set has none; use --network mlp.")
     if (hidden or name == "resnet12") and image_size < 16:
         # four 2x2 max-pools need at least 16 pixels
         raise ConfigError(

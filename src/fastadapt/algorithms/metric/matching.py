@@ -177,6 +177,20 @@ register(
                 val_every=500,
                 cosine_scale=10.0,
             ),
+            # Ravi & Larochelle's Matching Networks baseline (config/baselines/train-matching-net.lua,
+            # github.com/twitter-research/meta-learning-lstm), whose numbers on their split are the ones cited: Adam
+            # 1e-4, 75000 episodes shaped like the test ones (5-way, 15 queries), no FCE (their FCE row: --fce).
+            # Deviation, as on Omniglot: the learned scale on the cosines. Not expressible here: the dropout in their
+            # embedding (useDropout = true).
+            "mini-imagenet": dict(
+                network="conv4",
+                query=15,
+                meta_batch_size=1,
+                lr=1e-4,
+                steps=75000,
+                val_every=1000,
+                cosine_scale=10.0,
+            ),
         },
         supports_regression=False,
     )

@@ -99,6 +99,20 @@ register(
                 val_every=500,
             ),
             "folder": dict(network="conv4", query=5, eval_query=15, steps=5000),
+            # Snell et al. 2017, sec. 3.2, 1-shot: Conv-4 with 64 filters; 30-way training episodes (5-shot: 20-way),
+            # 15 queries per class; Adam 1e-3 halved every 2000 episodes. The paper stops on validation loss and gives
+            # no episode count: 30000 here, with the best validation checkpoint kept (fastadapt's choice).
+            "mini-imagenet": dict(
+                network="conv4",
+                train_ways=30,
+                query=15,
+                meta_batch_size=1,
+                lr=1e-3,
+                lr_decay=0.5,
+                lr_decay_every=2000,
+                steps=30000,
+                val_every=1000,
+            ),
         },
         supports_regression=False,
     )

@@ -112,6 +112,20 @@ register(
                 steps=20000,
                 val_every=1000,
             ),
+            # Sung et al. 2018, the authors' miniimagenet/miniimagenet_train_one_shot.py
+            # (github.com/floodsung/LearningToCompare_FSL): 15 queries per class (5-shot: 10); Adam 1e-3 for both
+            # modules, halved every 100000 episodes; 500000 episodes. Not expressible here: their gradient-norm
+            # clipping at 0.5 for both modules.
+            "mini-imagenet": dict(
+                network="conv4",
+                query=15,
+                meta_batch_size=1,
+                lr=1e-3,
+                lr_decay=0.5,
+                lr_decay_every=100000,
+                steps=500000,
+                val_every=5000,
+            ),
         },
         supports_regression=False,
     )

@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from fastadapt.algorithms.optimization.maml import MAML, InnerLoopOptions, engine_settings, network_for
+from fastadapt.algorithms.optimization.maml import MAML, InnerLoopOptions, inner_loop_settings, network_for
 from fastadapt.algorithms.optimization.maml import PRESETS as MAML_PRESETS
 from fastadapt.algorithms.registry import Algorithm, register
 from fastadapt.engine.functional import Params, call, parameters_of
@@ -133,15 +133,7 @@ def build(config: Any) -> ANIL:
     model = network_for(config)
     # Conv4/Conv4Stride call their classifier "head"; an MLP is an nn.Sequential ending in it.
     head = f"{len(model) - 1}." if config.network == "mlp" else "head."
-    return ANIL(
-        model,
-        inner_lr=config.inner_lr,
-        inner_steps=config.inner_steps,
-        first_order=config.first_order,
-        eval_inner_steps=config.eval_inner_steps,
-        head=head,
-        **engine_settings(config),
-    )
+    return ANIL(model, head=head, **inner_loop_settings(config))
 
 
 register(
@@ -152,7 +144,7 @@ register(
         summary="ANIL (Raghu et al. 2020): MAML's inner loop on the head only",
         options=ANILOptions,
         build=build,
-        # The paper uses MAML's hyper-parameters.
-        presets={dataset: MAML_PRESETS[dataset] for dataset in ("omniglot", "sinusoid")},
+        # The paper uses MAML's hyper-parameters (on mini-ImageNet too: Raghu et al. 2020, MiniImageNet-5way).
+        presets={dataset: MAML_PRESETS[dataset] for dataset in ("omniglot", "sinusoid", "mini-imagenet", "linear")},
     )
 )

@@ -150,6 +150,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Finn et al. 2017, sinusoid: K=10, one inner step of 0.01, meta-batch 25, 70k iterations.
     "sinusoid": dict(network="mlp", shots=10, query=10, eval_query=100, meta_batch_size=25, inner_lr=0.01,
                      inner_steps=1, eval_inner_steps=1, lr=1e-3, steps=70000, val_every=5000, val_episodes=300),
+    # Finn et al. 2017, sec. 5.2, 5-way 1-shot: Conv-4 with 32 filters and max-pooling "to reduce overfitting"; 5
+    # inner steps of 0.01 in training, 10 at test; meta-batch 4 tasks (5-shot: 2); 15 queries per class; Adam 1e-3
+    # (appendix A.1); 60000 meta-iterations. The protocol (84x84 colour, Ravi & Larochelle's split, 15 test queries)
+    # is the data set's own (fastadapt.datasets.DATASETS).
+    "mini-imagenet": dict(network="conv4-32", query=15, meta_batch_size=4, inner_lr=0.01, inner_steps=5,
+                          eval_inner_steps=10, lr=1e-3, steps=60000, val_every=1000),
+    # Lines y = theta_0 + theta_1 x: the sinusoid set-up above (MLP 1-40-40-1, K=10, one step of 0.01, meta-batch 25,
+    # Adam 1e-3) with 5000 outer steps, fastadapt's choice for this easier family (docs/data.md measures them).
+    "linear": dict(network="mlp", shots=10, query=10, eval_query=100, meta_batch_size=25, inner_lr=0.01,
+                   inner_steps=1, eval_inner_steps=1, lr=1e-3, steps=5000, val_every=500, val_episodes=300),
 }
 # fmt: on
 
@@ -168,18 +178,17 @@ def engine_settings(config: Any) -> dict[str, Any]:
     return {name: getattr(config, name) for name in names}
 
 
+def inner_loop_settings(config: Any) -> dict[str, Any]:
+    """The settings of InnerLoopOptions (MAML's inner loop and the engine's), as keyword arguments of a learner."""
+    names = ("inner_lr", "inner_steps", "first_order", "eval_inner_steps")
+    return {**{name: getattr(config, name) for name in names}, **engine_settings(config)}
+
+
 def build(config: Any) -> MAML:
     """MAML, or MAML++ (maml_plus_plus.py) with the switches that are on."""
-    common = dict(
-        inner_lr=config.inner_lr,
-        inner_steps=config.inner_steps,
-        first_order=config.first_order,
-        eval_inner_steps=config.eval_inner_steps,
-        **engine_settings(config),
-    )
     if config.switched_on():
         return registered_algorithm("maml++").build(config)
-    return MAML(network_for(config), **common)
+    return MAML(network_for(config), **inner_loop_settings(config))
 
 
 register(

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from fastadapt.algorithms.optimization.maml import MAML, MAMLOptions, engine_settings, network_for
+from fastadapt.algorithms.optimization.maml import MAML, MAMLOptions, inner_loop_settings, network_for
 from fastadapt.algorithms.optimization.maml import PRESETS as MAML_PRESETS
 from fastadapt.algorithms.registry import Algorithm, register
 from fastadapt.engine.functional import Params, parameter_key, parameters_of
@@ -216,6 +216,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     "sinusoid": dict(MAML_PRESETS["sinusoid"], inner_steps=5, eval_inner_steps=5, lr_schedule="cosine", lr_min=1e-5,
                      multi_step_loss=True, multi_step_loss_steps=5000, per_step_lr=True, per_step_bn=False,
                      first_order_steps=35000),
+    # The authors' released configuration (experiment_config/mini-imagenet_maml++-mini-imagenet_1_2_0.01_48_5_0.json,
+    # github.com/AntreasAntoniou/HowToTrainYourMAMLPytorch; the 5-shot file differs only in the shots): Conv-4 with
+    # 48 filters and max-pooling; 5 inner steps in training and at test, initial inner step 0.01 learned per layer
+    # and step; per-step batch-norm weights; meta-batch 2; 15 targets per class; Adam 1e-3 (the config's cosine
+    # schedule has min_learning_rate = meta_learning_rate = 0.001, i.e. constant); 100 epochs of 500 steps; the
+    # multi-step loss annealed over the first 15 epochs; second order throughout (first_order_to_second_order_epoch
+    # -1).
+    "mini-imagenet": dict(network="conv4-48", query=15, meta_batch_size=2, inner_lr=0.01, inner_steps=5,
+                          eval_inner_steps=5, lr=1e-3, steps=50000, val_every=500, multi_step_loss=True,
+                          multi_step_loss_steps=7500, per_step_lr=True, per_step_bn=True, first_order_steps=0),
 }
 # fmt: on
 
@@ -224,13 +234,7 @@ def build(config: Any) -> MAMLPlusPlus:
     """MAML++ with the switches the configuration turns on (also for `--algorithm maml` with one of them)."""
     switches = ("multi_step_loss", "multi_step_loss_steps", "per_step_lr", "per_step_bn", "first_order_steps")
     return MAMLPlusPlus(
-        network_for(config),
-        inner_lr=config.inner_lr,
-        inner_steps=config.inner_steps,
-        first_order=config.first_order,
-        eval_inner_steps=config.eval_inner_steps,
-        **{name: getattr(config, name) for name in switches},
-        **engine_settings(config),
+        network_for(config), **inner_loop_settings(config), **{name: getattr(config, name) for name in switches}
     )
 
 

@@ -226,7 +226,17 @@ register(
         summary="Meta-LSTM (Ravi & Larochelle 2017): an LSTM whose cell state is the learner's weights",
         options=MetaLSTMOptions,
         build=build,
-        presets={"omniglot": _OMNIGLOT, "folder": dict(_OMNIGLOT, query=5, steps=5000, val_every=500)},
+        presets={
+            "omniglot": _OMNIGLOT,
+            "folder": dict(_OMNIGLOT, query=5, steps=5000, val_every=500),
+            # Ravi & Larochelle 2017, config/lstm/train-imagenet-1shot.lua and config/1-shot-5-class.lua: the
+            # learner is Conv-4 with 32 filters; 12 updates on the whole 5-example support set, 75000 episodes
+            # (5-shot: 8 updates, 50000 episodes); Adam 1e-3; 15 queries per class; one episode per meta-update.
+            # Not expressible here: the learner's batch-norm momentum 0.9 (5-shot: 0.95).
+            "mini-imagenet": dict(
+                network="conv4-32", query=15, meta_batch_size=1, inner_steps=12, lr=1e-3, steps=75000, val_every=1000
+            ),
+        },
         supports_regression=False,
     )
 )

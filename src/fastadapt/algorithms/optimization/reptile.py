@@ -317,6 +317,19 @@ PRESETS: dict[str, dict[str, Any]] = {
                      inner_optimizer="sgd", inner_lr=0.02, inner_steps=5, inner_batch_size=10, eval_inner_steps=32,
                      outer_optimizer="sgd", lr=0.1, lr_schedule="linear", steps=30000, val_every=5000,
                      val_episodes=300),
+    # Nichol et al. 2018, the authors' README command "1-shot 5-way Mini-ImageNet" (non-transductive;
+    # github.com/openai/supervised-reptile): --shots 1 --inner-batch 3 --inner-iters 19 --meta-step 0.235
+    # --meta-batch 2 --eval-batch 3 --eval-iters 55 --learning-rate 0.0012 --train-shots 12. Conv-4 with 32 filters
+    # and max-pooling (supervised_reptile/models.py); Adam inner loop with beta1 0 whose moments carry from task to
+    # task (the authors' code); outer SGD step decayed linearly to 0 (--meta-step-final 0) over 200000 iterations.
+    "mini-imagenet": dict(network="conv4-32", query=1, train_shots=12, meta_batch_size=2, inner_optimizer="adam",
+                          inner_adam_state="carried", inner_lr=0.0012, inner_steps=19, inner_batch_size=3,
+                          eval_inner_steps=55, eval_inner_batch_size=3, outer_optimizer="sgd", lr=0.235,
+                          lr_schedule="linear", steps=200000, val_every=5000),
+    # Lines: the sine demo's setting above over 5000 steps, as MAML's linear preset (fastadapt's choice).
+    "linear": dict(network="mlp", shots=10, train_shots=50, query=10, eval_query=100, meta_batch_size=1,
+                   inner_optimizer="sgd", inner_lr=0.02, inner_steps=5, inner_batch_size=10, eval_inner_steps=32,
+                   outer_optimizer="sgd", lr=0.1, lr_schedule="linear", steps=5000, val_every=500, val_episodes=300),
 }
 # fmt: on
 register(
