@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import random
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,6 +47,14 @@ RUNS = {
 }
 
 
+def commit() -> str:
+    """The commit the run measured (with "+changes" when the working tree differs from it)."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "src"], capture_output=True,
+                           text=True, cwd=ROOT).stdout  # fmt: skip
+    return head.strip() + ("+changes" if dirty.strip() else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
@@ -54,13 +64,11 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS / "kill_soak.json")
     args = parser.parse_args()
 
-    record = {
-        "command": "nice -n 10 .venv/bin/python bench/kill_soak.py " + " ".join(sys.argv[1:]),
-        "machine": machine(),
-        "date": time.strftime("%Y-%m-%d"),
-        "budget": BUDGET,
-        "runs": {},
-    }
+    command = "nice -n 5 .venv/bin/python bench/kill_soak.py " + " ".join(sys.argv[1:])
+    record = {"budget": BUDGET, "runs": {}}
+    if args.results.exists():  # the runs not asked for this time keep their records
+        record["runs"] = {k: v for k, v in json.loads(args.results.read_text()).get("runs", {}).items()
+                          if k not in args.runs}  # fmt: skip
     rng = random.Random(args.seed)
     for name in args.runs:
         argv, processes = RUNS[name]
@@ -100,6 +108,10 @@ def main() -> None:
             "identical_per_chain": [c["identical"] for c in comparisons],
             "kills": outcome["kills"],
             "wall_s": round(time.time() - started, 1),
+            "command": command,
+            "commit": commit(),
+            "machine": machine(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         }
         print(
             f"{name}: {len(landed)} kills landed {record['runs'][name]['phases_hit']}; identical: "
