@@ -5,6 +5,7 @@ metrics are survived, caches are written atomically, and no user file is unpickl
 from __future__ import annotations
 
 import ast
+import dataclasses
 import errno
 import io
 import json
@@ -236,7 +237,9 @@ def test_a_read_only_output_folder_is_refused_before_training(tmp_path: Path, mo
 # --- non-finite training -----------------------------------------------------------------------------
 
 
-def test_a_non_finite_meta_gradient_stops_training_before_the_update(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("where", ["gradient", "loss"])
+def test_a_non_finite_meta_gradient_stops_training_before_the_update(tmp_path: Path, monkeypatch, where: str) -> None:
+    """An inf in the meta-gradient, or a NaN meta-loss, injected at step 3: stopped before the update."""
     config = make_config("maml", "sinusoid", out=str(tmp_path), **{**TINY, "steps": 6})
     original = MAML.meta_backward
     calls = []
@@ -244,12 +247,17 @@ def test_a_non_finite_meta_gradient_stops_training_before_the_update(tmp_path: P
     def poisoned(self, batch):
         output = original(self, batch)
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == 3 and where == "gradient":
             next(self.parameters()).grad[0] = float("inf")
+        if len(calls) == 3 and where == "loss":
+            output = dataclasses.replace(output, loss=output.loss * float("nan"))
         return output
 
     monkeypatch.setattr(MAML, "meta_backward", poisoned)
-    with pytest.raises(TrainingDiverged, match="meta-gradient of .* became non-finite at step 3"):
+    message = (
+        "meta-gradient of .* became non-finite at step 3" if where == "gradient" else "meta-loss became nan at step 3"
+    )
+    with pytest.raises(TrainingDiverged, match=message):
         train(config, progress=False)
     state = load_checkpoint(tmp_path / "last.pt")
     assert state["step"] == 2 and all(t.isfinite().all() for t in state["model"].values())
