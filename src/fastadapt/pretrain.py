@@ -58,7 +58,7 @@ def _data_config(config: PretrainConfig) -> Config:
 def _require_image_dataset(config: PretrainConfig) -> None:
     if config.dataset not in IMAGE_DATASETS:
         choices = ", ".join(IMAGE_DATASETS)
-        raise ConfigError(f"pretrain needs an image data set ({choices}), not {config.dataset!r}.")
+        raise ConfigError(f"--dataset {config.dataset}: pretrain needs an image data set ({choices}).")
 
 
 def settled(config: PretrainConfig) -> PretrainConfig:

@@ -247,7 +247,8 @@ def load_omniglot(data_dir: Path, split: str = "vinyals", image_size: int = 28) 
     empty = [part for part, ix in chars.items() if not ix]
     if empty:
         raise DataError(
-            f"the Omniglot files in {Path(data_dir) / 'omniglot'} hold {len(names)} characters, which leave the "
+            f"images_background.npz and images_evaluation.npz in {Path(data_dir) / 'omniglot'} hold {len(names)} "
+            f"Omniglot characters, which leave the "
             f"{'/'.join(empty)} part of the {split} split empty; fetch Omniglot again (`fastadapt download omniglot`)."
         )
     return {part: rotated_classes(images, names, ix, part) for part, ix in chars.items()}
