@@ -354,7 +354,7 @@ class Plan:
         if target == "checkpoint":
             return Moment(target, self.rng.randint(1, max(1, validations_left)), rank=rank)
         if target == "validation":
-            delay = self.rng.uniform(0, 0.9 * self.timing["validation_s"])
+            delay = self.rng.uniform(0, 0.5 * self.timing["validation_s"])  # validations vary with the load
             return Moment(target, self.rng.randint(1, max(1, validations_left)), delay, rank)
         # a moment drawn uniformly over the time the rest of the run takes: start-up, or into one of its steps
         startup, per_step = self.timing["startup_s"], self.timing["step_with_validation_s"]
