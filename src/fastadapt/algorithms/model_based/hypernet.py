@@ -176,13 +176,45 @@ def _mlp(inputs: int, hidden: int, outputs: int, layers: int) -> nn.Sequential:
     return MLP(inputs, (hidden,) * (layers - 1), outputs)
 
 
-class HypernetClassifier(MetaLearner):
+class Hypernetwork(MetaLearner):
+    """What both task kinds share: ``forward(batch, steps)`` generates each task's weights from its support set,
+    takes ``steps`` gradient steps on them and runs them on the query set; training minimises the query loss."""
+
+    def __init__(self, options: HypernetOptions) -> None:
+        super().__init__()
+        self.inner_steps, self.inner_lr, self.first_order = options.inner_steps, options.inner_lr, options.first_order
+        self.eval_inner_steps = options.inner_steps if options.eval_inner_steps is None else options.eval_inner_steps
+
+    def forward(self, batch: TaskBatch, steps: int) -> Tensor:
+        raise NotImplementedError
+
+    def meta_loss(self, batch: TaskBatch) -> MetaOutput:
+        predictions = self(batch, self.inner_steps)
+        return MetaOutput(task_loss(predictions, batch.query_y), predictions)
+
+    def predict(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
+        """Query predictions after ``steps`` test-time gradient steps (default: ``eval_inner_steps``)."""
+        return self(batch, self.eval_inner_steps if steps is None else steps)
+
+    def fine_tune(self, support_loss: Callable[[Params], Tensor], params: Params, steps: int) -> Params:
+        """``steps`` gradient steps on the generated weights. ``support_loss`` sums the tasks' losses, so each
+        task's weights follow the gradient of its own loss. Without autograd (evaluation) the weights start as
+        new leaves and the steps are not differentiated through."""
+        if steps == 0:
+            return params
+        differentiable = torch.is_grad_enabled()
+        if not differentiable:
+            params = {k: p.detach().requires_grad_() for k, p in params.items()}
+        return inner_sgd(support_loss, params, steps, self.inner_lr, first_order=self.first_order or not differentiable)
+
+
+class HypernetClassifier(Hypernetwork):
     """Generates the weights and biases of a cosine classifier on a Conv-4 embedding from the support set."""
 
     supports_regression = False
 
     def __init__(self, embedding: nn.Module, features: int, options: HypernetOptions) -> None:
-        super().__init__()
+        super().__init__(options)
         hidden, layers = options.hypernet_hidden, options.hypernet_layers
         self.embedding = embedding
         self.pool = SetPool(features, options.hypernet_pooling)
@@ -190,8 +222,6 @@ class HypernetClassifier(MetaLearner):
         self.generator = _zero_last_layer(_mlp(features + hidden, hidden, features + 1, layers))  # G_w, G_b
         self.phi_avg = nn.Parameter(torch.ones(features))
         self.scale = nn.Parameter(torch.tensor(float(options.cosine_scale)))
-        self.inner_steps, self.inner_lr, self.first_order = options.inner_steps, options.inner_lr, options.first_order
-        self.eval_inner_steps = options.inner_steps if options.eval_inner_steps is None else options.eval_inner_steps
 
     def generate(self, support: Tensor, support_y: Tensor, ways: int) -> Params:
         """Classifier weights (tasks, ways, dim) and biases (tasks, ways) from support features (tasks, n, dim)."""
@@ -209,28 +239,18 @@ class HypernetClassifier(MetaLearner):
     def forward(self, batch: TaskBatch, steps: int) -> Tensor:
         support, query = embed_episodes(self.embedding, batch)
         params = self.generate(support, batch.support_y, batch.ways)
-        params = _fine_tune(
-            lambda p: per_task_losses(self.classify(p, support), batch.support_y).sum(),
-            params,
-            steps,
-            self.inner_lr,
-            self.first_order,
-        )
-        return self.classify(params, query)
 
-    def meta_loss(self, batch: TaskBatch) -> MetaOutput:
-        logits = self(batch, self.inner_steps)
-        return MetaOutput(task_loss(logits, batch.query_y), logits)
+        def support_loss(weights: Params) -> Tensor:
+            return per_task_losses(self.classify(weights, support), batch.support_y).sum()
 
-    def predict(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
-        return self(batch, self.eval_inner_steps if steps is None else steps)
+        return self.classify(self.fine_tune(support_loss, params, steps), query)
 
 
-class HypernetRegressor(MetaLearner):
+class HypernetRegressor(Hypernetwork):
     """Generates every weight of a regression network from the support points (x_i, y_i)."""
 
     def __init__(self, target: nn.Module, options: HypernetOptions, in_features: int = 1, out_features: int = 1):
-        super().__init__()
+        super().__init__(options)
         hidden, layers = options.hypernet_hidden, options.hypernet_layers
         self.target = target  # its own weights are HyperMAML's universal theta
         self.shapes = {name: p.shape for name, p in target.named_parameters()}
@@ -238,8 +258,6 @@ class HypernetRegressor(MetaLearner):
         self.encoder = _mlp(in_features + out_features, hidden, hidden, layers)  # h
         self.pool = SetPool(hidden, options.hypernet_pooling)
         self.decoder = _zero_last_layer(_mlp(hidden, hidden, total, layers))  # Delta
-        self.inner_steps, self.inner_lr, self.first_order = options.inner_steps, options.inner_lr, options.first_order
-        self.eval_inner_steps = options.inner_steps if options.eval_inner_steps is None else options.eval_inner_steps
 
     def generate(self, support_x: Tensor, support_y: Tensor) -> Params:
         """theta + Delta(e) for every task: each of the target's parameters with a leading task dimension."""
@@ -258,40 +276,14 @@ class HypernetRegressor(MetaLearner):
 
     def forward(self, batch: TaskBatch, steps: int) -> Tensor:
         params = self.generate(batch.support_x, batch.support_y)
-        params = _fine_tune(
-            lambda p: per_task_losses(self.regress(p, batch.support_x), batch.support_y).sum(),
-            params,
-            steps,
-            self.inner_lr,
-            self.first_order,
-        )
-        return self.regress(params, batch.query_x)
 
-    def meta_loss(self, batch: TaskBatch) -> MetaOutput:
-        predictions = self(batch, self.inner_steps)
-        return MetaOutput(task_loss(predictions, batch.query_y), predictions)
+        def support_loss(weights: Params) -> Tensor:
+            return per_task_losses(self.regress(weights, batch.support_x), batch.support_y).sum()
 
-    def predict(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
-        return self(batch, self.eval_inner_steps if steps is None else steps)
+        return self.regress(self.fine_tune(support_loss, params, steps), batch.query_x)
 
 
-def _fine_tune(
-    support_loss: Callable[[Params], Tensor], params: Params, steps: int, lr: float, first_order: bool
-) -> Params:
-    """``steps`` gradient steps on the generated weights. ``support_loss`` sums the tasks' losses, so each task's
-    weights follow the gradient of its own loss. Without autograd (evaluation) the weights start as new leaves
-    and the steps are not differentiated through."""
-    if steps == 0:
-        return params
-    differentiable = torch.is_grad_enabled()
-    if not differentiable:
-        params = {k: p.detach().requires_grad_() for k, p in params.items()}
-    return inner_sgd(support_loss, params, steps, lr, first_order=first_order or not differentiable)
-
-
-def build(
-    options: HypernetOptions, *, regression: bool, channels: int = 1, image_size: int = 28
-) -> HypernetClassifier | HypernetRegressor:
+def build(options: HypernetOptions, *, regression: bool, channels: int = 1, image_size: int = 28) -> Hypernetwork:
     """The hypernetwork ``options`` describe: a generated cosine classifier on a Conv-4 for images, or a generated
     1-40-40-1 MLP for (one-dimensional) regression."""
     options.validate()
