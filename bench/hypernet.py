@@ -30,7 +30,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
-from common import RESULTS, ROOT, machine, save_figure, write_json
+from common import RESULTS, ROOT, machine, save_figure, validation_curve, write_json
 
 from fastadapt.algorithms.model_based.hypernet_train import (
     evaluate_hypernet,
@@ -41,7 +41,7 @@ from fastadapt.algorithms.model_based.hypernet_train import (
 from fastadapt.checkpoint import load_checkpoint
 from fastadapt.config import make_config
 from fastadapt.datasets.sinusoid import SinusoidTasks
-from fastadapt.evaluate import evaluate, evaluate_checkpoint, mean_ci95
+from fastadapt.evaluate import evaluate, evaluate_checkpoint, load_learner, mean_ci95
 from fastadapt.tasks.episodes import TaskBatch
 from fastadapt.train import train
 
@@ -145,7 +145,8 @@ def plot_sinusoid(results: dict[str, Any], path: Path) -> None:
                 )  # fmt: skip
         ax.set(title=f"K={shots}", xlabel="gradient steps at test time", xticks=STEPS, yscale="log")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("query MSE (600 tasks, 95% CI)")
+    tasks = next(results[n]["test_tasks"] for n in ("maml-sinusoid", "hypernet-sinusoid") if n in results)
+    axes[0].set_ylabel(f"query MSE ({tasks} tasks, 95% CI)")
     axes[0].legend()
     fig.tight_layout()
     save_figure(fig, path, dpi=100)
@@ -153,8 +154,7 @@ def plot_sinusoid(results: dict[str, Any], path: Path) -> None:
 
 def plot_fits(out: Path, path: Path) -> None:
     """One test task at K = 5 and 10: MAML after one step beside the hypernetwork's generated network."""
-    maml_config = make_config("maml", "sinusoid", out=str(out / "maml-sinusoid"))
-    maml = train(maml_config, resume=True, progress=False).learner  # finished: loads last.pt
+    maml, _ = load_learner(out / "maml-sinusoid" / "last.pt")
     hypernet, _, _ = load_hypernet(out / "hypernet-sinusoid" / "last.pt")
     tasks = SinusoidTasks(10, 10, seed=SINUSOID_TEST_SEED)
     amplitude, phase = (float(v.squeeze()) for v in tasks.sample_functions(1))
@@ -179,9 +179,16 @@ def plot_fits(out: Path, path: Path) -> None:
     save_figure(fig, path, dpi=100)
 
 
-def plot_omniglot(results: dict[str, Any], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+def plot_omniglot(results: dict[str, Any], out: Path, path: Path) -> None:
+    """Test accuracy of both models beside their validation accuracy during training."""
+    fig, (ax, ax_curve) = plt.subplots(1, 2, figsize=(11, 3.8))
     names = [n for n in ("protonet-omniglot", "hypernet-omniglot") if n in results]
+    for name in names:
+        curve = validation_curve(out / name / "metrics.jsonl")
+        ax_curve.plot(curve["step"], curve["accuracy"], marker="o", label=name.split("-")[0])
+    ax_curve.set(xlabel="training episodes (60-way 1-shot)", ylabel="validation accuracy % (5-way 1-shot)")
+    ax_curve.grid(alpha=0.3)
+    ax_curve.legend()
     for offset, name in enumerate(names):
         acc = results[name]["accuracy"]
         xs = [i + 0.3 * offset for i in range(len(OMNIGLOT_WAYS))]
@@ -192,8 +199,12 @@ def plot_omniglot(results: dict[str, Any], path: Path) -> None:
         )  # fmt: skip
     for target, ways_index in ((98.0, 0), (94.0, 1)):
         ax.hlines(target, ways_index - 0.2, ways_index + 0.5, colors="black", linestyles=":")
-    ax.set(xticks=[i + 0.15 for i in range(len(OMNIGLOT_WAYS))], xticklabels=[f"{w}-way 1-shot" for w in OMNIGLOT_WAYS])
-    ax.set(ylim=(85, 100), ylabel="test accuracy % (600 episodes, 95% CI)", title="Omniglot (dotted: targets)")
+    ax.set_xticks([i + 0.15 for i in range(len(OMNIGLOT_WAYS))], [f"{w}-way 1-shot" for w in OMNIGLOT_WAYS])
+    ax.set(
+        ylim=(85, 100),
+        ylabel=f"test accuracy % ({results[names[0]]['test_episodes']} episodes, 95% CI)",
+        title="Omniglot (dotted: targets)",
+    )
     ax.legend()
     fig.tight_layout()
     save_figure(fig, path, dpi=100)
@@ -213,7 +224,7 @@ def report(out: Path) -> dict[str, Any]:
     if "maml-sinusoid" in results and "hypernet-sinusoid" in results:
         plot_fits(out, images / "hypernet_sinusoid_fits.png")
     if any(name.endswith("omniglot") for name in results):
-        plot_omniglot(results, images / "hypernet_omniglot.png")
+        plot_omniglot(results, out, images / "hypernet_omniglot.png")
     return record
 
 
