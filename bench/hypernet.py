@@ -7,6 +7,7 @@ Each run trains (resumably: run the same command again after an interruption) an
     python bench/hypernet.py run hypernet-sinusoid      # the same budget and tasks
     python bench/hypernet.py run protonet-omniglot      # 60-way 1-shot training episodes, vinyals-trainval
     python bench/hypernet.py run hypernet-omniglot      # the same episodes and budget
+    python bench/hypernet.py time                       # CPU seconds per training step of each
     python bench/hypernet.py report
 
 Sinusoid: both models are scored on the same 600 test tasks per K = 5, 10, 20 (100 query points each) after 0, 1
@@ -32,7 +33,9 @@ import matplotlib.pyplot as plt
 import torch
 from common import RESULTS, ROOT, machine, save_figure, validation_curve, write_json
 
+from fastadapt.algorithms import build_algorithm
 from fastadapt.algorithms.model_based.hypernet_train import (
+    build_for,
     evaluate_hypernet,
     hypernet_config,
     load_hypernet,
@@ -40,10 +43,11 @@ from fastadapt.algorithms.model_based.hypernet_train import (
 )
 from fastadapt.checkpoint import load_checkpoint
 from fastadapt.config import make_config
+from fastadapt.datasets import load_splits, task_source
 from fastadapt.datasets.sinusoid import SinusoidTasks
 from fastadapt.evaluate import evaluate, evaluate_checkpoint, load_learner, mean_ci95
 from fastadapt.tasks.episodes import TaskBatch
-from fastadapt.train import train
+from fastadapt.train import outer_optimizer, train
 
 RUNS = ("maml-sinusoid", "hypernet-sinusoid", "protonet-omniglot", "hypernet-omniglot")
 SHOTS, STEPS = (5, 10, 20), (0, 1, 10)
@@ -210,6 +214,35 @@ def plot_omniglot(results: dict[str, Any], out: Path, path: Path) -> None:
     save_figure(fig, path, dpi=100)
 
 
+def step_cost(out: Path, data_dir: str | None, steps: int = 20, warmup: int = 3) -> dict[str, Any]:
+    """CPU seconds (process time, one thread) per meta-training step of each run's learner and episodes: a cost
+    that other processes on a shared machine inflate far less than the wall time."""
+    torch.set_num_threads(1)
+    costs = {}
+    for name in RUNS:
+        dataset = name.split("-")[1]
+        settings = dict(OMNIGLOT, data_dir=data_dir) if dataset == "omniglot" else {}
+        if name.startswith("hypernet"):
+            config, options = hypernet_config(dataset, **settings)
+            learner = build_for(config, options)
+        else:
+            config = make_config(name.split("-")[0], dataset, strategy="vmap", **settings)
+            learner = build_algorithm(config)
+        tasks = task_source(config, load_splits(config), "train", config.seed)
+        optimizer, _ = outer_optimizer(learner, config)
+        for i in range(warmup + steps):
+            if i == warmup:
+                started = time.process_time()
+            optimizer.zero_grad()
+            learner.meta_backward(tasks.sample(config.meta_batch_size))
+            optimizer.step()
+        costs[name] = round((time.process_time() - started) / steps, 4)
+    record = {"cpu_s_per_step": costs, "steps": steps, "machine": machine(), "command": "python bench/hypernet.py time"}
+    record["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    write_json(out / "step_cost.json", record)
+    return record
+
+
 def report(out: Path) -> dict[str, Any]:
     results = {
         name: json.loads((out / name / "result.json").read_text())
@@ -217,6 +250,8 @@ def report(out: Path) -> dict[str, Any]:
         if (out / name / "result.json").is_file()
     }
     record = {"name": "hypernet", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "runs": results}
+    if (out / "step_cost.json").is_file():
+        record["step_cost"] = json.loads((out / "step_cost.json").read_text())
     write_json(RESULTS / "hypernet.json", record)
     images = ROOT / "docs" / "img"
     if "maml-sinusoid" in results or "hypernet-sinusoid" in results:
@@ -230,7 +265,7 @@ def report(out: Path) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=("run", "report"))
+    parser.add_argument("action", choices=("run", "time", "report"))
     parser.add_argument("name", nargs="?", choices=RUNS)
     parser.add_argument("--steps", type=int, help="meta-training steps (default: the preset's)")
     parser.add_argument("--episodes", type=int, default=600, help="test tasks/episodes per setting")
@@ -241,6 +276,8 @@ def main() -> None:
         if not args.name:
             parser.error(f"run needs a name: {', '.join(RUNS)}")
         print(json.dumps(run(args.name, args.out, args.steps, args.episodes, args.data_dir), indent=2))
+    elif args.action == "time":
+        print(json.dumps(step_cost(args.out, args.data_dir), indent=2))
     else:
         print(json.dumps(report(args.out), indent=2))
 
