@@ -5,17 +5,18 @@ solves the task; nothing is optimised per task unless test-time steps are asked 
 
 **Classification** (Gidaris & Komodakis, CVPR 2018, "Dynamic Few-Shot Visual Learning without Forgetting";
 Qiao, Liu, Shen & Yuille, CVPR 2018, "Few-Shot Image Recognition by Predicting Parameters from Activations").
-A Conv-4 embeds every image, z = f(x), with its last ReLU removed so that features take both signs (Gidaris
-& Komodakis, section 3.1). For each class c of the support set, with z_bar = z / ||z||::
+A Conv-4 embeds every image, z = f(x), with its last ReLU removed so that features take both signs (as Gidaris
+& Komodakis do for their cosine-similarity classifier). For each class c of the support set, with z_bar = z / ||z||::
 
     a_c = pool_{i: y_i = c} z_bar_i                        class summary: mean (DeepSets) or attention pooling
     g   = mean_c rho(a_c)                                   task context, whatever the order of the classes
     w_c = phi_avg * a_c + G_w([a_c, g]),  b_c = G_b([a_c, g])
     p(y = c | x) = softmax_c( s * cos(f(x), w_c) + b_c )    cosine classifier with a learned scale s
 
-``phi_avg * a_c`` is Gidaris & Komodakis's feature-averaging generator (phi_avg * w_avg, section 3.2) and the
-learned map G is Qiao et al.'s parameter predictor phi(a_y) (section 3), here given the task context too. G's
-last layer starts at zero, so an untrained model is a cosine prototype classifier.
+``phi_avg * a_c`` is the feature-averaging term of Gidaris & Komodakis's weight generator (phi_avg * w_avg;
+their attention over base-class weights needs base classes, which episodic training does not have) and the
+learned map G is Qiao et al.'s parameter predictor phi(a_y), here given the task context too. G's last layer
+starts at zero, so an untrained model is a cosine prototype classifier.
 
 **Regression** (HyperMAML, Przewiezlikowski et al. 2022; HyperShot, Sendera et al. 2022). Every support point
 (x_i, y_i) is encoded, the codes are pooled, and the pooled code is decoded into an update of every weight of
