@@ -30,6 +30,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 from common import RESULTS, ROOT, machine, save_figure, validation_curve, write_json
 
@@ -58,21 +59,24 @@ OMNIGLOT = dict(split="vinyals-trainval", steps=4800, lr_decay_every=1600, val_e
 OMNIGLOT_WAYS = (5, 20)
 
 
-def sinusoid_table(learner: torch.nn.Module, episodes: int, seed: int) -> dict[str, dict[str, list[float]]]:
-    """MSE mean and 95% CI per K and number of test-time gradient steps, on the same tasks for every model."""
-    table = {}
+def sinusoid_table(learner: torch.nn.Module, episodes: int, seed: int) -> dict[str, Any]:
+    """MSE mean and 95% CI per K and number of test-time gradient steps, on the same tasks for every model.
+
+    Returns ``{"mse": K -> steps -> [mean, ci95] (None if a task's MSE overflowed), "diverged": K -> steps ->
+    {"tasks": count, "rest": [mean, ci95] over the others}}`` (only where some task diverged)."""
+    table: dict[str, dict[str, Any]] = {}
+    diverged: dict[str, dict[str, Any]] = {}
     for shots in SHOTS:
-        table[str(shots)] = {
-            str(steps): list(
-                mean_ci95(
-                    evaluate(
-                        learner, SinusoidTasks(shots, 100, seed=seed + shots), episodes, steps=steps, tasks_per_batch=50
-                    )
-                )
-            )
-            for steps in STEPS
-        }
-    return table
+        table[str(shots)] = {}
+        for steps in STEPS:
+            source = SinusoidTasks(shots, 100, seed=seed + shots)
+            scores = evaluate(learner, source, episodes, steps=steps, tasks_per_batch=50)
+            finite = np.isfinite(scores)
+            table[str(shots)][str(steps)] = list(mean_ci95(scores)) if finite.all() else None
+            if not finite.all():
+                rest = {"tasks": int((~finite).sum()), "rest": list(mean_ci95(scores[finite]))}
+                diverged.setdefault(str(shots), {})[str(steps)] = rest
+    return {"mse": table, "diverged": diverged}
 
 
 def train_seconds(checkpoint: Path) -> float:
@@ -94,7 +98,7 @@ def run(name: str, out: Path, steps: int | None, episodes: int, data_dir: str | 
             record["options"] = options.to_dict()
         record["train_steps"], record["meta_batch_size"] = config.steps, config.meta_batch_size
         record["train_wall_s"] = train_seconds(folder / "last.pt")
-        record["mse"] = sinusoid_table(learner, episodes, config.seed + SINUSOID_TEST_SEED)  # K -> steps -> [mean, ci]
+        record.update(sinusoid_table(learner, episodes, config.seed + SINUSOID_TEST_SEED))
         record["test_tasks"], record["query_points"] = episodes, 100
     else:
         settings = dict(OMNIGLOT, steps=steps or OMNIGLOT["steps"], data_dir=data_dir, out=str(folder))
@@ -143,8 +147,9 @@ def plot_sinusoid(results: dict[str, Any], path: Path) -> None:
         ):
             if name in results:
                 row = results[name]["mse"][str(shots)]
+                done = [s for s in STEPS if row[str(s)] is not None]  # a diverged task makes the mean infinite
                 ax.errorbar(
-                    STEPS, [row[str(s)][0] for s in STEPS], yerr=[row[str(s)][1] for s in STEPS],
+                    done, [row[str(s)][0] for s in done], yerr=[row[str(s)][1] for s in done],
                     marker="o", capsize=3, color=color, label=label,
                 )  # fmt: skip
         ax.set(title=f"K={shots}", xlabel="gradient steps at test time", xticks=STEPS, yscale="log")
