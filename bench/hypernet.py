@@ -35,13 +35,6 @@ import torch
 from common import RESULTS, ROOT, machine, save_figure, validation_curve, write_json
 
 from fastadapt.algorithms import build_algorithm
-from fastadapt.algorithms.model_based.hypernet_train import (
-    build_for,
-    evaluate_hypernet,
-    hypernet_config,
-    load_hypernet,
-    train_hypernet,
-)
 from fastadapt.checkpoint import load_checkpoint
 from fastadapt.config import make_config
 from fastadapt.datasets import load_splits, task_source
@@ -93,9 +86,9 @@ def run(name: str, out: Path, steps: int | None, episodes: int, data_dir: str | 
             config = make_config("maml", "sinusoid", steps=steps, strategy="vmap", out=str(folder))
             learner = train(config, resume=True, progress=False).learner
         else:
-            config, options = hypernet_config("sinusoid", steps=steps, out=str(folder))
-            learner = train_hypernet(config, options, resume=True).learner
-            record["options"] = options.to_dict()
+            config = make_config("hypernet", "sinusoid", steps=steps, out=str(folder))
+            learner = train(config, resume=True, progress=False).learner
+            record["options"] = config.to_dict()
         record["train_steps"], record["meta_batch_size"] = config.steps, config.meta_batch_size
         record["train_wall_s"] = train_seconds(folder / "last.pt")
         record.update(sinusoid_table(learner, episodes, config.seed + SINUSOID_TEST_SEED))
@@ -118,13 +111,20 @@ def run(name: str, out: Path, steps: int | None, episodes: int, data_dir: str | 
                 )
                 record["accuracy"][f"{ways}w1s"] = [result["accuracy_mean"], result["accuracy_ci95"]]
         else:
-            config, options = hypernet_config("omniglot", **settings)
-            train_hypernet(config, options, resume=True)
-            record["options"] = options.to_dict()
+            config = make_config("hypernet", "omniglot", **settings)
+            train(config, resume=True, progress=False)
+            record["options"] = config.to_dict()
             for ways in OMNIGLOT_WAYS:
                 for eval_steps in (0, 10):  # generated weights as they are, and after 10 steps on the support set
-                    result = evaluate_hypernet(
-                        folder / "best.pt", episodes, ways=ways, shots=1, eval_inner_steps=eval_steps, data_dir=data_dir
+                    result = evaluate_checkpoint(
+                        folder / "best.pt",
+                        episodes,
+                        folder / f"eval_{ways}w1s_{eval_steps}",
+                        progress=False,
+                        ways=ways,
+                        shots=1,
+                        eval_inner_steps=eval_steps,
+                        data_dir=data_dir,
                     )
                     key = f"{ways}w1s" + (f"_{eval_steps}steps" if eval_steps else "")
                     record["accuracy"][key] = [result["accuracy_mean"], result["accuracy_ci95"]]
@@ -164,7 +164,7 @@ def plot_sinusoid(results: dict[str, Any], path: Path) -> None:
 def plot_fits(out: Path, path: Path) -> None:
     """One test task at K = 5 and 10: MAML after one step beside the hypernetwork's generated network."""
     maml, _ = load_learner(out / "maml-sinusoid" / "last.pt")
-    hypernet, _, _ = load_hypernet(out / "hypernet-sinusoid" / "last.pt")
+    hypernet, _ = load_learner(out / "hypernet-sinusoid" / "last.pt")
     tasks = SinusoidTasks(10, 10, seed=SINUSOID_TEST_SEED)
     amplitude, phase = (float(v.squeeze()) for v in tasks.sample_functions(1))
     grid = torch.linspace(-5, 5, 200).reshape(1, -1, 1)
@@ -227,12 +227,9 @@ def step_cost(out: Path, data_dir: str | None, steps: int = 20, warmup: int = 3)
     for name in RUNS:
         dataset = name.split("-")[1]
         settings = dict(OMNIGLOT, data_dir=data_dir) if dataset == "omniglot" else {}
-        if name.startswith("hypernet"):
-            config, options = hypernet_config(dataset, **settings)
-            learner = build_for(config, options)
-        else:
-            config = make_config(name.split("-")[0], dataset, strategy="vmap", **settings)
-            learner = build_algorithm(config)
+        method = name.split("-")[0]
+        config = make_config(method, dataset, **settings, **({} if method == "hypernet" else {"strategy": "vmap"}))
+        learner = build_algorithm(config)
         tasks = task_source(config, load_splits(config), "train", config.seed)
         optimizer, _ = outer_optimizer(learner, config)
         for i in range(warmup + steps):

@@ -6,35 +6,32 @@ import torch
 import torch.nn.functional as F
 from helpers import image_batch, sinusoid_mse_before_and_after
 
-from fastadapt.algorithms.model_based.hypernet import HypernetOptions, build
-from fastadapt.algorithms.model_based.hypernet_train import (
-    evaluate_hypernet,
-    hypernet_config,
-    load_hypernet,
-    train_hypernet,
-)
+from fastadapt.algorithms.model_based.hypernet import build
+from fastadapt.config import make_config
 from fastadapt.datasets.sinusoid import SinusoidTasks
 from fastadapt.errors import ConfigError
-from fastadapt.evaluate import evaluate
+from fastadapt.evaluate import evaluate, evaluate_checkpoint, load_learner
 from fastadapt.tasks.episodes import TaskBatch
 from fastadapt.tasks.samplers import ClassSplit, EpisodeSampler
+from fastadapt.train import train
+
+
+def hypernet(dataset: str, **settings):
+    """The hypernetwork of ``make_config("hypernet", dataset, **settings)``."""
+    return build(make_config("hypernet", dataset, **settings))
 
 
 def classifier(pooling="mean", **options):
     torch.manual_seed(0)
-    learner = build(
-        HypernetOptions(network="conv4-8", hypernet_hidden=16, hypernet_pooling=pooling, **options),
-        regression=False,
-        image_size=16,
+    learner = hypernet(
+        "omniglot", network="conv4-8", hypernet_hidden=16, hypernet_pooling=pooling, image_size=16, **options
     )
     return learner.double().eval()
 
 
 def regressor(pooling="mean", **options):
     torch.manual_seed(0)
-    return build(
-        HypernetOptions(network="mlp", hypernet_hidden=32, hypernet_pooling=pooling, **options), regression=True
-    ).double()
+    return hypernet("sinusoid", network="mlp", hypernet_hidden=32, hypernet_pooling=pooling, **options).double()
 
 
 def perturb_generators(learner):
@@ -191,18 +188,18 @@ def test_test_time_steps_lower_the_support_loss():
 )
 def test_bad_options_are_refused_in_one_line(options, named):
     with pytest.raises(ConfigError) as error:
-        build(HypernetOptions(**options), regression=False)
+        hypernet("omniglot", **options)
     assert named in str(error.value) and "\n" not in str(error.value)
 
 
 @pytest.mark.parametrize(
     ("call", "named"),
     [
-        (lambda: build(HypernetOptions(network="conv4"), regression=True), "--network mlp"),
-        (lambda: build(HypernetOptions(network="mlp"), regression=False), "--network conv4"),
-        (lambda: build(HypernetOptions(), regression=False, image_size=8), "--image-size"),
-        (lambda: hypernet_config("sinusoid", hypernet_width=3), "hypernet_width"),
-        (lambda: hypernet_config("imagenet"), "imagenet"),
+        (lambda: hypernet("sinusoid", network="conv4"), "--network mlp"),
+        (lambda: hypernet("omniglot", network="mlp"), "--network conv4"),
+        (lambda: hypernet("omniglot", image_size=8), "--image-size"),
+        (lambda: hypernet("sinusoid", hypernet_width=3), "--hypernet-width"),
+        (lambda: hypernet("imagenet"), "imagenet"),
     ],
 )
 def test_bad_settings_are_refused_in_one_line(call, named):
@@ -212,7 +209,7 @@ def test_bad_settings_are_refused_in_one_line(call, named):
 
 
 def test_short_training_lowers_sinusoid_mse():
-    learner = build(HypernetOptions(network="mlp", hypernet_layers=3), regression=True)
+    learner = hypernet("sinusoid", network="mlp", hypernet_layers=3)
     optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
     before, after = sinusoid_mse_before_and_after(learner, optimizer, steps=150)
     assert after < 0.5 * before, (before, after)
@@ -233,7 +230,7 @@ def synthetic_split(name, classes, seed, per_class=6, size=16):
 
 def test_short_training_learns_above_chance():
     torch.manual_seed(0)
-    learner = build(HypernetOptions(network="conv4-16", hypernet_hidden=32), regression=False, image_size=16)
+    learner = hypernet("omniglot", network="conv4-16", hypernet_hidden=32, image_size=16)
     train_tasks = EpisodeSampler(synthetic_split("train", 40, seed=0), ways=5, shots=1, query=3, seed=0)
     test_split = synthetic_split("test", 20, seed=1)
     accuracy_before = evaluate(learner, EpisodeSampler(test_split, 5, 1, 3, seed=2), episodes=60).mean()
@@ -247,15 +244,13 @@ def test_short_training_learns_above_chance():
 
 
 def test_training_resumes_exactly(tmp_path):
-    settings = dict(steps=6, val_every=3, val_episodes=4, meta_batch_size=2, hypernet_hidden=16)
-    config, options = hypernet_config("sinusoid", out=str(tmp_path / "straight"), **settings)
-    straight = train_hypernet(config, options).learner.state_dict()
-    config, options = hypernet_config("sinusoid", out=str(tmp_path / "resumed"), **dict(settings, steps=3))
-    train_hypernet(config, options)
-    config, options = hypernet_config("sinusoid", out=str(tmp_path / "resumed"), **settings)
-    resumed = train_hypernet(config, options, resume=True)
+    settings = dict(steps=6, val_every=3, val_episodes=4, test_episodes=4, meta_batch_size=2, hypernet_hidden=16)
+    straight = train(make_config("hypernet", "sinusoid", out=str(tmp_path / "straight"), **settings), progress=False)
+    train(make_config("hypernet", "sinusoid", out=str(tmp_path / "resumed"), **dict(settings, steps=3)), progress=False)
+    config = make_config("hypernet", "sinusoid", out=str(tmp_path / "resumed"), **settings)
+    resumed = train(config, resume=True, progress=False)
     assert resumed.step == 6
-    for name, tensor in straight.items():
+    for name, tensor in straight.learner.state_dict().items():
         torch.testing.assert_close(resumed.learner.state_dict()[name], tensor, rtol=0, atol=0)
 
     def validations(run):
@@ -264,19 +259,16 @@ def test_training_resumes_exactly(tmp_path):
 
     assert validations("resumed") == validations("straight") and len(validations("straight")) == 2
 
-    config, options = hypernet_config("sinusoid", out=str(tmp_path / "resumed"), **dict(settings, hypernet_hidden=8))
-    with pytest.raises(ConfigError, match="other hypernetwork options"):
-        train_hypernet(config, options, resume=True)
+    other = make_config("hypernet", "sinusoid", out=str(tmp_path / "resumed"), **dict(settings, hypernet_hidden=8))
+    with pytest.raises(ConfigError, match="different configuration.*hypernet_hidden"):
+        train(other, resume=True, progress=False)
 
 
 def test_checkpoint_evaluates_with_test_time_steps(tmp_path):
-    config, options = hypernet_config(
-        "sinusoid", out=str(tmp_path), steps=2, val_every=2, val_episodes=4, meta_batch_size=2, hypernet_hidden=16
-    )
-    train_hypernet(config, options)
-    plain = evaluate_hypernet(tmp_path / "best.pt", episodes=20)
-    stepped = evaluate_hypernet(tmp_path / "best.pt", episodes=20, eval_inner_steps=5)
-    assert plain["episodes"] == 20 and plain["eval_inner_steps"] == 0 and stepped["eval_inner_steps"] == 5
-    assert stepped["mse_mean"] != plain["mse_mean"]
-    learner, _, loaded = load_hypernet(tmp_path / "best.pt", eval_inner_steps=5)
+    settings = dict(steps=2, val_every=2, val_episodes=4, test_episodes=4, meta_batch_size=2, hypernet_hidden=16)
+    train(make_config("hypernet", "sinusoid", out=str(tmp_path), **settings), progress=False)
+    plain = evaluate_checkpoint(tmp_path / "best.pt", episodes=20, progress=False)
+    stepped = evaluate_checkpoint(tmp_path / "best.pt", episodes=20, progress=False, eval_inner_steps=5)
+    assert plain["episodes"] == 20 and stepped["mse_mean"] != plain["mse_mean"]
+    learner, loaded = load_learner(tmp_path / "best.pt", eval_inner_steps=5)
     assert learner.eval_inner_steps == 5 and loaded.hypernet_hidden == 16

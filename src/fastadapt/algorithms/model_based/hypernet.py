@@ -27,7 +27,7 @@ the task network (the 1-40-40-1 MLP of MAML's sinusoid experiment)::
 with theta the network's own (universal) weights and Delta's last layer starting at zero.
 
 **Test-time steps** (HyperMAML's optional fine-tuning): ``eval_inner_steps`` gradient-descent steps of size
-``inner_lr`` on the generated weights, on the support loss, by :func:`fastadapt.functional.inner_sgd`;
+``inner_lr`` on the generated weights, on the support loss, by :func:`fastadapt.engine.functional.inner_sgd`;
 ``inner_steps`` does the same during meta-training (differentiated through unless ``first_order``).
 
 Both are trained end to end over tasks on the query loss; every task of a meta-batch is generated and run in
@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -48,8 +48,10 @@ from torch.func import vmap
 
 from fastadapt.algorithms.base import MetaLearner, MetaOutput, per_task_losses, task_loss
 from fastadapt.algorithms.metric.common import embed_episodes
+from fastadapt.algorithms.registry import Algorithm, register
+from fastadapt.engine.functional import Params, call, inner_sgd
 from fastadapt.errors import ConfigError
-from fastadapt.functional import Params, call, inner_sgd
+from fastadapt.options import MethodOptions, option
 from fastadapt.nets import MLP, Conv4
 from fastadapt.nets.conv import conv4_filters
 from fastadapt.tasks.episodes import TaskBatch
@@ -60,44 +62,29 @@ SINUSOID_HIDDEN = (40, 40)
 
 
 @dataclass
-class HypernetOptions:
-    """The hypernetwork's settings; every field has a default (see :data:`PRESETS` for each data set)."""
+class HypernetOptions(MethodOptions):
+    """The hypernetwork's settings (the task network is the trainer's ``--network``: conv4 or conv4-N for images,
+    mlp for regression); see :data:`PRESETS` for each data set."""
 
-    network: str = field(
-        default="conv4",
-        metadata={
-            "help": "task network: conv4 or conv4-N (an N-filter embedding under a generated cosine classifier) "
-            "for images, mlp (every weight of the 1-40-40-1 regressor generated) for regression"
-        },
+    hypernet_hidden: int = option(128, "width of the set encoder and weight generator")
+    hypernet_layers: int = option(2, "linear layers in each MLP of the set encoder and the weight generator")
+    hypernet_pooling: str = option(
+        "mean", "how the set encoder pools support examples: mean (DeepSets) or attention", choices=POOLINGS
     )
-    hypernet_hidden: int = field(default=128, metadata={"help": "width of the set encoder and weight generator"})
-    hypernet_layers: int = field(
-        default=2, metadata={"help": "linear layers in each MLP of the set encoder and the weight generator"}
+    cosine_scale: float = option(10.0, "initial value of the learned scale s on the cosine logits (classification)")
+    signed_features: bool = option(
+        True, "drop the embedding's last ReLU so that features take both signs (Gidaris & Komodakis)"
     )
-    hypernet_pooling: str = field(
-        default="mean",
-        metadata={"help": "how the set encoder pools support examples: mean (DeepSets) or attention (learned query)"},
+    inner_steps: int = option(0, "gradient steps on the generated weights in meta-training (0: none)")
+    eval_inner_steps: int | None = option(
+        None, "gradient steps on the generated weights at test time (default: as in meta-training)"
     )
-    cosine_scale: float = field(
-        default=10.0, metadata={"help": "initial value of the learned scale s on the cosine logits (classification)"}
-    )
-    signed_features: bool = field(
-        default=True,
-        metadata={"help": "drop the embedding's last ReLU so that features take both signs (Gidaris & Komodakis)"},
-    )
-    inner_steps: int = field(
-        default=0, metadata={"help": "gradient steps on the generated weights in meta-training (0: none)"}
-    )
-    eval_inner_steps: int | None = field(
-        default=None, metadata={"help": "gradient steps on the generated weights at test time (default: inner_steps)"}
-    )
-    inner_lr: float = field(default=0.01, metadata={"help": "step size of those gradient steps"})
-    first_order: bool = field(
-        default=False, metadata={"help": "do not differentiate through the meta-training gradient steps"}
-    )
+    inner_lr: float = option(0.01, "step size of those gradient steps")
+    first_order: bool = option(False, "do not differentiate through the meta-training gradient steps")
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` with one line naming the first bad option and its fix."""
+        """Raise :class:`ConfigError` with one line naming the first bad option and its fix (runs on the run's whole
+        configuration, its ``network`` too)."""
         if self.network != "mlp" and conv4_filters(self.network) is None:
             raise ConfigError(
                 f"--network {self.network} is not a hypernetwork task network; use conv4, conv4-N or mlp."
@@ -105,10 +92,6 @@ class HypernetOptions:
         for name in ("hypernet_hidden", "hypernet_layers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)}).")
-        if self.hypernet_pooling not in POOLINGS:
-            raise ConfigError(
-                f"--hypernet-pooling {self.hypernet_pooling!r} is unknown; choose one of: {', '.join(POOLINGS)}."
-            )
         if not self.cosine_scale > 0:
             raise ConfigError(f"--cosine-scale must be positive (got {self.cosine_scale}); 10 is a good start.")
         for name in ("inner_steps", "eval_inner_steps"):
@@ -118,21 +101,13 @@ class HypernetOptions:
         if (self.inner_steps or self.eval_inner_steps) and not self.inner_lr > 0:
             raise ConfigError(f"--inner-lr must be positive for gradient steps (got {self.inner_lr}).")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> HypernetOptions:
-        known = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in values.items() if k in known})
-
 
 # Per data set: the hypernetwork's options and the trainer's settings (fastadapt.config.Config fields).
 # fmt: off
 PRESETS: dict[str, dict[str, Any]] = {
     # Episodes and optimiser as for ProtoNet (Snell et al. 2017, fastadapt's protonet preset): train with more
     # ways (60) and 5 queries per class, Adam 1e-3; test with 15 queries. 4800 episodes with the rate halved
-    # every 1600: the budget at which fastadapt's ProtoNet met the Omniglot targets (docs/RESULTS.md).
+    # every 1600: the budget at which fastadapt's ProtoNet met the Omniglot targets (docs/results.md).
     "omniglot": dict(network="conv4", hypernet_hidden=128, hypernet_layers=2, hypernet_pooling="mean",
                      cosine_scale=10.0, signed_features=True, train_ways=60, query=5, eval_query=15,
                      meta_batch_size=1, lr=1e-3, lr_decay_every=1600, steps=4800, val_every=800),
@@ -181,7 +156,8 @@ class Hypernetwork(MetaLearner):
     """What both task kinds share: ``forward(batch, steps)`` generates each task's weights from its support set,
     takes ``steps`` gradient steps on them and runs them on the query set; training minimises the query loss."""
 
-    def __init__(self, options: HypernetOptions) -> None:
+    def __init__(self, options: Any) -> None:
+        """``options``: :class:`HypernetOptions`, or a run's configuration holding them."""
         super().__init__()
         self.inner_steps, self.inner_lr, self.first_order = options.inner_steps, options.inner_lr, options.first_order
         self.eval_inner_steps = options.inner_steps if options.eval_inner_steps is None else options.eval_inner_steps
@@ -214,7 +190,7 @@ class HypernetClassifier(Hypernetwork):
 
     supports_regression = False
 
-    def __init__(self, embedding: nn.Module, features: int, options: HypernetOptions) -> None:
+    def __init__(self, embedding: nn.Module, features: int, options: Any) -> None:
         super().__init__(options)
         hidden, layers = options.hypernet_hidden, options.hypernet_layers
         self.embedding = embedding
@@ -250,7 +226,7 @@ class HypernetClassifier(Hypernetwork):
 class HypernetRegressor(Hypernetwork):
     """Generates every weight of a regression network from the support points (x_i, y_i)."""
 
-    def __init__(self, target: nn.Module, options: HypernetOptions, in_features: int = 1, out_features: int = 1):
+    def __init__(self, target: nn.Module, options: Any, in_features: int = 1, out_features: int = 1):
         super().__init__(options)
         hidden, layers = options.hypernet_hidden, options.hypernet_layers
         self.target = target  # its own weights are HyperMAML's universal theta
@@ -284,23 +260,36 @@ class HypernetRegressor(Hypernetwork):
         return self.regress(self.fine_tune(support_loss, params, steps), batch.query_x)
 
 
-def build(options: HypernetOptions, *, regression: bool, channels: int = 1, image_size: int = 28) -> Hypernetwork:
-    """The hypernetwork ``options`` describe: a generated cosine classifier on a Conv-4 for images, or a generated
-    1-40-40-1 MLP for (one-dimensional) regression."""
-    options.validate()
-    if regression:
-        if options.network != "mlp":
-            raise ConfigError(f"--network {options.network} is for images; regression tasks need --network mlp.")
-        return HypernetRegressor(MLP(1, SINUSOID_HIDDEN, 1), options)
-    filters = conv4_filters(options.network)
+def build(config: Any) -> Hypernetwork:
+    """The hypernetwork a run's configuration describes: a generated cosine classifier on a Conv-4 for images, or a
+    generated 1-40-40-1 MLP for (one-dimensional) regression."""
+    if config.regression:
+        if config.network != "mlp":
+            raise ConfigError(f"--network {config.network} is for images; regression tasks need --network mlp.")
+        return HypernetRegressor(MLP(1, SINUSOID_HIDDEN, 1), config)
+    filters = conv4_filters(config.network)
     if filters is None:
-        raise ConfigError(f"--network {options.network} is for regression; image tasks need --network conv4.")
-    if image_size < 16:
+        raise ConfigError(f"--network {config.network} is for regression; image tasks need --network conv4.")
+    if config.image_size < 16:
         raise ConfigError(
-            f"--network {options.network} halves the image four times and needs --image-size of at least 16 "
-            f"(got {image_size}); use a larger --image-size."
+            f"--network {config.network} halves the image four times and needs --image-size of at least 16 "
+            f"(got {config.image_size}); use a larger --image-size."
         )
-    embedding = Conv4(channels, filters, norm="running", image_size=image_size)
-    if options.signed_features:
+    embedding = Conv4(config.channels, filters, norm="running", image_size=config.image_size)
+    if config.signed_features:
         embedding.features[-2] = nn.Identity()  # the last ReLU, before the flatten
-    return HypernetClassifier(embedding.to(memory_format=torch.channels_last), embedding.out_features, options)
+    return HypernetClassifier(embedding.to(memory_format=torch.channels_last), embedding.out_features, config)
+
+
+register(
+    Algorithm(
+        name="hypernet",
+        family="model-based",
+        summary="a hypernetwork that generates each task's weights from its support set (Gidaris & Komodakis, "
+        "Qiao et al.; HyperMAML for regression)",
+        options=HypernetOptions,
+        build=build,
+        presets=PRESETS,
+        listing=20,
+    )
+)
