@@ -51,9 +51,9 @@ from fastadapt.algorithms.metric.common import embed_episodes
 from fastadapt.algorithms.registry import Algorithm, register
 from fastadapt.engine.functional import Params, call, inner_sgd
 from fastadapt.errors import ConfigError
-from fastadapt.options import MethodOptions, option
 from fastadapt.nets import MLP, Conv4
 from fastadapt.nets.conv import conv4_filters
+from fastadapt.options import MethodOptions, option
 from fastadapt.tasks.episodes import TaskBatch
 
 POOLINGS = ("mean", "attention")
