@@ -26,6 +26,16 @@ def machine() -> str:
     )
 
 
+def commit() -> str:
+    """The commit a benchmark measured, with "+changes" when the tracked files under src/ differ from it."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain", "-uno", "src") else "")
+
+
 def _replace(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")

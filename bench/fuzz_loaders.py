@@ -6,14 +6,15 @@ Counts per loader: cases tried, read or accepted, clean one-line errors, and eac
 hangs, errors of several lines or naming neither file nor option, warnings, leftover files, wrong data read).
 Writes bench/results/fuzz_loaders.json.
 
-    nice -n 10 .venv/bin/python bench/fuzz_loaders.py                 # everything (about an hour on 2 cores)
-    nice -n 10 .venv/bin/python bench/fuzz_loaders.py --cases 50 --targets cli_train
+    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python bench/fuzz_loaders.py      # everything (about an hour)
+    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python bench/fuzz_loaders.py --cases 50 --targets cli_train
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import json
 import multiprocessing
 import sys
 import tempfile
@@ -23,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from common import RESULTS, machine, write_json  # noqa: E402
+from common import RESULTS, commit, machine, write_json  # noqa: E402
 
 #: Bytes of address space a worker may map: an absurd allocation then fails there instead of exhausting memory.
 ADDRESS_SPACE = 8 * 2**30
@@ -174,24 +175,35 @@ def main() -> None:
     args = parser.parse_args()
 
     record: dict[str, Any] = {
-        "command": "nice -n 10 .venv/bin/python bench/fuzz_loaders.py " + " ".join(sys.argv[1:]),
+        "command": "OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python bench/fuzz_loaders.py " + " ".join(sys.argv[1:]),
         "machine": machine(),
-        "date": time.strftime("%Y-%m-%d"),
+        "commit": commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "time_bound_s": args.bound,
         "address_space_limit_gib": ADDRESS_SPACE / 2**30,
         "loaders": {},
     }
+    if args.results.exists():  # the loaders not fuzzed this time keep their records, with their commit and date
+        previous = json.loads(args.results.read_text())
+        for name, result in previous.get("loaders", {}).items():
+            if name not in args.targets:
+                record["loaders"][name] = {"commit": previous.get("commit"), "date": previous.get("date"), **result}
+        if not args.random_files and "random_3kb_checkpoints" in previous:
+            record["random_3kb_checkpoints"] = {"commit": previous.get("commit"), "date": previous.get("date"),
+                                                **previous["random_3kb_checkpoints"]}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="fuzz-fixtures-") as fixtures_root:
         Fixtures(Path(fixtures_root)).make()
         worker = Worker(Path(fixtures_root), args.bound)
         try:
             if args.random_files:
-                record["random_3kb_checkpoints"] = random_files(worker, args.random_files, args.seed)
+                record["random_3kb_checkpoints"] = {"commit": record["commit"], "date": record["date"],
+                                                    **random_files(worker, args.random_files, args.seed)}  # fmt: skip
                 print("random 3 KB checkpoints:", _line(record["random_3kb_checkpoints"]), flush=True)
                 write_json(args.results, record)
             for name in args.targets:
                 result = fuzz_target(worker, name, args.cases, args.seed)
-                record["loaders"][name] = {"what": TARGETS[name].what, **result}
+                record["loaders"][name] = {"what": TARGETS[name].what, "commit": record["commit"],
+                                           "date": record["date"], **result}  # fmt: skip
                 print(f"{name}: {_line(result)}", flush=True)
                 write_json(args.results, record)
         finally:

@@ -11,7 +11,7 @@ phase it landed in (from the markers the run leaves, tests/killing.py). Each kil
 starts, from the step it resumes at, so that every kill lands before the run could finish.
 Writes bench/results/kill_soak.json.
 
-    FASTADAPT_DATA=/work/shared/data nice -n 10 .venv/bin/python bench/kill_soak.py
+    FASTADAPT_DATA=/work/shared/data OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python bench/kill_soak.py
 """
 
 from __future__ import annotations
@@ -21,14 +21,13 @@ import collections
 import json
 import random
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from common import RESULTS, ROOT, machine, write_json  # noqa: E402
+from common import RESULTS, ROOT, commit, machine, write_json  # noqa: E402
 from killing import Plan, compare_runs, finish, launch, read_markers, soak, timings  # noqa: E402
 
 BUDGET = ["--steps", "40", "--val-every", "8", "--val-episodes", "20", "--test-episodes", "20", "--quiet"]
@@ -47,14 +46,6 @@ RUNS = {
 }
 
 
-def commit() -> str:
-    """The commit the run measured (with "+changes" when the working tree differs from it)."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "src"], capture_output=True,
-                           text=True, cwd=ROOT).stdout  # fmt: skip
-    return head.strip() + ("+changes" if dirty.strip() else "")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
@@ -64,7 +55,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS / "kill_soak.json")
     args = parser.parse_args()
 
-    command = "nice -n 5 .venv/bin/python bench/kill_soak.py " + " ".join(sys.argv[1:])
+    command = "FASTADAPT_DATA=/work/shared/data OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python bench/kill_soak.py "
+    command += " ".join(sys.argv[1:])
     record = {"budget": BUDGET, "runs": {}}
     if args.results.exists():  # the runs not asked for this time keep their records
         record["runs"] = {k: v for k, v in json.loads(args.results.read_text()).get("runs", {}).items()

@@ -1294,13 +1294,82 @@ def _serialise(value: Any, suffix: str) -> bytes:
         return repr(value).encode()
 
 
+#: Paths the system refuses or that name the wrong kind of thing: a name longer than a file system allows, a path
+#: longer than PATH_MAX, a path through a file, a folder where a file belongs, nothing, an empty string.
+ODD_PATHS = ["{root}/" + "x" * 300, "{root}/" + "/".join(["y" * 200] * 25), "{root}/file/x", "{root}", "{root}/none",
+             "{root}/file", ""]  # fmt: skip
+#: Each path-valued option of each command, in a command line that is otherwise valid.
+PATH_OPTIONS = {
+    "train --data-dir": ["train", "--algorithm", "protonet", "--dataset", "folder", "--out", "{out}", "--data-dir"],
+    "train --data-dir (omniglot)": [
+        "train",
+        "--algorithm",
+        "maml",
+        "--dataset",
+        "omniglot",
+        "--out",
+        "{out}",
+        "--data-dir",
+    ],  # fmt: skip
+    "train --data-dir (mini-imagenet)": [
+        "train",
+        "--algorithm",
+        "protonet",
+        "--dataset",
+        "mini-imagenet",
+        "--out",
+        "{out}",
+        "--data-dir",
+    ],  # fmt: skip
+    "train --config": ["train", "--algorithm", "maml", "--dataset", "sinusoid", "--out", "{out}", "--config"],
+    "train --init-from": ["train", "--algorithm", "maml", "--dataset", "sinusoid", "--out", "{out}", "--init-from"],
+    "train --out": ["train", "--algorithm", "maml", "--dataset", "sinusoid", "--out"],
+    "train --split": [
+        "train",
+        "--algorithm",
+        "protonet",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        "{folder}",
+        "--out",
+        "{out}",
+        "--split",
+    ],  # fmt: skip
+    "eval --checkpoint": ["eval", "--out", "{out}", "--checkpoint"],
+    "eval --out": ["eval", "--checkpoint", "{protonet}/best.pt", "--out"],
+    "pretrain --data-dir": ["pretrain", "--dataset", "folder", "--out", "{out}", "--data-dir"],
+    "pretrain --out": ["pretrain", "--dataset", "folder", "--data-dir", "{folder}", "--out"],
+    "embed --checkpoint": ["embed", "--out", "{out}", "--checkpoint"],
+    "embed --data-dir": ["embed", "--checkpoint", "{pretrain}/pretrain.pt", "--out", "{out}", "--data-dir"],
+    "embed --out": ["embed", "--checkpoint", "{pretrain}/pretrain.pt", "--out"],
+}
+
+
+@st.composite
+def path_cases(draw: st.DrawFn) -> Case:
+    option = draw(st.sampled_from(sorted(PATH_OPTIONS)))
+    argv = [*PATH_OPTIONS[option], draw(st.sampled_from(ODD_PATHS)), "--quiet"]
+    if draw(st.booleans()) and argv[0] == "train":
+        argv.append("--resume")
+    return Case({"file": b"a file"}, {"argv": argv})
+
+
+def run_paths(case: Case, root: Path, fixtures: Fixtures) -> Any:
+    if case.params["argv"][0] == "embed":
+        return run_embed(case, root, fixtures)
+    run_cli(_resolve(case.params["argv"], fixtures, root))
+    return None
+
+
 def run_command(case: Case, root: Path, fixtures: Fixtures) -> None:
     run_cli(_resolve(case.params["argv"], fixtures, root))
 
 
 def run_embed(case: Case, root: Path, fixtures: Fixtures) -> Any:
-    run_cli(_resolve(case.params["argv"], fixtures, root))
-    out = Path(_resolve(["{out}"], fixtures, root)[0])
+    argv = _resolve(case.params["argv"], fixtures, root)
+    run_cli(argv)
+    out = Path(argv[argv.index("--out") + 1])
     missing = [f for f in ("train.npz", "val.npz", "test.npz", "meta.json") if not (out / f).is_file()]
     if missing:
         return f"embed succeeded without writing {missing}"
@@ -1403,6 +1472,9 @@ TARGETS: dict[str, Target] = {
             _argv_names,
             command=True,
         ),
+        Target(
+            "cli_paths", "every path-valued option, given odd paths", path_cases(), run_paths, _argv_names, command=True
+        ),  # fmt: skip
         Target("cli_embed", "`fastadapt embed` option values", embed_cases(), run_embed, _argv_names, command=True),
     ]
 }

@@ -587,3 +587,20 @@ def test_an_image_network_on_regression_tasks_is_one_line(tmp_path: Path, capsys
     argv = maml_args(tmp_path / "run")
     argv[argv.index("maml")], argv[argv.index("sinusoid")] = "maml++", "linear"  # no preset: MAML++'s defaults
     assert "--per-step-bn needs a network with batch norm" in run_error(capsys, argv)
+
+
+def test_paths_the_system_refuses_and_empty_ones_are_one_line(tmp_path: Path, capsys) -> None:
+    """Found by fuzzing (target cli_paths): a name longer than the file system allows escaped as OSError from
+    --data-dir, --config, --checkpoint and pretrain's --data-dir; an empty --out or --config meant the working
+    directory (embed wrote its files there)."""
+    long_name = str(tmp_path / ("x" * 300))
+    line = run_error(capsys, [*maml_args(tmp_path / "out"), "--config", long_name])
+    assert "cannot use " in line and "(File name too long); check the path given" in line
+    assert "(File name too long)" in run_error(capsys, ["eval", "--checkpoint", long_name])
+    pretrain = ["pretrain", "--dataset", "folder", "--out", str(tmp_path / "p"), "--data-dir"]
+    assert "(File name too long)" in run_error(capsys, [*pretrain, long_name])
+    assert "image folder not found" in run_error(capsys, [*pretrain, str(tmp_path / "none")])  # a TypeError before
+    for option in ("--out", "--config"):
+        assert f"{option} '' names no path" in run_error(capsys, [*maml_args(tmp_path / "o2"), option, ""])
+    embed = ["embed", "--checkpoint", str(tmp_path / "none.pt"), "--out", ""]
+    assert "--out '' names no path" in run_error(capsys, embed)

@@ -188,7 +188,7 @@ def test_a_failed_embed_leaves_no_partial_set(folder: Path, tmp_path: Path, monk
     assert list((tmp_path / "emb").iterdir()) == []
 
 
-@pytest.mark.parametrize("edit", ["extra weight", "setting", "record"])
+@pytest.mark.parametrize("edit", ["extra weight", "setting", "record", "open size"])
 def test_an_edited_pretrain_checkpoint_is_one_line(folder: Path, tmp_path: Path, edit: str) -> None:
     import torch
 
@@ -203,8 +203,11 @@ def test_an_edited_pretrain_checkpoint_is_one_line(folder: Path, tmp_path: Path,
         state["model"]["extra"] = torch.zeros(1)
     elif edit == "setting":  # built a backbone for 0-pixel images before
         state["config"]["image_size"] = 0
+    elif edit == "open size":  # a TypeError escaped (an image size left open, as a command line may leave it)
+        state["config"]["image_size"] = None
     else:  # embed's KeyError escaped before
         del state["feature_dim"]
     torch.save(state, tmp_path / "edited.pt")
-    with pytest.raises(FastAdaptError, match=r"edited\.pt.*(do not fit|--image-size must be|no feature_dim)"):
+    expected = r"edited\.pt.*(do not fit|--image-size must be|no feature_dim|no image_size)"
+    with pytest.raises(FastAdaptError, match=expected):
         load_backbone(tmp_path / "edited.pt")

@@ -80,7 +80,7 @@ def _train_parser(sub: argparse._SubParsersAction, only: str | None) -> argparse
     )
     t.add_argument("--algorithm", help="the meta-learning method (default: protonet); `fastadapt presets` lists them")
     t.add_argument("--dataset", help=f"{', '.join(DATASETS)} (default: omniglot); `fastadapt datasets` lists them")
-    t.add_argument("--config", type=Path, help="a YAML, TOML or JSON file of settings (flags given here override it)")
+    t.add_argument("--config", help="a YAML, TOML or JSON file of settings (flags given here override it)")
     data = t.add_argument_group("data")
     add_arguments(data, DataOptions, skip=("dataset",))
     training = t.add_argument_group("training")
@@ -184,7 +184,7 @@ def train_settings(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]]:
     from fastadapt.config import config_class, not_an_option
     from fastadapt.options import read_config_file
 
-    settings = read_config_file(args.config) if args.config else {}
+    settings = read_config_file(Path(args.config)) if args.config else {}
     flags = {k: v for k, v in vars(args).items() if k not in _TRAIN_FLAGS and v is not None}
     algorithm = args.algorithm or settings.pop("algorithm", None) or "protonet"
     dataset = args.dataset or settings.pop("dataset", None) or "omniglot"
@@ -353,9 +353,19 @@ def main(argv: list[str] | None = None) -> int:
         asks_help = "train" in argv[:1] and ("-h" in argv or "--help" in argv)
         parser = build_parser(_requested_algorithm(argv) if asks_help else None)
         args = parser.parse_args(argv)
+        for name in ("out", "checkpoint", "data_dir", "config", "init_from"):
+            if getattr(args, name, None) == "":  # Path("") is the working directory: never what an empty value meant
+                raise ConfigError(f"--{name.replace('_', '-')} '' names no path; give one.")
         COMMANDS[args.command](args)
     except FastAdaptError as exc:
         print(f"fastadapt: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path given that the system refuses (too long, a loop, no permission): the path, one line
+        if exc.filename is None:
+            raise
+        path = str(exc.filename)
+        shown = path if len(path) <= 120 else f"{path[:100]}...({len(path)} characters)"
+        print(f"fastadapt: error: cannot use {shown} ({exc.strerror}); check the path given.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fastadapt: interrupted", file=sys.stderr)

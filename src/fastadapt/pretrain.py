@@ -265,6 +265,9 @@ def load_backbone(checkpoint: Path, device: str = "cpu") -> tuple[nn.Module, Pre
     """The backbone kept by :func:`pretrain`, its configuration and the checkpoint's record."""
     state = load_checkpoint(checkpoint, kind="pretrain")
     config = PretrainConfig(**{k: v for k, v in state["config"].items() if k in PretrainConfig.__dataclass_fields__})
+    unsettled = [name for name in ("image_size", "channels") if getattr(config, name) is None]
+    if unsettled:  # pre-training settles them from the data before it writes a checkpoint
+        raise DataError(f"{checkpoint} holds no {' or '.join(unsettled)}; it was changed after pre-training.")
     try:  # its settings, checked as a command line's are
         validate_pretrain(replace(config, device="cpu"))
     except ConfigError as error:

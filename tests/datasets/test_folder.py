@@ -202,6 +202,11 @@ def test_episode_sampler_on_result(folder: Path) -> None:
 # --- what fuzzing found (tests/fuzzing.py, bench/fuzz_loaders.py) ------------------------------------------------
 
 
+def test_a_split_folder_name_too_long_for_the_file_system_is_one_line(folder: Path) -> None:
+    with pytest.raises(DataError, match=r"--split 'xxxx.* names no folder \(File name too long\)"):
+        load_image_folder(folder, split="x" * 300)  # OSError (ENAMETOOLONG) escaped before
+
+
 def test_a_split_file_that_is_not_utf8_is_one_line(folder: Path, tmp_path: Path) -> None:
     split = _write_split(tmp_path / "split", "class_00\n", "class_01\n", "class_02\n")
     (split / "val.txt").write_bytes("class_01\n".encode("utf-16"))  # UnicodeDecodeError escaped before

@@ -90,8 +90,10 @@ def image_format(config: Any) -> tuple[dict[str, int], str | None]:
         from fastadapt.datasets.folder import detect_format
 
         root = _folder_root(config)
-        if not root.is_dir():
-            return {}, None  # load_image_folder says what is missing
+        if not root.is_dir():  # refused here, before anything needs the size it would have chosen
+            from fastadapt.datasets.folder import list_classes
+
+            list_classes(root)
         chosen = detect_format(root, config.image_size, config.channels)
         return {"image_size": chosen.image_size, "channels": chosen.channels}, chosen.description
     own = DATASETS[config.dataset].settings

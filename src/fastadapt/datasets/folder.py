@@ -209,7 +209,11 @@ def read_split_files(split_dir: Path, names: list[str]) -> dict[str, list[str]]:
     """Class names of ``train.txt``, ``val.txt`` and ``test.txt`` in ``split_dir``, checked against
     ``names``: unknown names, names listed twice and empty files are errors."""
     split_dir = Path(split_dir).expanduser()
-    if not split_dir.is_dir():
+    try:
+        found = split_dir.is_dir()
+    except OSError as error:  # a name too long for the file system, ...
+        raise DataError(f"--split {str(split_dir)[:80]!r} names no folder ({error.strerror}).") from None
+    if not found:
         raise DataError(
             f"split folder not found: {split_dir}. It should hold train.txt, val.txt and test.txt "
             f"with one class name per line."
