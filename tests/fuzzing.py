@@ -1300,49 +1300,23 @@ ODD_PATHS = ["{root}/" + "x" * 300, "{root}/" + "/".join(["y" * 200] * 25), "{ro
              "{root}/file", ""]  # fmt: skip
 #: Each path-valued option of each command, in a command line that is otherwise valid.
 PATH_OPTIONS = {
-    "train --data-dir": ["train", "--algorithm", "protonet", "--dataset", "folder", "--out", "{out}", "--data-dir"],
-    "train --data-dir (omniglot)": [
-        "train",
-        "--algorithm",
-        "maml",
-        "--dataset",
-        "omniglot",
-        "--out",
-        "{out}",
-        "--data-dir",
-    ],  # fmt: skip
-    "train --data-dir (mini-imagenet)": [
-        "train",
-        "--algorithm",
-        "protonet",
-        "--dataset",
-        "mini-imagenet",
-        "--out",
-        "{out}",
-        "--data-dir",
-    ],  # fmt: skip
-    "train --config": ["train", "--algorithm", "maml", "--dataset", "sinusoid", "--out", "{out}", "--config"],
-    "train --init-from": ["train", "--algorithm", "maml", "--dataset", "sinusoid", "--out", "{out}", "--init-from"],
-    "train --out": ["train", "--algorithm", "maml", "--dataset", "sinusoid", "--out"],
-    "train --split": [
-        "train",
-        "--algorithm",
-        "protonet",
-        "--dataset",
-        "folder",
-        "--data-dir",
-        "{folder}",
-        "--out",
-        "{out}",
-        "--split",
-    ],  # fmt: skip
-    "eval --checkpoint": ["eval", "--out", "{out}", "--checkpoint"],
-    "eval --out": ["eval", "--checkpoint", "{protonet}/best.pt", "--out"],
-    "pretrain --data-dir": ["pretrain", "--dataset", "folder", "--out", "{out}", "--data-dir"],
-    "pretrain --out": ["pretrain", "--dataset", "folder", "--data-dir", "{folder}", "--out"],
-    "embed --checkpoint": ["embed", "--out", "{out}", "--checkpoint"],
-    "embed --data-dir": ["embed", "--checkpoint", "{pretrain}/pretrain.pt", "--out", "{out}", "--data-dir"],
-    "embed --out": ["embed", "--checkpoint", "{pretrain}/pretrain.pt", "--out"],
+    name: argv.split()
+    for name, argv in {
+        "train --data-dir": "train --algorithm protonet --dataset folder --out {out} --data-dir",
+        "train --data-dir (omniglot)": "train --algorithm maml --dataset omniglot --out {out} --data-dir",
+        "train --data-dir (mini-imagenet)": "train --algorithm protonet --dataset mini-imagenet --out {out} --data-dir",
+        "train --config": "train --algorithm maml --dataset sinusoid --out {out} --config",
+        "train --init-from": "train --algorithm maml --dataset sinusoid --out {out} --init-from",
+        "train --out": "train --algorithm maml --dataset sinusoid --out",
+        "train --split": "train --algorithm protonet --dataset folder --data-dir {folder} --out {out} --split",
+        "eval --checkpoint": "eval --out {out} --checkpoint",
+        "eval --out": "eval --checkpoint {protonet}/best.pt --out",
+        "pretrain --data-dir": "pretrain --dataset folder --out {out} --data-dir",
+        "pretrain --out": "pretrain --dataset folder --data-dir {folder} --out",
+        "embed --checkpoint": "embed --out {out} --checkpoint",
+        "embed --data-dir": "embed --checkpoint {pretrain}/pretrain.pt --out {out} --data-dir",
+        "embed --out": "embed --checkpoint {pretrain}/pretrain.pt --out",
+    }.items()
 }
 
 
