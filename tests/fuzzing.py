@@ -1323,7 +1323,12 @@ PATH_OPTIONS = {
 @st.composite
 def path_cases(draw: st.DrawFn) -> Case:
     option = draw(st.sampled_from(sorted(PATH_OPTIONS)))
-    argv = [*PATH_OPTIONS[option], draw(st.sampled_from(ODD_PATHS)), "--quiet"]
+    # no control characters (a path holding a newline is printed as it is, on two lines) nor lone surrogates; no
+    # ".." either, so that every path stays inside the case's folder
+    names = st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=260)
+    names = names.filter(lambda name: ".." not in name)
+    path = draw(st.sampled_from(ODD_PATHS) | names.map(lambda name: "{root}/" + name))
+    argv = [*PATH_OPTIONS[option], path, "--quiet"]
     if draw(st.booleans()) and argv[0] == "train":
         argv.append("--resume")
     return Case({"file": b"a file"}, {"argv": argv})

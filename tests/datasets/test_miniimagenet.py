@@ -198,7 +198,7 @@ def test_changed_source_decoded_again(tmp_path: Path, cache: Path, monkeypatch: 
     assert entry != old_entry  # the stale entry was removed
 
 
-@pytest.mark.parametrize("damage", ["cut", "random", "meta"])
+@pytest.mark.parametrize("damage", ["cut", "random", "meta", "empty"])
 def test_a_cache_entry_damaged_after_it_was_written_is_decoded_again(tmp_path: Path, cache: Path, damage: str) -> None:
     """Found by fuzzing (tests/fuzzing.py, target mini_imagenet): an entry damaged in place was refused with
     "could not be read back; delete it" on every run; it is now decoded again, to the same images."""
@@ -207,7 +207,7 @@ def test_a_cache_entry_damaged_after_it_was_written_is_decoded_again(tmp_path: P
     (entry,) = list((cache / "mini-imagenet").iterdir())
     target = entry / ("meta.json" if damage == "meta" else "train.npy")
     data = target.read_bytes()
-    target.write_bytes(data[: len(data) // 2] if damage == "cut" else os.urandom(300))
+    target.write_bytes({"cut": data[: len(data) // 2], "empty": b""}.get(damage, os.urandom(300)))  # empty: EOFError
     again = mi.load_miniimagenet(folder, split="as-found")
     for part, images in first.items():
         assert torch.equal(again[part].images, images)

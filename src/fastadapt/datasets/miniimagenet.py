@@ -451,7 +451,7 @@ def _load_cached(entry: Path) -> dict[str, SourcedClassSplit] | None:
                 return None
             out[part] = _as_split(part, images, info["class_names"], info["class_sources"], info["counts"])
         return out
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, EOFError):  # EOFError: an empty .npy
         return None
 
 
