@@ -56,9 +56,10 @@ def kl_divergence(mean_p: Tensor, log_std_p: Tensor, mean_q: Tensor, log_std_q: 
 
 def check_policy(policy: nn.Module, observation_dim: int, action_dim: int, env: str) -> None:
     """ConfigError unless ``policy`` maps the env's observations to its actions."""
+    dtype = next(policy.parameters()).dtype
     try:
         with torch.no_grad():
-            out = policy(torch.zeros(1, observation_dim))
+            out = policy(torch.zeros(1, observation_dim, dtype=dtype))
     except RuntimeError as error:
         raise ConfigError(
             f"the policy does not take {env}'s {observation_dim}-d observations ({str(error).splitlines()[0]}); "

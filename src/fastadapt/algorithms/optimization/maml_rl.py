@@ -84,7 +84,7 @@ class MAMLRLOptions:
             raise ConfigError(f"unknown strategy {self.strategy!r} for maml-rl; choose loop or vmap")
         if not 0.0 < self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
             raise ConfigError("gamma must be in (0, 1] and gae_lambda in [0, 1]; use 0.99 and 1.0")
-        if not self.hidden or any(h <= 0 for h in self.hidden):
+        if any(h <= 0 for h in self.hidden):
             raise ConfigError(f"hidden sizes must be positive, got {self.hidden}; use 100,100")
 
     def replace(self, **changes) -> MAMLRLOptions:
@@ -246,7 +246,7 @@ class MAMLRL(MetaLearner):
                 self.optimizer.zero_grad()
                 (-surrogate).backward()
                 self.optimizer.step()
-            self.last_stats = {"surrogate_after": float(surrogate), "kl": float(kl)}
+            self.last_stats = {"surrogate_after": float(surrogate.detach()), "kl": float(kl.detach())}
         return self.last_stats
 
     # --- adaptation at test time
