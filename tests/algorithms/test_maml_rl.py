@@ -103,6 +103,10 @@ def test_kl_hessian_vector_product_through_the_inner_step_equals_finite_differen
     eps = 1e-5
     fd = (kl_gradient_at(theta + eps * v) - kl_gradient_at(theta - eps * v)) / (2 * eps)
     assert torch.allclose(hv, fd, rtol=1e-4, atol=1e-8 * fd.abs().max().item())
+    # the product TRPO uses, J^T M J v, is the same Hessian at theta_old
+    vector_to_parameters(theta, params)
+    mean, log_std = learner.adapted_distribution(batch, create_graph=True)
+    assert torch.allclose(learner.kl_hessian_product(batch, old, mean, log_std)(v), hv, rtol=1e-8, atol=1e-12)
     # the inner step matters: without it (first order) the product is different
     vector_to_parameters(theta, params)
     first = dataclasses.replace(learner.options, first_order=True)

@@ -13,7 +13,9 @@ L_{T_i} is the REINFORCE loss (eq. 4) with advantages from a linear feature base
 ``-mean_t log pi(a_t | s_t) A_t``; the inner step is one step of vanilla policy gradient (``inner_lr`` alpha = 0.1,
 K = 20 trajectories). The outer step is TRPO (``max_kl`` delta = 0.01): conjugate gradient on Hessian-vector
 products of the KL *through the inner step* (so they involve the inner gradient's derivatives: second order),
-then a line search (:mod:`fastadapt.rl.trpo`). The inner step is fastadapt's inner loop,
+then a line search (:mod:`fastadapt.rl.trpo`). The products are computed as J^T M J v (J the Jacobian of the adapted
+policies' Gaussians with respect to theta, M the KL's curvature), which equals the KL's Hessian at theta_old
+exactly and skips differentiating the inner gradient a third time (tested against finite differences). The inner step is fastadapt's inner loop,
 :func:`fastadapt.functional.inner_sgd`, the one MAML's supervised learners run.
 
 Options beyond the paper: ``first_order`` (the inner gradient is a constant in the outer step, as in FOMAML),
@@ -38,7 +40,7 @@ from fastadapt.rl.baseline import LinearFeatureBaseline, advantages
 from fastadapt.rl.envs import BatchedEnv, env_name, make_batched
 from fastadapt.rl.policy import GaussianMLPPolicy, check_policy, kl_divergence, log_prob
 from fastadapt.rl.sampler import Episodes, Sampler, action_distribution
-from fastadapt.rl.trpo import TRPOStats, trpo_step
+from fastadapt.rl.trpo import TRPOStats, gauss_newton_product, trpo_step
 
 
 @dataclass
@@ -202,17 +204,37 @@ class MAMLRL(MetaLearner):
     ) -> tuple[Tensor, Tensor]:
         """Mean over tasks of the importance-weighted surrogate, mean_t ratio_t * A_t (clipped as in PPO when
         ``clip``), and of the mean KL(pi_old || pi_theta) over the validation steps."""
-        valid, mask = batch.valid, batch.valid.mask
-        mean, log_std = self.adapted_distribution(batch, create_graph)
+        return self._objectives(batch, old, *self.adapted_distribution(batch, create_graph), clip)
+
+    @staticmethod
+    def _step_weights(batch: MetaRLBatch) -> Tensor:
+        """Weight of each validation step in "mean over tasks of the mean over the task's valid steps"."""
+        mask = batch.valid.mask
+        return mask / mask.sum((1, 2), keepdim=True).clamp_min(1) / mask.shape[0]
+
+    def _objectives(
+        self, batch: MetaRLBatch, old: tuple[Tensor, Tensor], mean: Tensor, log_std: Tensor, clip: float | None
+    ) -> tuple[Tensor, Tensor]:
+        actions, weights = batch.valid.actions, self._step_weights(batch)
         old_mean, old_log_std = old
-        ratio = torch.exp(log_prob(mean, log_std, valid.actions) - log_prob(old_mean, old_log_std, valid.actions))
+        ratio = torch.exp(log_prob(mean, log_std, actions) - log_prob(old_mean, old_log_std, actions))
         objective = ratio * batch.valid_advantages
         if clip is not None:
             objective = torch.minimum(objective, ratio.clamp(1 - clip, 1 + clip) * batch.valid_advantages)
-        steps = mask.sum((1, 2)).clamp_min(1)
-        surrogate = ((objective * mask).sum((1, 2)) / steps).mean()
-        kl = ((kl_divergence(old_mean, old_log_std, mean, log_std) * mask).sum((1, 2)) / steps).mean()
+        surrogate = (objective * weights).sum()
+        kl = (kl_divergence(old_mean, old_log_std, mean, log_std) * weights).sum()
         return surrogate, kl
+
+    def kl_hessian_product(
+        self, batch: MetaRLBatch, old: tuple[Tensor, Tensor], mean: Tensor, log_std: Tensor, damping: float = 0.0
+    ):
+        """v -> H v + damping v, H the Hessian of the mean KL(pi_old || pi_theta) with respect to theta *through
+        the inner step*, at theta = theta_old (``mean``, ``log_std``: the adapted distribution with its graph).
+        There H = J^T M J exactly, J = d(mean, log_std) / d theta and M the Gaussian KL's curvature: 1/sigma^2 for
+        the mean, 2 for the log standard deviation, times each step's weight."""
+        weights = self._step_weights(batch).unsqueeze(-1)
+        metrics = [(weights / torch.exp(2 * old[1])).expand_as(mean), (2 * weights).expand_as(log_std)]
+        return gauss_newton_product([mean, log_std], metrics, list(parameters_of(self.policy).values()), damping)
 
     def meta_loss(self, batch: MetaRLBatch) -> MetaOutput:
         """-surrogate at theta (ratio 1; its gradient is the policy gradient of the adapted policies through the
@@ -229,11 +251,15 @@ class MAMLRL(MetaLearner):
             old = tuple(t.detach() for t in self.adapted_distribution(batch, create_graph=False))
         if o.outer == "trpo":
             params = list(parameters_of(self.policy).values())
+            mean, log_std = self.adapted_distribution(batch, create_graph=True)
+            surrogate, _ = self._objectives(batch, old, mean, log_std, None)
+            fisher = self.kl_hessian_product(batch, old, mean, log_std, o.cg_damping)
             stats: TRPOStats = trpo_step(
                 params,
-                lambda differentiable: self.surrogate_and_kl(batch, old, create_graph=differentiable),
+                surrogate,
+                fisher,
+                lambda: self.surrogate_and_kl(batch, old, create_graph=False),
                 max_kl=o.max_kl,
-                damping=o.cg_damping,
                 cg_iterations=o.cg_iterations,
                 line_search_steps=o.line_search_steps,
                 backtrack=o.line_search_backtrack,
