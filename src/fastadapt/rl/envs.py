@@ -183,6 +183,10 @@ def _halfcheetah_env_class():
                 self.velocity = float(self.np_random.uniform(CHEETAH_VEL_LOW, CHEETAH_VEL_HIGH))
             return observation, {**info, "velocity": self.velocity}
 
+        def step(self, action):
+            # actions outside [-1, 1] are clipped before the physics and the control cost (rllab's normalize)
+            return super().step(np.clip(action, -1.0, 1.0))
+
         def _get_rew(self, x_velocity: float, action):
             forward = -abs(x_velocity - self.velocity)
             control = self.control_cost(action)
@@ -192,8 +196,11 @@ def _halfcheetah_env_class():
 
 
 class HalfCheetahVelBatch:
-    """Many half-cheetah-velocity environments. MuJoCo steps one model at a time, so this loops over the
-    environments in Python (each step is MuJoCo's C code); environments are created once and reused."""
+    """Many half-cheetah-velocity environments on one compiled MuJoCo model, one ``MjData`` each. MuJoCo steps one
+    ``MjData`` at a time, so stepping loops over the environments (each iteration one C call of ``frame_skip``
+    physics steps); observations, rewards and the velocity targets are computed for all at once in numpy.
+    Dynamics, observation, reward and initial-state noise are those of :class:`HalfCheetahVelEnv` (gymnasium's
+    HalfCheetah-v5), step for step (tested)."""
 
     name = "halfcheetah-vel"
     observation_dim = 17
@@ -201,33 +208,53 @@ class HalfCheetahVelBatch:
     horizon = CHEETAH_HORIZON
 
     def __init__(self) -> None:
-        self._env_class = _halfcheetah_env_class()
-        self.envs: list = []
+        template = _halfcheetah_env_class()()
+        import mujoco
+
+        self._mujoco = mujoco
+        self.model = template.model
+        self.frame_skip, self.dt = template.frame_skip, template.dt
+        self.init_qpos, self.init_qvel = template.init_qpos.copy(), template.init_qvel.copy()
+        self.noise_scale = template._reset_noise_scale
+        self.ctrl_cost = template._ctrl_cost_weight
+        self.datas: list = []
         self.count = 0
+        self.velocities = np.zeros(0)
 
     def sample_tasks(self, rng: np.random.Generator, count: int) -> np.ndarray:
         """Target velocities, shape (count,), uniform in [0, 2]."""
         return rng.uniform(CHEETAH_VEL_LOW, CHEETAH_VEL_HIGH, size=count)
 
     def reset(self, tasks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        tasks = np.asarray(tasks, dtype=float).reshape(-1)
-        while len(self.envs) < len(tasks):
-            self.envs.append(self._env_class())
-        self.count = len(tasks)
-        # the initial-state noise of every environment comes from the sampler's generator (exact resume)
-        seeds = rng.integers(0, 2**31 - 1, size=len(tasks))
-        observations = [
-            env.reset(seed=int(seed), options={"velocity": task})[0]
-            for env, seed, task in zip(self.envs, seeds, tasks)
-        ]
-        return np.stack(observations)
+        self.velocities = np.asarray(tasks, dtype=float).reshape(-1)
+        self.count = len(self.velocities)
+        while len(self.datas) < self.count:
+            self.datas.append(self._mujoco.MjData(self.model))
+        # gymnasium's reset_model noise, drawn from the sampler's generator (exact resume)
+        nq, nv = self.model.nq, self.model.nv
+        qpos = self.init_qpos + rng.uniform(-self.noise_scale, self.noise_scale, size=(self.count, nq))
+        qvel = self.init_qvel + self.noise_scale * rng.standard_normal((self.count, nv))
+        for data, position, velocity in zip(self.datas, qpos, qvel):
+            self._mujoco.mj_resetData(self.model, data)
+            data.qpos[:], data.qvel[:] = position, velocity
+            self._mujoco.mj_forward(self.model, data)
+        return self._observations()
+
+    def _observations(self) -> np.ndarray:
+        # as HalfCheetah-v5: qpos without the x position, then qvel
+        datas = self.datas[: self.count]
+        return np.concatenate([np.stack([d.qpos[1:] for d in datas]), np.stack([d.qvel for d in datas])], 1)
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        actions = np.clip(actions, -1.0, 1.0)
-        results = [env.step(action) for env, action in zip(self.envs[: self.count], actions)]
-        observations = np.stack([r[0] for r in results])
-        rewards = np.array([r[1] for r in results], dtype=float)
-        return observations, rewards, np.zeros(self.count, dtype=bool)
+        actions = np.clip(np.asarray(actions, dtype=float), -1.0, 1.0)
+        datas = self.datas[: self.count]
+        x_before = np.array([d.qpos[0] for d in datas])
+        for data, action in zip(datas, actions):
+            data.ctrl[:] = action
+            self._mujoco.mj_step(self.model, data, nstep=self.frame_skip)
+        x_velocity = (np.array([d.qpos[0] for d in datas]) - x_before) / self.dt
+        rewards = -np.abs(x_velocity - self.velocities) - self.ctrl_cost * np.square(actions).sum(-1)
+        return self._observations(), rewards, np.zeros(self.count, dtype=bool)
 
 
 # ---------------------------------------------------------------------------------------------------------------
