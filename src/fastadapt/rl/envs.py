@@ -56,7 +56,9 @@ def _gym():
 # 2D navigation
 
 
-def navigation_step(position: np.ndarray, goal: np.ndarray, action: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def navigation_step(
+    position: np.ndarray, goal: np.ndarray, action: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One step of 2D navigation for any leading batch shape: ``(new_position, reward, reached_goal)``."""
     new_position = position + np.clip(action, -NAV_MAX_SPEED, NAV_MAX_SPEED)
     distance = np.linalg.norm(new_position - goal, axis=-1)

@@ -136,9 +136,7 @@ def load_run(checkpoint: str | Path, **changes) -> Run:
     return run
 
 
-def train(
-    options: MAMLRLOptions, out_dir: str | Path, *, resume: bool = True, progress: bool = True, log=None
-) -> Run:
+def train(options: MAMLRLOptions, out_dir: str | Path, *, resume: bool = True, progress: bool = True, log=None) -> Run:
     """Train for ``options.iterations`` outer steps in ``out_dir``, resuming from its checkpoint if there is one
     (with the same options, except those in ``RESUMABLE_CHANGES``)."""
     out = Path(out_dir)
@@ -198,7 +196,11 @@ def summarize(returns: np.ndarray) -> dict:
 
 
 def evaluate(
-    policies: dict[str, MAMLRL], options: MAMLRLOptions, *, tasks: int | None = None, steps: int | None = None,
+    policies: dict[str, MAMLRL],
+    options: MAMLRLOptions,
+    *,
+    tasks: int | None = None,
+    steps: int | None = None,
     seed: int = EVAL_SEED,
 ) -> dict:
     """Return table of every learner in ``policies`` (name -> learner, e.g. maml, pretrained, random) on the same

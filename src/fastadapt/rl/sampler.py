@@ -48,7 +48,9 @@ class Episodes:
         return Episodes(*(t[index : index + 1] for t in (self.observations, self.actions, self.rewards, self.mask)))
 
 
-def action_distribution(policy: nn.Module, params: Params, observations: Tensor, per_task: bool) -> tuple[Tensor, Tensor]:
+def action_distribution(
+    policy: nn.Module, params: Params, observations: Tensor, per_task: bool
+) -> tuple[Tensor, Tensor]:
     """Mean and log standard deviation of the policy's Gaussian for ``observations`` (tasks, ..., obs_dim).
 
     ``per_task``: ``params`` carry a leading task dimension (each task's adapted policy; run vectorised with

@@ -24,7 +24,9 @@ from torch import Tensor
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 
-def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, iterations: int = 10, tol: float = 1e-10) -> Tensor:
+def conjugate_gradient(
+    matvec: Callable[[Tensor], Tensor], b: Tensor, iterations: int = 10, tol: float = 1e-10
+) -> Tensor:
     """Approximately solve ``A x = b`` for symmetric positive definite ``A`` given only ``A v``."""
     x = torch.zeros_like(b)
     r = b.clone()
@@ -43,7 +45,9 @@ def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, iterations
     return x
 
 
-def hessian_vector_product(scalar: Tensor, params: Sequence[Tensor], damping: float = 0.0) -> Callable[[Tensor], Tensor]:
+def hessian_vector_product(
+    scalar: Tensor, params: Sequence[Tensor], damping: float = 0.0
+) -> Callable[[Tensor], Tensor]:
     """v -> (d^2 scalar / d params^2) v + damping * v, reusing one differentiable gradient of ``scalar``."""
     grads = torch.autograd.grad(scalar, params, create_graph=True)
     flat = torch.cat([g.reshape(-1) for g in grads])

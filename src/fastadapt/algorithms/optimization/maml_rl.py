@@ -15,8 +15,8 @@ K = 20 trajectories). The outer step is TRPO (``max_kl`` delta = 0.01): conjugat
 products of the KL *through the inner step* (so they involve the inner gradient's derivatives: second order),
 then a line search (:mod:`fastadapt.rl.trpo`). The products are computed as J^T M J v (J the Jacobian of the adapted
 policies' Gaussians with respect to theta, M the KL's curvature), which equals the KL's Hessian at theta_old
-exactly and skips differentiating the inner gradient a third time (tested against finite differences). The inner step is fastadapt's inner loop,
-:func:`fastadapt.functional.inner_sgd`, the one MAML's supervised learners run.
+exactly and skips differentiating the inner gradient a third time (tested against finite differences). The inner
+step is fastadapt's inner loop, :func:`fastadapt.functional.inner_sgd`, the one MAML's supervised learners run.
 
 Options beyond the paper: ``first_order`` (the inner gradient is a constant in the outer step, as in FOMAML),
 ``outer="ppo"`` (a clipped-ratio surrogate, Schulman et al. 2017, optimised with Adam for ``ppo_epochs`` epochs in
@@ -137,7 +137,9 @@ class MAMLRL(MetaLearner):
 
     # --- the inner step: vanilla policy gradient (REINFORCE with the linear baseline), fastadapt's inner loop
 
-    def inner_loss(self, params: Params, observations: Tensor, actions: Tensor, advantage: Tensor, mask: Tensor) -> Tensor:
+    def inner_loss(
+        self, params: Params, observations: Tensor, actions: Tensor, advantage: Tensor, mask: Tensor
+    ) -> Tensor:
         """The REINFORCE loss of one task's episodes, eq. (4): -mean over valid steps of log pi(a|s) * A."""
         mean = call(self.policy, params, observations)
         logp = log_prob(mean, params["log_std"], actions)
