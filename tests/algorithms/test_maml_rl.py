@@ -223,6 +223,7 @@ def test_bad_input_is_one_clear_error(tmp_path):
 
 def test_evaluation_table_has_every_policy_the_oracle_and_steps(tmp_path):
     run = runner.train(SMALL.replace(iterations=1), tmp_path, progress=False)
+    assert runner.is_checkpoint(tmp_path / "checkpoint.pt") and not runner.is_checkpoint(tmp_path / "metrics.jsonl")
     results = runner.evaluate_checkpoint(tmp_path / "checkpoint.pt", tasks=3, steps=2)
     assert len(results["checkpoint"]["mean"]) == 3 and len(results["checkpoint"]["per_task"][0]) == 3
     assert results["oracle"]["mean"][0] > max(results["checkpoint"]["mean"])  # the oracle knows the goal

@@ -118,6 +118,15 @@ class Run:
         return metrics
 
 
+def is_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a maml-rl checkpoint (for ``fastadapt eval --checkpoint`` to pick this evaluator)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:
+        return False
+    return isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT
+
+
 def load_run(checkpoint: str | Path, **changes) -> Run:
     """The run saved in ``checkpoint`` (options, policy and all generator states), with ``changes`` applied to
     the options that may change on resume (``iterations``, ...)."""
