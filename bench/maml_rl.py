@@ -27,7 +27,7 @@ from fastadapt.rl import runner
 
 
 def method_options(env: str, method: str, iterations: int | None):
-    changes = {"iterations": iterations} if iterations else {}
+    changes = {"checkpoint_every": 5, **({"iterations": iterations} if iterations else {})}
     if method == "pretrained":  # one policy trained on all tasks jointly with the same TRPO step and budget
         changes["inner_steps"] = 0
     return options_for(env, **changes)
