@@ -101,11 +101,13 @@ def plot(results: dict, training: dict, png: str) -> None:
     ax.set_xticks(steps)
     ax.set_title(f"{results['env']}: {results['tasks']} new tasks (95% CI)")
     ax.legend()
-    for name, style in (("maml", "C0"), ("pretrained", "C1")):
-        history = training[name]["history"]
-        bx.plot([m["iteration"] for m in history], [m["return_after"] for m in history], style, label=f"{name}")
+    maml = training["maml"]["history"]
+    bx.plot([m["iteration"] for m in maml], [m["return_after"] for m in maml], "C0", label="maml, after the inner step")
+    bx.plot([m["iteration"] for m in maml], [m["return_before"] for m in maml], "C0:", label="maml, before")
+    pretrained = training["pretrained"]["history"]
+    bx.plot([m["iteration"] for m in pretrained], [m["return_after"] for m in pretrained], "C1", label="pretrained")
     bx.set_xlabel("meta-iteration")
-    bx.set_ylabel("training return (after the inner step for maml)")
+    bx.set_ylabel("mean training return")
     bx.set_title("training curves")
     bx.legend()
     fig.tight_layout()
