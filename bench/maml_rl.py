@@ -35,7 +35,13 @@ def method_options(env: str, method: str, iterations: int | None):
 
 def cmd_train(args: argparse.Namespace) -> None:
     options = method_options(args.env, args.method, args.iterations)
-    run = runner.train(options, args.out, progress=sys.stderr.isatty(), log=lambda m: print(json.dumps(m), flush=True))
+    run = runner.train(
+        options,
+        args.out,
+        progress=sys.stderr.isatty(),
+        log=lambda m: print(json.dumps(m), flush=True),
+        time_budget_s=args.time_budget,
+    )
     steps = sum(m["env_steps"] for m in run.history)
     print(f"done: {run.iteration} iterations, {run.wall_time:.0f} s, {steps / run.wall_time:.0f} env steps/s")
 
@@ -125,6 +131,9 @@ def main() -> None:
     train.add_argument("--method", choices=("maml", "pretrained"), required=True)
     train.add_argument("--out", required=True)
     train.add_argument("--iterations", type=int)
+    train.add_argument("--time-budget", type=float, help="stop after this many seconds (at an iteration's end)")
+    done = sub.add_parser("iterations", help="print the iterations a run's checkpoint has done")
+    done.add_argument("--out", required=True)
     ev = sub.add_parser("eval")
     ev.add_argument("--env", required=True)
     ev.add_argument("--runs", required=True, help="folder holding maml/ and pretrained/ runs")
@@ -133,6 +142,9 @@ def main() -> None:
     ev.add_argument("--json", required=True)
     ev.add_argument("--png")
     args = parser.parse_args()
+    if args.command == "iterations":
+        print(runner.load_run(Path(args.out) / runner.CHECKPOINT_NAME).iteration)
+        return
     {"train": cmd_train, "eval": cmd_eval}[args.command](args)
 
 

@@ -202,6 +202,11 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path, outer):
     ]
 
 
+def test_training_stops_at_its_time_budget_with_a_checkpoint(tmp_path):
+    run = runner.train(SMALL.replace(iterations=50, checkpoint_every=100), tmp_path, progress=False, time_budget_s=0)
+    assert run.iteration == 1 and runner.load_run(tmp_path / "checkpoint.pt").iteration == 1
+
+
 def test_bad_input_is_one_clear_error(tmp_path):
     env = NavigationBatch()
     with pytest.raises(ConfigError, match="does not take navigation-2d's 2-d observations"):

@@ -145,9 +145,18 @@ def load_run(checkpoint: str | Path, **changes) -> Run:
     return run
 
 
-def train(options: MAMLRLOptions, out_dir: str | Path, *, resume: bool = True, progress: bool = True, log=None) -> Run:
+def train(
+    options: MAMLRLOptions,
+    out_dir: str | Path,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+    log=None,
+    time_budget_s: float | None = None,
+) -> Run:
     """Train for ``options.iterations`` outer steps in ``out_dir``, resuming from its checkpoint if there is one
-    (with the same options, except those in ``RESUMABLE_CHANGES``)."""
+    (with the same options, except those in ``RESUMABLE_CHANGES``). ``time_budget_s``: stop (with a checkpoint)
+    after the first iteration that ends past this many seconds of this call."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / CHECKPOINT_NAME
@@ -168,6 +177,7 @@ def train(options: MAMLRLOptions, out_dir: str | Path, *, resume: bool = True, p
         from tqdm import tqdm
 
         bar = tqdm(total=options.iterations, initial=run.iteration, desc=f"maml-rl {options.env}", unit="it")
+    started = time.perf_counter()
     with open(out / "metrics.jsonl", "a") as metrics_file:
         while run.iteration < options.iterations:
             metrics = run.step()
@@ -178,8 +188,11 @@ def train(options: MAMLRLOptions, out_dir: str | Path, *, resume: bool = True, p
                 bar.set_postfix(before=f"{metrics['return_before']:.1f}", after=f"{metrics['return_after']:.1f}")
             if log is not None:
                 log(metrics)
-            if run.iteration % options.checkpoint_every == 0 or run.iteration == options.iterations:
+            out_of_time = time_budget_s is not None and time.perf_counter() - started > time_budget_s
+            if run.iteration % options.checkpoint_every == 0 or run.iteration == options.iterations or out_of_time:
                 _atomic_save(run.state_dict(), checkpoint)
+            if out_of_time:
+                break
     if bar is not None:
         bar.close()
     return run
