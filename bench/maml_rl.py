@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from fastadapt.algorithms.optimization.maml_rl import options_for
+from fastadapt import atomic
+from fastadapt.algorithms.optimization.maml_rl import MAMLRLOptions, build, options_for
 from fastadapt.rl import runner
 
 
@@ -38,6 +39,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     run = runner.train(
         options,
         args.out,
+        build,
+        resume=True,
         progress=sys.stderr.isatty(),
         log=lambda m: print(json.dumps(m), flush=True),
         time_budget_s=args.time_budget,
@@ -48,10 +51,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     runs = Path(args.runs)
-    maml = runner.load_run(runs / "maml" / runner.CHECKPOINT_NAME)
-    pretrained = runner.load_run(runs / "pretrained" / runner.CHECKPOINT_NAME)
+    maml = runner.load_run(runs / "maml" / runner.CHECKPOINT_NAME, MAMLRLOptions, build)
+    pretrained = runner.load_run(runs / "pretrained" / runner.CHECKPOINT_NAME, MAMLRLOptions, build)
     options = maml.options
-    policies = {"maml": maml.learner, "pretrained": pretrained.learner, "random": runner.random_learner(options)}
+    policies = {"maml": maml.learner, "pretrained": pretrained.learner, "random": runner.random_learner(options, build)}
     start = time.perf_counter()
     results = runner.evaluate(policies, options, tasks=args.tasks, steps=args.steps)
     eval_s = time.perf_counter() - start
@@ -66,6 +69,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
             "env_steps_per_s": steps / run.wall_time,
             "sample_s": sum(m["sample_s"] for m in run.history),
             "update_s": sum(m["update_s"] for m in run.history),
+            # the process's CPU time (recorded per iteration by the runner; None for runs that predate it)
+            "cpu_s": sum(m["cpu_s"] for m in run.history) if all("cpu_s" in m for m in run.history) else None,
             "history": run.history,
         }
     record = {
@@ -74,16 +79,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "threads": torch.get_num_threads(),
+        "load_average_at_eval": os.getloadavg(),
         "command": " ".join(sys.argv),
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(options).items()},
         "training": training,
         "eval_s": eval_s,
         "results": results,
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.json + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, args.json)
+    atomic.write_text(Path(args.json), json.dumps(record, indent=1) + "\n")
     if args.png:
         plot(results, training, args.png)
 
@@ -117,10 +120,7 @@ def plot(results: dict, training: dict, png: str) -> None:
     bx.set_title("training curves")
     bx.legend()
     fig.tight_layout()
-    Path(png).parent.mkdir(parents=True, exist_ok=True)
-    tmp = png + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, png)
+    atomic.write_with(Path(png), lambda f: fig.savefig(f, format="png", dpi=110))
 
 
 def main() -> None:
@@ -143,7 +143,7 @@ def main() -> None:
     ev.add_argument("--png")
     args = parser.parse_args()
     if args.command == "iterations":
-        print(runner.load_run(Path(args.out) / runner.CHECKPOINT_NAME).iteration)
+        print(runner.load_run(Path(args.out) / runner.CHECKPOINT_NAME, MAMLRLOptions, build).iteration)
         return
     {"train": cmd_train, "eval": cmd_eval}[args.command](args)
 

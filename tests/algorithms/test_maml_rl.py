@@ -6,8 +6,8 @@ import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from fastadapt.algorithms.optimization.maml_rl import MAMLRLOptions, build, options_for
+from fastadapt.engine.functional import parameters_of
 from fastadapt.errors import ConfigError
-from fastadapt.functional import parameters_of
 from fastadapt.rl import runner
 from fastadapt.rl.envs import NavigationBatch
 from fastadapt.rl.policy import GaussianMLPPolicy
@@ -178,9 +178,9 @@ def test_ppo_outer_step_runs_and_moves_the_policy():
 def test_short_training_on_navigation_improves_the_one_step_return(tmp_path):
     options = SMALL.replace(hidden=(32, 32), meta_batch=5, episodes_per_task=5, iterations=4)
     tasks = NavigationBatch().sample_tasks(np.random.default_rng(99), 5)
-    initial = runner.Run(options).learner
+    initial = runner.Run(options, build).learner
     before = runner.adaptation_curve(initial, "navigation-2d", tasks, 1, 10, seed=5)[1].mean()
-    run = runner.train(options, tmp_path, progress=False)
+    run = runner.train(options, tmp_path, build, progress=False)
     after = runner.adaptation_curve(run.learner, "navigation-2d", tasks, 1, 10, seed=5)[1].mean()
     assert after > before + 10  # returns are about -100 at the start; a few steps gain tens
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
@@ -190,21 +190,22 @@ def test_short_training_on_navigation_improves_the_one_step_return(tmp_path):
 @pytest.mark.parametrize("outer", ["trpo", "ppo"])
 def test_resumed_training_equals_uninterrupted_training(tmp_path, outer):
     options = SMALL.replace(outer=outer, ppo_epochs=2, iterations=3, checkpoint_every=1)
-    straight = runner.train(options, tmp_path / "a", progress=False)
-    runner.train(options.replace(iterations=2), tmp_path / "b", progress=False)
-    resumed = runner.train(options, tmp_path / "b", progress=False)
+    straight = runner.train(options, tmp_path / "a", build, progress=False)
+    runner.train(options.replace(iterations=2), tmp_path / "b", build, progress=False)
+    resumed = runner.train(options, tmp_path / "b", build, resume=True, progress=False)
     assert resumed.iteration == 3
     for (name, p), q in zip(straight.learner.policy.state_dict().items(), resumed.learner.policy.state_dict().values()):
         assert torch.equal(p, q), name
-    drop = {"sample_s", "update_s", "wall_s"}
+    drop = {"sample_s", "update_s", "cpu_s", "wall_s"}
     assert [{k: v for k, v in m.items() if k not in drop} for m in straight.history] == [
         {k: v for k, v in m.items() if k not in drop} for m in resumed.history
     ]
 
 
 def test_training_stops_at_its_time_budget_with_a_checkpoint(tmp_path):
-    run = runner.train(SMALL.replace(iterations=50, checkpoint_every=100), tmp_path, progress=False, time_budget_s=0)
-    assert run.iteration == 1 and runner.load_run(tmp_path / "checkpoint.pt").iteration == 1
+    options = SMALL.replace(iterations=50, checkpoint_every=100)
+    run = runner.train(options, tmp_path, build, progress=False, time_budget_s=0)
+    assert run.iteration == 1 and runner.load_run(tmp_path / "checkpoint.pt", MAMLRLOptions, build).iteration == 1
 
 
 def test_bad_input_is_one_clear_error(tmp_path):
@@ -220,16 +221,16 @@ def test_bad_input_is_one_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="unknown maml-rl option"):
         SMALL.replace(inner_rate=0.1)
     with pytest.raises(ConfigError, match="no checkpoint at"):
-        runner.load_run(tmp_path / "missing.pt")
-    runner.train(SMALL.replace(iterations=1), tmp_path, progress=False)
+        runner.load_run(tmp_path / "missing.pt", MAMLRLOptions, build)
+    runner.train(SMALL.replace(iterations=1), tmp_path, build, progress=False)
     with pytest.raises(ConfigError, match=r"trained with other \['inner_lr'\]"):
-        runner.train(SMALL.replace(inner_lr=0.5), tmp_path, progress=False)
+        runner.train(SMALL.replace(inner_lr=0.5), tmp_path, build, resume=True, progress=False)
 
 
 def test_evaluation_table_has_every_policy_the_oracle_and_steps(tmp_path):
-    run = runner.train(SMALL.replace(iterations=1), tmp_path, progress=False)
+    run = runner.train(SMALL.replace(iterations=1), tmp_path, build, progress=False)
     assert runner.is_checkpoint(tmp_path / "checkpoint.pt") and not runner.is_checkpoint(tmp_path / "metrics.jsonl")
-    results = runner.evaluate_checkpoint(tmp_path / "checkpoint.pt", tasks=3, steps=2)
+    results = runner.evaluate_checkpoint(tmp_path / "checkpoint.pt", MAMLRLOptions, build, tasks=3, steps=2)
     assert len(results["checkpoint"]["mean"]) == 3 and len(results["checkpoint"]["per_task"][0]) == 3
     assert results["oracle"]["mean"][0] > max(results["checkpoint"]["mean"])  # the oracle knows the goal
     table = runner.format_table(results)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastadapt.functional import parameters_of
+from fastadapt.engine.functional import parameters_of
 from fastadapt.rl.envs import NavigationBatch
 from fastadapt.rl.policy import GaussianMLPPolicy
 from fastadapt.rl.sampler import Sampler

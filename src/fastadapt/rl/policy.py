@@ -6,7 +6,8 @@ hidden_nonlinearity=relu)``): the mean of a diagonal Gaussian over actions is an
 initialised to log(1) = 0. All parameters, the log standard deviation included, are adapted by the inner step.
 
 The module's ``forward`` returns the mean; the log standard deviation is the parameter ``log_std``, so a policy
-run with given parameters (``fastadapt.functional.call(policy, params, obs)``) reads it from ``params["log_std"]``.
+run with given parameters (``fastadapt.engine.functional.call(policy, params, obs)``) reads it from
+``params["log_std"]``.
 """
 
 from __future__ import annotations

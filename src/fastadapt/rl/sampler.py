@@ -17,8 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
+from fastadapt.engine.functional import Params, call
 from fastadapt.errors import ConfigError
-from fastadapt.functional import Params, call
 from fastadapt.rl.envs import BatchedEnv
 
 

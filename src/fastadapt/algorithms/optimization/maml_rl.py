@@ -16,7 +16,7 @@ products of the KL *through the inner step* (so they involve the inner gradient'
 then a line search (:mod:`fastadapt.rl.trpo`). The products are computed as J^T M J v (J the Jacobian of the adapted
 policies' Gaussians with respect to theta, M the KL's curvature), which equals the KL's Hessian at theta_old
 exactly and skips differentiating the inner gradient a third time (tested against finite differences). The inner
-step is fastadapt's inner loop, :func:`fastadapt.functional.inner_sgd`, the one MAML's supervised learners run.
+step is fastadapt's inner loop, :func:`fastadapt.engine.functional.inner_sgd`, the one MAML's supervised learners run.
 
 Options beyond the paper: ``first_order`` (the inner gradient is a constant in the outer step, as in FOMAML),
 ``outer="ppo"`` (a clipped-ratio surrogate, Schulman et al. 2017, optimised with Adam for ``ppo_epochs`` epochs in
@@ -28,90 +28,26 @@ all tasks jointly with the same TRPO step: the paper's "pretrained" baseline (Fi
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from fastadapt import atomic
 from fastadapt.algorithms.base import MetaLearner, MetaOutput
+from fastadapt.algorithms.registry import Algorithm, register
+from fastadapt.engine.functional import Params, call, inner_sgd, map_tasks, parameters_of
 from fastadapt.errors import ConfigError
-from fastadapt.functional import Params, call, inner_sgd, map_tasks, parameters_of
+from fastadapt.options import MethodOptions, option
+from fastadapt.rl import runner
 from fastadapt.rl.baseline import LinearFeatureBaseline, advantages
-from fastadapt.rl.envs import BatchedEnv, env_name, make_batched
+from fastadapt.rl.envs import ENV_IDS, BatchedEnv, env_name, make_batched
 from fastadapt.rl.policy import GaussianMLPPolicy, check_policy, kl_divergence, log_prob
 from fastadapt.rl.sampler import Episodes, Sampler, action_distribution
 from fastadapt.rl.trpo import TRPOStats, gauss_newton_product, trpo_step
 
-
-@dataclass
-class MAMLRLOptions:
-    env: str = field(default="navigation-2d", metadata={"help": "task distribution: navigation-2d or halfcheetah-vel"})
-    hidden: tuple[int, ...] = field(default=(100, 100), metadata={"help": "policy MLP hidden sizes (ReLU)"})
-    init_std: float = field(default=1.0, metadata={"help": "initial standard deviation of the Gaussian policy"})
-    inner_lr: float = field(default=0.1, metadata={"help": "alpha: step size of the inner policy-gradient step"})
-    inner_steps: int = field(default=1, metadata={"help": "inner steps in training (0: pretrain on all tasks)"})
-    episodes_per_task: int = field(default=20, metadata={"help": "K: trajectories per task for each step"})
-    meta_batch: int = field(default=20, metadata={"help": "tasks per outer step"})
-    gamma: float = field(default=0.99, metadata={"help": "discount factor"})
-    gae_lambda: float = field(default=1.0, metadata={"help": "GAE lambda (1.0: returns minus the baseline)"})
-    normalize_advantages: bool = field(default=True, metadata={"help": "centre and scale advantages per task"})
-    first_order: bool = field(default=False, metadata={"help": "treat the inner gradient as a constant"})
-    outer: str = field(default="trpo", metadata={"help": "outer step: trpo or ppo"})
-    max_kl: float = field(default=0.01, metadata={"help": "TRPO: delta, the bound on the mean KL of a step"})
-    cg_iterations: int = field(default=10, metadata={"help": "TRPO: conjugate-gradient iterations"})
-    cg_damping: float = field(default=1e-5, metadata={"help": "TRPO: damping added to Hessian-vector products"})
-    line_search_steps: int = field(default=15, metadata={"help": "TRPO: line-search backtracking steps"})
-    line_search_backtrack: float = field(default=0.8, metadata={"help": "TRPO: step shrink per backtrack"})
-    ppo_epochs: int = field(default=5, metadata={"help": "PPO: optimisation epochs per batch"})
-    ppo_clip: float = field(default=0.2, metadata={"help": "PPO: ratio clipping epsilon"})
-    outer_lr: float = field(default=3e-4, metadata={"help": "PPO: Adam learning rate"})
-    iterations: int = field(default=100, metadata={"help": "outer steps (meta-iterations) of training"})
-    eval_tasks: int = field(default=40, metadata={"help": "new tasks in evaluation"})
-    eval_steps: int = field(default=3, metadata={"help": "adaptation steps reported in evaluation"})
-    strategy: str = field(default="loop", metadata={"help": "inner loops of the tasks: loop or vmap"})
-    seed: int = field(default=0, metadata={"help": "random seed (policy init, tasks, sampling)"})
-    checkpoint_every: int = field(default=10, metadata={"help": "iterations between checkpoints"})
-
-    def validate(self) -> None:
-        env_name(self.env)
-        positive = ("inner_lr", "episodes_per_task", "meta_batch", "max_kl", "iterations", "eval_tasks")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}; use the preset's value")
-        if self.inner_steps < 0 or self.eval_steps < 0:
-            raise ConfigError("inner_steps and eval_steps must be >= 0; use 1 and 3 as in the paper")
-        if self.outer not in ("trpo", "ppo"):
-            raise ConfigError(f"unknown outer step {self.outer!r}; choose trpo or ppo")
-        if self.strategy not in ("loop", "vmap"):
-            raise ConfigError(f"unknown strategy {self.strategy!r} for maml-rl; choose loop or vmap")
-        if not 0.0 < self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
-            raise ConfigError("gamma must be in (0, 1] and gae_lambda in [0, 1]; use 0.99 and 1.0")
-        if any(h <= 0 for h in self.hidden):
-            raise ConfigError(f"hidden sizes must be positive, got {self.hidden}; use 100,100")
-
-    def replace(self, **changes) -> MAMLRLOptions:
-        known = {f.name for f in fields(self)}
-        unknown = set(changes) - known
-        if unknown:
-            raise ConfigError(f"unknown maml-rl option(s) {sorted(unknown)}; see MAMLRLOptions")
-        return MAMLRLOptions(**{**{f.name: getattr(self, f.name) for f in fields(self)}, **changes})
-
-
-#: Per environment. Values from Finn et al. 2017, section 5.3 and appendix A.2 (alpha = 0.1, K = 20 trajectories,
-#: TRPO delta = 0.01, meta-batch 20 for 2D navigation and 40 for locomotion, horizon 100 / 200), the policy from the
-#: authors' code (100-100 ReLU). ``iterations`` from the authors' scripts (cbfinn/maml_rl: maml_trpo_point.py runs
-#: 100 iterations, with meta-batch 40; cluster_maml_trpo_cheetah.py 1000).
-PRESETS: dict[str, dict] = {
-    "navigation-2d": {"env": "navigation-2d", "meta_batch": 20, "iterations": 100},
-    "halfcheetah-vel": {"env": "halfcheetah-vel", "meta_batch": 40, "iterations": 1000},
-}
-
-
-def options_for(env: str, **changes) -> MAMLRLOptions:
-    """The preset for ``env`` with ``changes`` applied, validated."""
-    options = MAMLRLOptions().replace(**PRESETS[env_name(env)]).replace(**changes)
-    options.validate()
-    return options
+ENV_CHOICES = tuple(ENV_IDS)
 
 
 @dataclass
@@ -299,6 +235,81 @@ class MAMLRL(MetaLearner):
             return self.adapted_distribution(batch, create_graph=False)[0]
 
 
+@dataclass
+class MAMLRLOptions(MethodOptions):
+    """MAML-RL's whole configuration: it trains with its own loop (fastadapt.rl.runner), not the episodic trainer."""
+
+    env: str = option("navigation-2d", "task distribution", choices=ENV_CHOICES)
+    hidden: tuple[int, ...] = option((100, 100), "policy MLP hidden sizes (ReLU), e.g. --hidden 100 100")
+    init_std: float = option(1.0, "initial standard deviation of the Gaussian policy")
+    inner_lr: float = option(0.1, "alpha: step size of the inner policy-gradient step (eq. 1)")
+    inner_steps: int = option(1, "inner steps in training (0: one policy pretrained on all tasks)")
+    episodes_per_task: int = option(20, "K: trajectories per task before each inner step and after the last")
+    meta_batch: int = option(20, "tasks per outer step")
+    gamma: float = option(0.99, "discount factor")
+    gae_lambda: float = option(1.0, "GAE lambda (1.0: discounted returns minus the baseline)")
+    normalize_advantages: bool = option(True, "centre and scale the advantages per task")
+    first_order: bool = option(False, "first order: the inner gradient is a constant in the outer step")
+    outer: str = option("trpo", "outer step", choices=("trpo", "ppo"))
+    max_kl: float = option(0.01, "TRPO: delta, the bound on the mean KL of a step")
+    cg_iterations: int = option(10, "TRPO: conjugate-gradient iterations")
+    cg_damping: float = option(1e-5, "TRPO: damping added to the Hessian-vector products")
+    line_search_steps: int = option(15, "TRPO: line-search backtracking steps")
+    line_search_backtrack: float = option(0.8, "TRPO: step shrink per backtrack")
+    ppo_epochs: int = option(5, "PPO: optimisation epochs per batch")
+    ppo_clip: float = option(0.2, "PPO: ratio clipping epsilon")
+    outer_lr: float = option(3e-4, "PPO: Adam learning rate")
+    iterations: int = option(100, "outer steps (meta-iterations) of training", run_only=True)
+    eval_tasks: int = option(40, "new tasks in evaluation", run_only=True)
+    eval_steps: int = option(3, "adaptation steps reported in evaluation", run_only=True)
+    strategy: str = option(
+        "loop", "the tasks' inner steps: a per-task loop or vmap", choices=("loop", "vmap"), run_only=True
+    )
+    seed: int = option(0, "random seed (policy initialisation, tasks, sampling)")
+    checkpoint_every: int = option(10, "iterations between checkpoints", run_only=True)
+
+    def validate(self) -> None:
+        env_name(self.env)
+        positive = ("inner_lr", "episodes_per_task", "meta_batch", "max_kl", "iterations", "eval_tasks")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}; use the preset's value")
+        if self.inner_steps < 0 or self.eval_steps < 0:
+            raise ConfigError("inner_steps and eval_steps must be >= 0; use 1 and 3 as in the paper")
+        if self.outer not in ("trpo", "ppo"):
+            raise ConfigError(f"unknown outer step {self.outer!r}; choose trpo or ppo")
+        if self.strategy not in ("loop", "vmap"):
+            raise ConfigError(f"unknown strategy {self.strategy!r} for maml-rl; choose loop or vmap")
+        if not 0.0 < self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
+            raise ConfigError("gamma must be in (0, 1] and gae_lambda in [0, 1]; use 0.99 and 1.0")
+        if any(h <= 0 for h in self.hidden):
+            raise ConfigError(f"--hidden sizes must be positive, got {self.hidden}; use e.g. --hidden 100 100")
+
+    def replace(self, **changes) -> MAMLRLOptions:
+        known = {f.name for f in fields(self)}
+        unknown = set(changes) - known
+        if unknown:
+            raise ConfigError(f"unknown maml-rl option(s) {sorted(unknown)}; see MAMLRLOptions")
+        return MAMLRLOptions(**{**{f.name: getattr(self, f.name) for f in fields(self)}, **changes})
+
+
+#: Per environment. Values from Finn et al. 2017, section 5.3 and appendix A.2 (alpha = 0.1, K = 20 trajectories,
+#: TRPO delta = 0.01, meta-batch 20 for 2D navigation and 40 for locomotion, horizon 100 / 200), the policy from the
+#: authors' code (100-100 ReLU). ``iterations`` from the authors' scripts (cbfinn/maml_rl: maml_trpo_point.py runs
+#: 100 iterations, with meta-batch 40; cluster_maml_trpo_cheetah.py 1000).
+PRESETS: dict[str, dict] = {
+    "navigation-2d": {"env": "navigation-2d", "meta_batch": 20, "iterations": 100},
+    "halfcheetah-vel": {"env": "halfcheetah-vel", "meta_batch": 40, "iterations": 1000},
+}
+
+
+def options_for(env: str, **changes) -> MAMLRLOptions:
+    """The preset for ``env`` with ``changes`` applied, validated."""
+    options = MAMLRLOptions().replace(**PRESETS[env_name(env)]).replace(**changes)
+    options.validate()
+    return options
+
+
 def build(options: MAMLRLOptions, policy: GaussianMLPPolicy | None = None, env: BatchedEnv | None = None) -> MAMLRL:
     """The learner for ``options``; a new Gaussian MLP policy (seeded by ``options.seed``) unless ``policy``."""
     options.validate()
@@ -308,3 +319,60 @@ def build(options: MAMLRLOptions, policy: GaussianMLPPolicy | None = None, env: 
         policy = GaussianMLPPolicy(env.observation_dim, env.action_dim, options.hidden, options.init_std)
     check_policy(policy, env.observation_dim, env.action_dim, env.name)
     return MAMLRL(policy, options)
+
+
+# --- the hooks of a method with its own training loop (fastadapt.algorithms.registry): `fastadapt train` and `eval`
+
+
+def run(options: MAMLRLOptions, out: Path, resume: bool = False, progress: bool = True) -> dict:
+    """Train ``options`` into the folder ``out`` (``checkpoint.pt``, ``metrics.jsonl``); with ``resume``, continue
+    from its checkpoint exactly. Returns the run's totals, the checkpoint's path and a one-line summary."""
+    trained = runner.train(options, out, build, resume=resume, progress=progress)
+    summary = trained.summary()
+    checkpoint = Path(out) / runner.CHECKPOINT_NAME
+    line = (
+        f"trained {summary['iterations']} meta-iterations on {options.env} in {summary['wall_s']:.0f} s "
+        f"({summary['env_steps_per_s']:.0f} environment steps/s); last meta-batch's return "
+        f"{summary['return_before']:.2f} before adaptation, {summary['return_after']:.2f} after; outputs in {out}"
+    )
+    return {**summary, "checkpoint": checkpoint, "summary": line}
+
+
+#: `fastadapt eval` flags that mean something for a maml-rl checkpoint, and the evaluation's names for them
+EVAL_FLAGS = {"tasks": "tasks", "eval_inner_steps": "steps", "out": "out"}
+
+
+def evaluate(checkpoint: Path, **overrides) -> str:
+    """``fastadapt eval --checkpoint``: the checkpoint's policy adapted on new tasks after 0..``eval_steps`` inner
+    steps (``--tasks``, ``--eval-inner-steps`` override), with the oracle on 2D navigation; writes ``eval.json``
+    beside the checkpoint (or into ``--out``) and returns the table."""
+    refused = sorted(set(overrides) - set(EVAL_FLAGS))
+    if refused:
+        flags = ", ".join("--" + name.replace("_", "-") for name in refused)
+        raise ConfigError(f"{flags}: not a setting of a maml-rl evaluation; it takes --tasks and --eval-inner-steps")
+    settings = {EVAL_FLAGS[k]: v for k, v in overrides.items()}
+    out = Path(settings.pop("out", None) or Path(checkpoint).parent)
+    results = runner.evaluate_checkpoint(checkpoint, MAMLRLOptions, build, **settings)
+    atomic.write_json(out / "eval.json", {"checkpoint": str(checkpoint), **results})
+    return runner.format_table(results)
+
+
+def owns_checkpoint(path: Path) -> bool:
+    return runner.is_checkpoint(path)
+
+
+register(
+    Algorithm(
+        name="maml-rl",
+        family="optimization",
+        summary="MAML for reinforcement learning (Finn et al. 2017, sec. 5.3): policy-gradient inner step, TRPO outer",
+        options=MAMLRLOptions,
+        build=build,
+        presets=PRESETS,
+        supports_regression=False,
+        run=run,
+        evaluate=evaluate,
+        owns_checkpoint=owns_checkpoint,
+        preset_option="env",
+    )
+)
