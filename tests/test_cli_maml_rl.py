@@ -57,6 +57,10 @@ def test_resume_from_the_cli_continues_exactly(tmp_path: Path, capsys) -> None:
         return [{k: v for k, v in m.items() if k not in timing} for m in records]
 
     assert lines("resumed") == lines("straight")  # one line per iteration, none repeated by the resume
+    # without --resume a folder starts afresh: its old checkpoint is replaced at once, its metrics emptied
+    run_ok(capsys, train_args(tmp_path / "straight", "--iterations", "1", "--checkpoint-every", "5"))
+    assert torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["iteration"] == 1
+    assert len(lines("straight")) == 1
     # without --resume the folder starts afresh; with it, other learning options are refused in one line
     line = run_error(capsys, train_args(tmp_path / "resumed", "--iterations", "3", "--inner-lr", "0.5", "--resume"))
     assert "trained with other ['inner_lr']" in line

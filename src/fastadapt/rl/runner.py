@@ -236,6 +236,8 @@ def train(
             run = load_run(checkpoint, type(options), build, **{k: getattr(options, k) for k in allowed})
         else:
             run = Run(options, build)
+            if checkpoint.exists():  # an earlier run's: replaced now, so that a later resume cannot pick it up
+                run.save(checkpoint)
         _write_metrics(metrics_path, run.history)  # cut back to the checkpoint (or emptied for a new run)
         bar = None
         if progress:
