@@ -69,8 +69,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
             "env_steps_per_s": steps / run.wall_time,
             "sample_s": sum(m["sample_s"] for m in run.history),
             "update_s": sum(m["update_s"] for m in run.history),
-            # the process's CPU time (recorded per iteration by the runner; None for runs that predate it)
-            "cpu_s": sum(m["cpu_s"] for m in run.history) if all("cpu_s" in m for m in run.history) else None,
+            # the process's CPU time, over the iterations that recorded it (the runner records it per iteration)
+            "cpu_s": sum(m["cpu_s"] for m in run.history if "cpu_s" in m),
+            "cpu_s_iterations": sum("cpu_s" in m for m in run.history),
+            "env_steps_per_cpu_s": per_cpu_second(run.history),
             "history": run.history,
         }
     record = {
@@ -86,9 +88,35 @@ def cmd_eval(args: argparse.Namespace) -> None:
         "eval_s": eval_s,
         "results": results,
     }
+    if "oracle" in results:
+        record["target"] = target(results)
+        print(json.dumps(record["target"]))
     atomic.write_text(Path(args.json), json.dumps(record, indent=1) + "\n")
     if args.png:
         plot(results, training, args.png)
+
+
+def per_cpu_second(history: list[dict]) -> float | None:
+    """Environment steps per second of the process's CPU time (the rate on a thread of its own), over the
+    iterations that recorded their CPU time."""
+    timed = [m for m in history if "cpu_s" in m]
+    cpu = sum(m["cpu_s"] for m in timed)
+    return sum(m["env_steps"] for m in timed) / cpu if cpu > 0 else None
+
+
+def target(results: dict) -> dict:
+    """The issue's 2D-navigation target: MAML after one step at least twice as close to the oracle's return as
+    the pretrained policy after one step, and MAML improving at steps 2 and 3."""
+    oracle = results["oracle"]["mean"][1]
+    maml, pretrained = results["maml"]["mean"], results["pretrained"]["mean"]
+    gap_maml, gap_pretrained = oracle - maml[1], oracle - pretrained[1]
+    improving = len(maml) > 3 and maml[2] > maml[1] and maml[3] > maml[2]
+    return {
+        "gap_to_oracle_after_one_step": {"maml": gap_maml, "pretrained": gap_pretrained},
+        "closeness_ratio": gap_pretrained / gap_maml if gap_maml > 0 else float("inf"),
+        "maml_improves_at_steps_2_and_3": improving,
+        "met": gap_pretrained >= 2 * gap_maml and improving,
+    }
 
 
 def plot(results: dict, training: dict, png: str) -> None:
