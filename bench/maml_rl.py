@@ -27,15 +27,17 @@ from fastadapt.algorithms.optimization.maml_rl import MAMLRLOptions, build, opti
 from fastadapt.rl import runner
 
 
-def method_options(env: str, method: str, iterations: int | None):
+def method_options(env: str, method: str, iterations: int | None, init_std: float | None = None):
     changes = {"checkpoint_every": 5, **({"iterations": iterations} if iterations else {})}
+    if init_std is not None:
+        changes["init_std"] = init_std
     if method == "pretrained":  # one policy trained on all tasks jointly with the same TRPO step and budget
         changes["inner_steps"] = 0
     return options_for(env, **changes)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    options = method_options(args.env, args.method, args.iterations)
+    options = method_options(args.env, args.method, args.iterations, args.init_std)
     run = runner.train(
         options,
         args.out,
@@ -159,6 +161,7 @@ def main() -> None:
     train.add_argument("--method", choices=("maml", "pretrained"), required=True)
     train.add_argument("--out", required=True)
     train.add_argument("--iterations", type=int)
+    train.add_argument("--init-std", type=float, help="the policy's initial standard deviation (default: preset)")
     train.add_argument("--time-budget", type=float, help="stop after this many seconds (at an iteration's end)")
     done = sub.add_parser("iterations", help="print the iterations a run's checkpoint has done")
     done.add_argument("--out", required=True)
