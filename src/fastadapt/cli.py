@@ -81,7 +81,7 @@ def _own_loop_train_parser(sub: argparse._SubParsersAction, name: str) -> argpar
         formatter_class=_formatter,
     )
     t.add_argument("--algorithm", help="the meta-learning method; `fastadapt presets` lists them")
-    t.add_argument("--config", type=Path, help="a YAML, TOML or JSON file of settings (flags given here override it)")
+    t.add_argument("--config", help="a YAML, TOML or JSON file of settings (flags given here override it)")
     t.add_argument("--out", help=f"output folder (default: runs/{name}-<{spec.preset_option}>)")
     t.add_argument("--resume", action="store_true", help="continue from <out>'s checkpoint exactly where it stopped")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -237,7 +237,7 @@ def own_loop_settings(args: argparse.Namespace, spec: Any) -> tuple[str | None, 
     from fastadapt.config import not_an_option
     from fastadapt.options import read_config_file
 
-    settings = read_config_file(args.config) if args.config else {}
+    settings = read_config_file(Path(args.config)) if args.config else {}
     settings.pop("algorithm", None)
     flags = {k: v for k, v in vars(args).items() if k not in _TRAIN_FLAGS and v is not None}
     if args.dataset is not None:
