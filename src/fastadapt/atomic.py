@@ -61,9 +61,14 @@ def write_json(path: Path, record: Any) -> None:
     write_text(path, json.dumps(record, indent=2) + "\n")
 
 
-def append_json_line(path: Path, record: Any, then: str = "") -> None:
-    """Append ``record`` as one line of JSON (to a log whose reader drops a last line a killed writer left half
-    written). A failed write raises :class:`OutputError`, one line ending with ``then``, what to do after."""
+#: What to do after a failed write to a training log: the checkpoint written before it is whole.
+RESUME = ", then --resume (the last checkpoint is intact)"
+
+
+def append_record(path: Path, record: Any, then: str = RESUME) -> None:
+    """Add ``record`` as one JSON line to a log (``metrics.jsonl``). A line cut short by a killed process is the only
+    partial state possible; readers skip it, and a resumed run rewrites the log whole (:func:`write_text`). A failed
+    write raises :class:`OutputError`, one line ending with ``then``, what to do after."""
     try:
         with open(path, "a") as f:
             f.write(json.dumps(record) + "\n")

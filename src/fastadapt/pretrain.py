@@ -238,7 +238,7 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> dict[str, Any]:
             "val_5w1s_nearest_centroid": val_acc,
             "elapsed_s": round(time.time() - started, 2),
         }
-        atomic.append_json_line(metrics_path, record)
+        atomic.append_record(metrics_path, record, then="")
         if progress:
             print(
                 f"epoch {epoch}: loss {record['loss']:.3f}, train acc {record['train_acc']:.3f}, "

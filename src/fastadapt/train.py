@@ -66,7 +66,7 @@ def _higher_is_better(config: Config) -> bool:
 
 
 def _append_metrics(path: Path, record: dict[str, Any]) -> None:
-    atomic.append_json_line(path, record, then=", then --resume (the last checkpoint is intact)")
+    atomic.append_record(path, record)
 
 
 def _records(path: Path) -> list[tuple[str, dict[str, Any]]]:
