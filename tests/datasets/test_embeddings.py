@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +132,7 @@ def test_odd_pickles_are_one_line(tmp_path, value, message):
         ({"class_names": np.array("one name")}, "class_names must be a list of names"),  # TypeError escaped before
         ({"labels": np.array([0.5, 1.5, 0.0])}, "labels must be integers"),  # were silently truncated before
         ({"labels": np.array(["0", "1", "0"])}, "labels must be integers"),
+        ({"embeddings": np.full((3, 4), 1e300)}, "embeddings must be finite .* float32's range"),  # numpy's warning
     ],
 )
 def test_odd_arrays_in_our_layout_are_one_line(tmp_path, change, message):
@@ -139,5 +141,7 @@ def test_odd_arrays_in_our_layout_are_one_line(tmp_path, change, message):
         write_embedding_split(tmp_path / f"{split}.npz", rng.standard_normal((3, 4)), np.array([0, 1, 0]), ["a", "b"])
     content = {"embeddings": rng.standard_normal((3, 4)), "labels": np.array([0, 1, 0]), "class_names": ["a", "b"]}
     np.savez(tmp_path / "val.npz", **{**content, **change})
-    with pytest.raises(DataError, match=f"val.npz: {message}"):
-        load_embeddings(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "overflow encountered in cast" reached the user before
+        with pytest.raises(DataError, match=f"val.npz: {message}"):
+            load_embeddings(tmp_path)

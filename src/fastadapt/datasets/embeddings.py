@@ -100,11 +100,16 @@ def _split_from_arrays(
         raise DataError(
             f"{path}: expected embeddings of shape (n, D) and n labels, got {embeddings.shape} and {labels.shape}."
         )
+    if np.issubdtype(embeddings.dtype, np.floating):
+        with np.errstate(over="ignore"):  # float64 values beyond float32's range become inf, refused below
+            embeddings = embeddings.astype(np.float32)
     if not np.issubdtype(embeddings.dtype, np.floating) or not np.isfinite(embeddings).all():
-        raise DataError(f"{path}: embeddings must be finite floating-point numbers ({embeddings.dtype}).")
+        raise DataError(
+            f"{path}: embeddings must be finite floating-point numbers within float32's range ({embeddings.dtype})."
+        )
     order = np.argsort(labels, kind="stable")  # rows grouped class by class
     labels = labels[order]
-    tensor = torch.from_numpy(np.ascontiguousarray(embeddings[order], dtype=np.float32))
+    tensor = torch.from_numpy(np.ascontiguousarray(embeddings[order]))
     starts = np.searchsorted(labels, np.arange(len(class_names) + 1))
     indices = [np.arange(starts[c], starts[c + 1]) for c in range(len(class_names))]
     keep = [c for c, ix in enumerate(indices) if len(ix)]
