@@ -71,18 +71,13 @@ class ExperienceReplay(SequentialFineTuning):
     def observe(self, x: Tensor, y: Tensor) -> float:
         loss = 0.0
         for _ in range(self.glances):
-            replay = self.buffer.sample(self.replay_batch)
-            bx, by = (x, y) if replay is None else (torch.cat([replay[0], x]), torch.cat([replay[1], y]))
+            bx, by = self.buffer.with_replay(x, y, self.replay_batch)
             loss = self.step(bx, by)
         self.buffer.add(x, y)
         return loss
 
     def check_stream(self, stream: TaskStream) -> None:
-        if self.buffer.capacity > stream.total_train_examples:
-            raise ConfigError(
-                f"the replay buffer holds {self.buffer.capacity} examples but the stream has only "
-                f"{stream.total_train_examples}; lower memory to at most {stream.total_train_examples}."
-            )
+        self.buffer.check_fits(stream.total_train_examples, "ER")
 
 
 def joint_training(

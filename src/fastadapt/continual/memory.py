@@ -57,6 +57,21 @@ class ReservoirBuffer:
         rows = torch.as_tensor(self.rng.choice(self.size, size=min(n, self.size), replace=False))
         return self.x[rows], self.y[rows]
 
+    def with_replay(self, x: Tensor, y: Tensor, n: int) -> tuple[Tensor, Tensor]:
+        """The incoming ``(x, y)`` preceded by ``n`` replayed examples (fewer, or none, while the buffer fills)."""
+        replay = self.sample(n)
+        if replay is None:
+            return x, y
+        return torch.cat([replay[0], x]), torch.cat([replay[1], y])
+
+    def check_fits(self, stream_examples: int, owner: str) -> None:
+        """Refuse a buffer larger than the whole stream: it would never fill, so its size would mean nothing."""
+        if self.capacity > stream_examples:
+            raise ConfigError(
+                f"{owner}'s replay buffer holds {self.capacity} examples but the stream has only {stream_examples}; "
+                f"lower memory to at most {stream_examples}."
+            )
+
     def state_dict(self) -> dict[str, Any]:
         return {"x": self.x, "y": self.y, "size": self.size, "seen": self.seen, "rng": self.rng.bit_generator.state}
 

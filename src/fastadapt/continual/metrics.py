@@ -134,7 +134,7 @@ def plot_accuracy_matrices(
                     ax.text(j, i, f"{100 * r[i, j]:.0f}", ha="center", va="center", fontsize=6, color="w")
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="test accuracy")
     if title:
-        fig.suptitle(title, fontsize=11)
+        fig.suptitle(title, fontsize=11, y=1.03)
     _save(fig, path)
 
 
@@ -147,6 +147,7 @@ def plot_first_tasks(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     some = np.asarray(next(iter(runs.values()))[0])
     first = min(first, some.shape[1])
@@ -163,9 +164,10 @@ def plot_first_tasks(
             ax.fill_between(seen + 1, mean - half, mean + half, alpha=0.2)
         ax.set_title(f"task {j + 1}", fontsize=10)
         ax.set_xlabel("tasks trained so far")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("test accuracy")
     axes[0][-1].legend(fontsize=8)
     if title:
-        fig.suptitle(title, fontsize=11)
+        fig.suptitle(title, fontsize=11, y=1.03)
     _save(fig, path)

@@ -192,8 +192,7 @@ class LaMAML(MetaLearner):
         for _ in range(self.glances):
             order = torch.as_tensor(self.rng.permutation(len(y)))
             x, y = x[order], y[order]
-            replay = self.buffer.sample(self.replay_batch)
-            bx, by = (x, y) if replay is None else (torch.cat([replay[0], x]), torch.cat([replay[1], y]))
+            bx, by = self.buffer.with_replay(x, y, self.replay_batch)
             self.zero_grad(set_to_none=True)
             out = self.look_ahead_loss(x, y, bx, by)
             out.backward()
@@ -213,12 +212,7 @@ class LaMAML(MetaLearner):
 
     def check_stream(self, stream: Any) -> None:
         """Refuse a replay buffer larger than the whole stream (it would never fill: the memory setting is a no-op)."""
-        total = stream.total_train_examples
-        if self.buffer.capacity > total:
-            raise ConfigError(
-                f"La-MAML's replay buffer holds {self.buffer.capacity} examples but the stream has only {total}; "
-                f"lower memory to at most {total}."
-            )
+        self.buffer.check_fits(stream.total_train_examples, "La-MAML")
 
 
 def build(options: LaMAMLOptions | None = None, model: nn.Module | None = None) -> LaMAML:
