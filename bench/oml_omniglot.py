@@ -84,7 +84,7 @@ def learners(args):
     opts = options(args)
     yield "random", build(opts.__class__(**{**opts.__dict__, "seed": 12345})), "online"
     yield "oml-iid", oml, "iid"
-    if (work / "pretrained" / "model.pt").is_file():
+    if args.methods and "pretrained-iid" in args.methods:  # only on request: not one of the baselines
         yield "pretrained-iid", load_learner(work / "pretrained" / "model.pt"), "iid"
 
 
