@@ -30,7 +30,7 @@ class Family:
     #: Published Omniglot accuracies (%) per setting, for comparison only (None: not published).
     published: dict[str, list[float | None]]
     #: The training records whose checkpoints the bars may use, per method; each bar shows the highest of
-    #: them (every run is in the tables of docs/RESULTS.md).
+    #: them (every run is in the tables of docs/results.md).
     runs: dict[str, list[str]]
     y_min: float
 

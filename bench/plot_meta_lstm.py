@@ -1,8 +1,8 @@
 """Meta-LSTM's Omniglot 5-way 1-shot validation accuracy over its two training stages:
 docs/meta_lstm_omniglot_curve.png.
 
-Stage 1 (runs/bench/meta_lstm_5w1s): the preset, Adam at a constant 1e-3, 13000 episodes (resumed across
-sessions). Stage 2 (runs/bench/meta_lstm_5w1s_stage2): ``--init-from`` stage 1's last.pt, Adam from 3e-4
+Stage 1 (runs/bench/meta_lstm_5w1s): the preset, Adam at a constant 1e-3, 13000 episodes (resumed with
+``--resume``). Stage 2 (runs/bench/meta_lstm_5w1s_stage2): ``--init-from`` stage 1's last.pt, Adam from 3e-4
 annealed to 0 by a cosine over 4000 episodes. The test accuracy of each stage's best-validation checkpoint
 is marked when its record exists.
 

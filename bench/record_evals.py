@@ -2,7 +2,7 @@
 
 Each ``runs/bench/RUN/eval_*/eval.json`` was written by
 ``fastadapt eval --checkpoint runs/bench/RUN/best.pt --ways N --shots K --quiet --out runs/bench/RUN/eval_NwKs``;
-the record keeps that command beside the result so docs/RESULTS.md can cite it.
+the record keeps that command beside the result so docs/results.md can cite it.
 
     python bench/record_evals.py
 """

@@ -14,7 +14,7 @@ learn2learn's ``MAML`` (``clone()``/``adapt()``), higher's ``innerloop_ctx``, to
 (``torchopt.sgd`` + ``apply_updates``) and a plain per-task loop with ``torch.autograd.grad``. Every
 implementation is given the same ``nn.Module``, from the same initial weights, and the same batch. By default
 (``--model torch``) that network is built from torch's layers, as learn2learn's users write it (``TorchConv4``),
-and each library runs it its own way: fastadapt swaps in its faster, exact equivalents (fastadapt.fastlayers).
+and each library runs it its own way: fastadapt swaps in its faster, exact equivalents (fastadapt.engine.fastlayers).
 ``--model fastadapt`` gives every implementation fastadapt's own ``Conv4``/``Conv4Stride`` and so its faster layers.
 
 Before timing, every implementation's float32 meta-gradient on one batch is compared with the plain loop's
@@ -58,15 +58,15 @@ from torch.func import functional_call
 WAYS, SHOTS, META_BATCH, INNER_LR, OUTER_LR = 5, 1, 32, 0.4, 1e-3
 WORKLOADS = {"stride": 1, "pool": 15}  # queries per class
 #: fastadapt-vmap runs the meta-batch 8 tasks per vectorised call (the default); fastadapt-vmap-all all 32 at once;
-#: fastadapt-fold folds tasks into the channels of one network pass (fastadapt.folding; since the fourteenth session
-#: auto's vectorised candidate for these networks, in place of vmap);
+#: fastadapt-fold folds tasks into the channels of one network pass (fastadapt.engine.folding; auto's vectorised
+#: candidate for these networks, in place of vmap);
 #: fastadapt-compile is auto with ``compile=True`` (its one-off compile time is reported as "setup");
 #: fastadapt-auto-serial is auto with ``workers=1``: with more than one thread, tasks run one at a time and each
-#: operation uses every thread, as the peers do (the others run one task per thread, fastadapt.taskpool);
+#: operation uses every thread, as the peers do (the others run one task per thread, fastadapt.engine.taskpool);
 #: fastadapt-auto-torchlayers is auto with ``fast_layers=False``: it runs torch's layers as given;
 #: fastadapt-auto-standard is auto with ``channels_last=False``: the images stay in the standard (NCHW) layout;
 #: fastadapt-auto-nokernel is auto with FASTADAPT_NATIVE=0: torch's operations instead of fastadapt's C++ kernel
-#: (fastadapt.native) for batch norm + max pool + ReLU, as until the twelfth session.
+#: (fastadapt.engine.native) for batch norm + max pool + ReLU.
 IMPLEMENTATIONS = (
     "fastadapt-auto",
     "fastadapt-auto-serial",
@@ -85,13 +85,13 @@ IMPLEMENTATIONS = (
 )
 PEERS = ("learn2learn", "higher", "torchopt", "plain")
 #: The network every implementation is given: "torch", torch's layers as learn2learn users write the Conv-4 (each
-#: library runs it its own way; fastadapt swaps in its faster equivalents, fastadapt.fastlayers), or "fastadapt",
-#: fastadapt.nets' Conv4/Conv4Stride, whose faster layers every implementation then runs (until the tenth session,
-#: the only protocol). Set from --model.
+#: library runs it its own way; fastadapt swaps in its faster equivalents, fastadapt.engine.fastlayers), or "fastadapt",
+#: fastadapt.nets' Conv4/Conv4Stride (plain torch modules too; the older protocol, kept to compare with earlier
+#: records). Set from --model.
 MODELS = ("torch", "fastadapt")
 MODEL = "torch"
-#: --keep-freed-memory: every worker, peers included, first calls fastadapt.taskpool.keep_freed_memory (as
-#: ``fastadapt train`` did until the thirteenth session): a setting of the process's C library, so every
+#: --keep-freed-memory: every worker, peers included, first calls fastadapt.engine.taskpool.keep_freed_memory (as
+#: ``fastadapt train`` once did): a setting of the process's C library, so every
 #: implementation gets it or none.
 KEEP_FREED_MEMORY = False
 #: float32 meta-gradients of different but exact implementations agree to about this relative error.
@@ -203,7 +203,7 @@ def make_batch(workload: str, seed: int = 1):
 # --- one meta-gradient per implementation (accumulated into model.parameters().grad) ----------------------------
 def fastadapt_step_fn(model, variant, steps, first_order, batch):
     from fastadapt.algorithms import MAML
-    from fastadapt.strategy import choose_strategy
+    from fastadapt.engine.strategy import choose_strategy
 
     strategy, _, option = variant.partition("-")
     chunking = {"vmap_chunk": 0} if option == "all" else {}  # "vmap-all": the whole meta-batch in one vmap call
@@ -313,7 +313,7 @@ def peak_resident_mib() -> float:
 def worker(implementation: str, workload: str, steps: int, first_order: bool, threads: int) -> None:
     torch.set_num_threads(threads)
     if KEEP_FREED_MEMORY:
-        from fastadapt.taskpool import keep_freed_memory
+        from fastadapt.engine.taskpool import keep_freed_memory
 
         assert keep_freed_memory(), "--keep-freed-memory needs glibc"
     model = make_model(workload)
@@ -333,7 +333,7 @@ def worker(implementation: str, workload: str, steps: int, first_order: bool, th
     grad_file = Path(tempfile.mkdtemp()) / "grad.pt"
     torch.save([p.grad for p in model.parameters()], grad_file)
     training_step()  # warm-up
-    from fastadapt.strategy import choice_label
+    from fastadapt.engine.strategy import choice_label
 
     reply = {
         "ready": True,

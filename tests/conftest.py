@@ -8,7 +8,7 @@ import torch
 # (with 2 threads and another busy process, small ops ran ~10x slower).
 torch.set_num_threads(1)
 
-# fastadapt's C++ kernels (fastadapt.native) are built into a cache directory the tests can always write to,
+# fastadapt's C++ kernels (fastadapt.engine.native) are built into a cache directory the tests can always write to,
 # wherever the user's home is (a read-only home would otherwise turn the kernel off and fail its tests).
 user = os.getuid() if hasattr(os, "getuid") else os.getlogin()
 os.environ.setdefault("FASTADAPT_CACHE_DIR", str(Path(tempfile.gettempdir()) / f"fastadapt-test-cache-{user}"))

@@ -72,14 +72,16 @@ def adam_meta_losses(learner: MetaLearner, batch: TaskBatch, steps: int, lr: flo
     return losses
 
 
-def make_image_folder(root: Path, classes: int = 20, per_class: int = 6, size: int = 8) -> Path:
-    """``classes`` folders of ``per_class`` random grayscale PNGs (the default random split: 13/3/4 classes)."""
+def make_image_folder(root: Path, classes: int = 20, per_class: int = 6, size: int = 8, colour: bool = False) -> Path:
+    """``classes`` folders of ``per_class`` random grayscale (or ``colour``) PNGs (the default random split: 13/3/4
+    classes)."""
     rng = np.random.default_rng(0)
+    shape = (size, size, 3) if colour else (size, size)
     for c in range(classes):
         d = root / f"class{c:02d}"
         d.mkdir(parents=True)
         for k in range(per_class):
-            Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(d / f"{k}.png")
+            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(d / f"{k}.png")
     return root
 
 

@@ -15,9 +15,12 @@ import pytest
 import torch
 from helpers import make_image_folder
 
-from fastadapt.algorithms import ALGORITHMS
+from fastadapt.algorithms import algorithms
+from fastadapt.checkpoint import load_checkpoint
 from fastadapt.cli import main
 from fastadapt.datasets import resolve_data_dir
+
+ALGORITHMS = algorithms()
 
 ACCURACY_KEYS = {"algorithm", "dataset", "ways", "shots", "episodes", "accuracy_mean", "accuracy_ci95"}
 MSE_KEYS = {"algorithm", "dataset", "ways", "shots", "episodes", "mse_mean", "mse_ci95"}
@@ -219,8 +222,9 @@ def test_datasets_lists_every_data_set(tmp_path: Path, capsys) -> None:
     assert str(tmp_path) in stdout
     # One "  name  kind  where" line per data set, each followed by an indented description.
     names = [line.split()[0] for line in stdout.splitlines()[1:] if re.match(r"  \S", line)]
-    assert names == ["omniglot", "folder", "embeddings", "sinusoid"]
-    assert "missing: fastadapt download omniglot" in stdout  # nothing in tmp_path
+    assert names == ["omniglot", "mini-imagenet", "folder", "embeddings", "sinusoid", "linear"]
+    assert "missing: fastadapt download omniglot (or --download)" in stdout  # nothing in tmp_path
+    assert f"mini-imagenet: not found (no mini-ImageNet found in {tmp_path}" in stdout
     root = resolve_data_dir()
     if (root / "omniglot" / "images_background.npz").is_file():
         assert "found in" in run_ok(capsys, ["datasets"])
@@ -286,6 +290,8 @@ def test_protonet_on_sinusoid(capsys, tmp_path: Path) -> None:
         (["--no-channels-last"], "--channels-last/--no-channels-last applies to --algorithm maml"),
         (["--steps", "0"], "--steps"),
         (["--device", "tpu9"], "--device"),
+        (["--augment", "rotate"], "--augment"),
+        (["--channels", "2"], "--channels"),
         pytest.param(
             ["--device", "cuda"],
             "no CUDA device",
@@ -324,7 +330,7 @@ def test_missing_omniglot_says_how_to_get_it(tmp_path: Path, capsys) -> None:
         capsys,
         ["train", "--dataset", "omniglot", "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "run")],
     )
-    assert "fastadapt download omniglot" in line
+    assert "pass --download to fetch it" in line and "fastadapt download omniglot" in line
 
 
 def test_corrupt_omniglot_file(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -377,6 +383,43 @@ def test_unknown_download(capsys) -> None:
     assert "omniglot" in run_error(capsys, ["download", "imagenet"])
 
 
+def test_folder_colour_and_size_come_from_the_images(tmp_path: Path, capsys) -> None:
+    """Without --channels/--image-size, a folder of 20x20 colour photos trains as RGB 20x20, says so, and the
+    checkpoint keeps what was chosen (evaluation rebuilds the same network)."""
+    photos = make_image_folder(tmp_path / "photos", classes=16, per_class=5, size=20, colour=True)
+    argv = protonet_args(photos, tmp_path / "run")
+    del argv[argv.index("--image-size") : argv.index("--image-size") + 2]
+    stdout = run_ok(capsys, argv)
+    assert f"{photos}: 16 classes, loaded as RGB 20x20 (colour in 64 of 64 sampled images" in stdout
+    assert "median shorter side 20 px); --channels and --image-size override" in stdout
+    saved = load_checkpoint(tmp_path / "run" / "best.pt")["config"]
+    assert (saved["image_size"], saved["channels"]) == (20, 3)
+    run_ok(capsys, ["eval", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--episodes", "3", "--quiet"])
+    # The flags override; the log line says so.
+    stdout = run_ok(capsys, [*argv, "--channels", "1", "--image-size", "16", "--out", str(tmp_path / "gray")])
+    assert "loaded as grayscale 16x16 (--channels 1; --image-size 16)" in stdout
+
+
+def test_maml_on_linear_tasks_from_the_cli(tmp_path: Path, capsys) -> None:
+    argv = maml_args(tmp_path / "linear", "--quiet")
+    argv[argv.index("sinusoid")] = "linear"
+    stdout = run_ok(capsys, argv)
+    assert "maml linear 5-shot: MSE" in stdout
+    assert json.loads((tmp_path / "linear" / "eval.json").read_text())["dataset"] == "linear"
+
+
+def test_device_auto_runs_on_what_is_there(tmp_path: Path, capsys) -> None:
+    run_ok(capsys, maml_args(tmp_path / "auto", "--device", "auto", "--quiet"))
+    run_ok(capsys, ["eval", "--checkpoint", str(tmp_path / "auto" / "best.pt"), "--device", "auto", "--quiet"])
+
+
+def test_tensorboard_without_the_package_is_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # importing it raises ImportError
+    line = run_error(capsys, maml_args(tmp_path / "tb", "--tensorboard"))
+    assert "pip install 'fastadapt[tensorboard]'" in line
+    assert not (tmp_path / "tb" / "metrics.jsonl").exists()
+
+
 @pytest.mark.parametrize(
     "algorithm, extra",
     [
@@ -399,3 +442,68 @@ def test_every_image_method_trains_and_evaluates_from_the_cli(folder: Path, tmp_
     assert ACCURACY_KEYS <= set(result) and result["algorithm"] == algorithm and result["episodes"] == 6
     assert 0.0 <= result["accuracy_mean"] <= 1.0
     run_ok(capsys, ["eval", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--episodes", "3", "--quiet"])
+
+
+# --- presets and config files --------------------------------------------------------------------
+
+
+def test_presets_lists_every_method_and_prints_one_as_a_config_file(capsys) -> None:
+    listing = run_ok(capsys, ["presets"])
+    assert all(name in listing for name in ALGORITHMS)
+    text = run_ok(capsys, ["presets", "maml", "omniglot"])
+    import yaml
+
+    settings = yaml.safe_load(text)
+    assert settings["algorithm"] == "maml" and settings["network"] == "conv4-stride" and settings["inner_lr"] == 0.4
+    assert "fce" not in settings  # Matching Networks' option is not MAML's
+    toml_text = run_ok(capsys, ["presets", "reptile", "sinusoid", "--format", "toml"])
+    assert 'inner_optimizer = "sgd"' in toml_text
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".toml", ".json"])
+def test_a_config_file_runs_and_flags_override_it(folder: Path, tmp_path: Path, capsys, suffix: str) -> None:
+    settings = {"algorithm": "protonet", "dataset": "folder", "data_dir": str(folder), "image_size": 16, "ways": 3,
+                "shots": 1, "query": 2, "eval_query": 3, "steps": 2, "val_every": 2, "val_episodes": 3,
+                "test_episodes": 3, "meta_batch_size": 2}  # fmt: skip
+    path = tmp_path / f"run{suffix}"
+    if suffix == ".json":
+        path.write_text(json.dumps(settings))
+    elif suffix == ".toml":
+        path.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in settings.items()))
+    else:
+        import yaml
+
+        path.write_text(yaml.safe_dump(settings))
+    out = tmp_path / "run"
+    run_ok(capsys, ["train", "--config", str(path), "--steps", "4", "--quiet", "--out", str(out)])
+    saved = torch.load(out / "last.pt", weights_only=True)
+    assert saved["config"]["steps"] == 4 and saved["config"]["ways"] == 3 and saved["step"] == 4
+
+
+def test_bad_config_files_give_one_line(tmp_path: Path, capsys) -> None:
+    missing = run_error(capsys, ["train", "--config", str(tmp_path / "none.yaml")])
+    assert "config file not found" in missing
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("ways: [3\n")
+    assert "does not parse" in run_error(capsys, ["train", "--config", str(broken)])
+    other = tmp_path / "other.yaml"
+    other.write_text("algorithm: protonet\ninner_lr: 0.4\n")
+    assert "inner_lr" in run_error(capsys, ["train", "--config", str(other)])
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- 1\n- 2\n")
+    assert "mapping" in run_error(capsys, ["train", "--config", str(listing)])
+
+
+def test_train_help_for_one_method_shows_its_options_only(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["train", "--algorithm", "protonet", "--help"])
+    out = capsys.readouterr().out
+    assert "--distance" in out and "--inner-lr" not in out and "--steps" in out
+
+
+def test_an_image_network_on_regression_tasks_is_one_line(tmp_path: Path, capsys) -> None:
+    line = run_error(capsys, maml_args(tmp_path / "run", "--network", "conv4"))
+    assert "--network conv4 takes images" in line and "--network mlp" in line
+    argv = maml_args(tmp_path / "run")
+    argv[argv.index("maml")], argv[argv.index("sinusoid")] = "maml++", "linear"  # no preset: MAML++'s defaults
+    assert "--per-step-bn needs a network with batch norm" in run_error(capsys, argv)

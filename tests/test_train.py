@@ -377,3 +377,101 @@ def test_init_from_another_method_or_shape_is_config_error(image_folder: Path, t
         )
     with pytest.raises(DataError, match="not found"):
         train(maml_config(tmp_path / "c", init_from=str(tmp_path / "missing.pt")), progress=False)
+
+
+# --- data options: augmentation, TensorBoard, bfloat16 ----------------------------------------------------------------
+
+
+def test_augmentation_touches_training_episodes_only_and_resumes_exactly(
+    image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wrapped = []
+    real = train_module.AugmentedTasks
+
+    def spy(source, options, seed=0):
+        wrapped.append(source)
+        return real(source, options, seed)
+
+    monkeypatch.setattr(train_module, "AugmentedTasks", spy)
+    full = train(protonet_config(image_folder, tmp_path / "a", augment="all"), progress=False)
+    assert [source.split.name for source in wrapped] == ["train"]  # validation and test episodes are not wrapped
+    assert set(load_checkpoint(tmp_path / "a" / "last.pt")["sampler"]) == {"source", "augment_rng"}
+    train(protonet_config(image_folder, tmp_path / "b", augment="all", steps=4), progress=False)
+    train(protonet_config(image_folder, tmp_path / "b", augment="all"), resume=True, progress=False)
+    assert_same_run(tmp_path / "a", tmp_path / "b")
+    plain = train(protonet_config(image_folder, tmp_path / "c"), progress=False)
+    first = next(iter(plain.learner.state_dict()))
+    assert not torch.equal(full.learner.state_dict()[first], plain.learner.state_dict()[first])
+
+
+def test_augmentation_of_regression_tasks_is_refused() -> None:
+    with pytest.raises(ConfigError, match="--augment applies to images"):
+        make_config("maml", "sinusoid", augment="flip")
+
+
+def test_tensorboard_events_mirror_metrics_across_a_resume(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from fastadapt.metrics_log import read_scalars
+
+    train(maml_config(tmp_path / "run", steps=4, tensorboard=True), progress=False)
+    train(maml_config(tmp_path / "run", tensorboard=True), resume=True, progress=False)
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    expected: dict[str, list[tuple[int, float]]] = {}
+    for record in records:
+        for key, value in record.items():
+            if key != "step":
+                expected.setdefault(key, []).append((record["step"], value))
+    scalars = read_scalars(tmp_path / "run" / "tensorboard")
+    assert set(scalars) == set(expected) >= {"loss", "train_mse", "lr", "val_mse", "val_mse_ci95"}
+    for key, points in expected.items():
+        assert [step for step, _ in scalars[key]] == [step for step, _ in points], key
+        assert [value for _, value in scalars[key]] == pytest.approx([value for _, value in points], rel=1e-6), key
+    # A fresh run in the same folder replaces the events, as it replaces metrics.jsonl.
+    train(maml_config(tmp_path / "run", steps=2, val_every=2, tensorboard=True), progress=False)
+    assert [step for step, _ in read_scalars(tmp_path / "run" / "tensorboard")["loss"]] == [2]
+
+
+def test_bf16_is_checked_first_and_the_check_changes_nothing(
+    image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check runs on the first batch without moving the sampler, the random streams or the batch-norm statistics:
+    a run with it trains exactly as one whose check is skipped. Training then runs under bf16 autocast."""
+    import fastadapt.device as device_module
+
+    real = device_module.require_bf16_exact_enough
+    checked = []
+
+    def lenient(learner, batch, device):  # computes the real comparison, accepts any result
+        checked.append(batch.num_tasks)
+        return real(learner, batch, device, loss_tolerance=1.0, min_gradient_cosine=-1.0)
+
+    autocast_seen = []
+    original = ProtoNet.meta_backward
+
+    def meta_backward(self, batch):
+        autocast_seen.append(torch.is_autocast_enabled("cpu"))
+        return original(self, batch)
+
+    monkeypatch.setattr(ProtoNet, "meta_backward", meta_backward)
+    monkeypatch.setattr(train_module, "require_bf16_exact_enough", lenient)
+    train(protonet_config(image_folder, tmp_path / "checked", precision="bf16"), progress=False)
+    assert checked == [2] and autocast_seen and all(autocast_seen)
+    saved = load_checkpoint(tmp_path / "checked" / "last.pt")["precision_check"]
+    assert saved["precision"] == "bf16" and saved["passed"] and 0 <= saved["loss_relative_error"] < 1
+
+    passing = device_module.Bf16Check(1.0, 1.0, 0.0, 1.0, 1e-2, 0.99)
+    monkeypatch.setattr(train_module, "require_bf16_exact_enough", lambda learner, batch, device: passing)
+    train(protonet_config(image_folder, tmp_path / "unchecked", precision="bf16"), progress=False)
+    assert_same_run(tmp_path / "checked", tmp_path / "unchecked")
+
+
+def test_bf16_refused_where_inexact_before_any_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fastadapt.device as device_module
+
+    strict = lambda learner, batch, device: device_module.require_bf16_exact_enough(  # noqa: E731
+        learner, batch, device, min_gradient_cosine=1.5
+    )
+    monkeypatch.setattr(train_module, "require_bf16_exact_enough", strict)
+    with pytest.raises(ConfigError, match=r"--precision bf16 is not exact enough .* use --precision fp32"):
+        train(maml_config(tmp_path / "run", precision="bf16"), progress=False)
+    assert not (tmp_path / "run" / "last.pt").exists()

@@ -3,8 +3,13 @@
 Examples::
 
     fastadapt train --algorithm protonet --dataset omniglot --ways 5 --shots 1 --out runs/proto
+    fastadapt train --config my_run.yaml --steps 500       # a saved configuration, a flag overriding it
     fastadapt eval --checkpoint runs/proto/best.pt
+    fastadapt presets                                      # every method's presets; `presets maml omniglot` prints one
     fastadapt datasets
+
+``train``'s options are generated from the dataclasses that declare them (fastadapt.config.TrainOptions and each
+method's options beside its code, fastadapt.options), so the help, the defaults and the presets cannot drift apart.
 """
 
 from __future__ import annotations
@@ -12,173 +17,94 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
-from fastadapt.errors import FastAdaptError
+from fastadapt.errors import ConfigError, FastAdaptError
 
 EPILOG = """\
 Defaults come from a preset for each (algorithm, dataset) pair, e.g. ProtoNet on Omniglot trains
-60-way episodes as in Snell et al.; MAML on Omniglot uses Finn et al.'s network and step sizes.
-Any option given on the command line overrides the preset. Data is found through --data-dir, then
-$FASTADAPT_DATA, then a shared/data folder beside this checkout.
+60-way episodes as in Snell et al.; MAML on Omniglot uses Finn et al.'s network and step sizes
+(`fastadapt presets` lists them). Any option given on the command line overrides the preset, and a
+--config file sits between the two. Data is found through --data-dir, then $FASTADAPT_DATA, then a
+shared/data folder beside this checkout.
 """
 
-
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", help="folder holding the data sets (default: $FASTADAPT_DATA or ../shared/data)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cpu)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+#: Options of `train` that are not settings of the run.
+_TRAIN_FLAGS = ("algorithm", "dataset", "config", "resume", "quiet", "command")
 
 
-def _add_image_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    p.add_argument(
-        "--split", help="omniglot: vinyals, vinyals-trainval, maml or lake; folder: a folder with train/val/test.txt"
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as fastadapt's: one line, exit code 2."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{message}; see `{self.prog} --help`.")
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+def _method_groups(parser: argparse.ArgumentParser, only: str | None) -> None:
+    """One argument group per method (or only ``only``'s), each with the options its dataclass adds."""
+    from fastadapt.algorithms.registry import algorithms
+    from fastadapt.config import TrainOptions
+    from fastadapt.options import add_arguments
+
+    seen = {f.name for f in fields(TrainOptions)}
+    for name, spec in algorithms().items():
+        if only is not None and name != only:
+            continue
+        new = [f.name for f in fields(spec.options) if f.name not in seen]
+        if not new:
+            continue
+        group = parser.add_argument_group(f"--algorithm {name}: {spec.summary}")
+        add_arguments(group, spec.options, skip=tuple(n for n in (f.name for f in fields(spec.options)) if n in seen))
+        seen.update(new)
+
+
+def _train_parser(sub: argparse._SubParsersAction, only: str | None) -> argparse.ArgumentParser:
+    from fastadapt.config import DataOptions, TrainOptions
+    from fastadapt.datasets import DATASETS
+    from fastadapt.options import add_arguments
+
+    t = sub.add_parser(
+        "train",
+        help="meta-train, then meta-test the best checkpoint",
+        description="Meta-train on the training classes, keep the checkpoint that does best on the validation "
+        "classes, then report meta-test accuracy on the test classes. `fastadapt train --algorithm NAME --help` "
+        "shows only that method's options.",
+        epilog=EPILOG,
+        formatter_class=_formatter,
     )
-    p.add_argument("--image-size", type=int, help="images are resized to this square size (default 28)")
-    p.add_argument("--channels", type=int, help="1 (grayscale) or 3 (RGB) for --dataset folder")
+    t.add_argument("--algorithm", help="the meta-learning method (default: protonet); `fastadapt presets` lists them")
+    t.add_argument("--dataset", help=f"{', '.join(DATASETS)} (default: omniglot); `fastadapt datasets` lists them")
+    t.add_argument("--config", type=Path, help="a YAML, TOML or JSON file of settings (flags given here override it)")
+    data = t.add_argument_group("data")
+    add_arguments(data, DataOptions, skip=("dataset",))
+    training = t.add_argument_group("training")
+    data_fields = tuple(f.name for f in fields(DataOptions))
+    add_arguments(training, TrainOptions, skip=(*data_fields, "algorithm"))
+    training.add_argument("--resume", action="store_true", help="continue from <out>/last.pt exactly where it stopped")
+    training.add_argument("--quiet", action="store_true", help="no progress bars")
+    _method_groups(t, only)
+    return t
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser(algorithm: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; ``algorithm`` narrows `train`'s method options to that method's."""
+    from fastadapt.config import PretrainConfig
+    from fastadapt.options import add_arguments
+
+    parser = _Parser(
         prog="fastadapt",
         description="Meta-learning for PyTorch: train a model that adapts from a few examples.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    t = sub.add_parser(
-        "train",
-        help="meta-train, then meta-test the best checkpoint",
-        description="Meta-train on the training classes, keep the checkpoint that does best on the "
-        "validation classes, then report meta-test accuracy on the test classes.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    t.add_argument(
-        "--algorithm",
-        default="protonet",
-        help="maml, maml++, anil, metasgd, reptile, meta-lstm, leo, protonet, matching or relation (default: protonet)",
-    )
-    t.add_argument(
-        "--dataset",
-        default="omniglot",
-        help="omniglot, folder, sinusoid, or embeddings (LEO; `fastadapt embed` output) (default: omniglot)",
-    )
-    g = t.add_argument_group("episodes")
-    g.add_argument("--ways", type=int, help="classes per test episode (N in N-way); default 5")
-    g.add_argument("--shots", type=int, help="labelled examples per class in the support set (K); default 1")
-    g.add_argument("--query", type=int, help="query examples per class in training episodes")
-    g.add_argument("--eval-query", type=int, help="query examples per class in validation/test episodes")
-    g.add_argument("--train-ways", type=int, help="classes per training episode (ProtoNet: default 60)")
-    g.add_argument("--train-shots", type=int, help="support examples per class in training episodes (Reptile: 15)")
-    _add_image_options(g)
-    o = t.add_argument_group("optimisation")
-    o.add_argument("--meta-batch-size", type=int, help="tasks per outer update")
-    o.add_argument("--steps", type=int, help="outer updates (meta-training steps)")
-    o.add_argument("--lr", type=float, help="outer learning rate (Reptile: epsilon)")
-    o.add_argument("--outer-optimizer", help="adam (default) or sgd")
-    o.add_argument(
-        "--lr-schedule",
-        help="step (decay by --lr-decay every --lr-decay-every steps), linear (to 0) or cosine (to --lr-min)",
-    )
-    o.add_argument("--lr-decay-every", type=int, help="multiply the outer lr by --lr-decay every N steps (0: never)")
-    o.add_argument("--lr-decay", type=float, help="outer lr decay factor (default 0.5)")
-    o.add_argument("--lr-min", type=float, help="--lr-schedule cosine: the outer lr it anneals to (default 0)")
-    o.add_argument("--inner-lr", type=float, help="inner-loop step size (gradient-based methods)")
-    o.add_argument("--inner-steps", type=int, help="inner-loop steps in training (gradient-based methods)")
-    o.add_argument("--eval-inner-steps", type=int, help="inner-loop steps at test time (gradient-based methods)")
-    o.add_argument(
-        "--first-order", action="store_true", default=None, help="MAML/Meta-SGD/ANIL: drop second derivatives"
-    )
-    o.add_argument(
-        "--strategy",
-        help="inner loops as a per-task 'loop', 'vmap' across tasks, 'fold' (MAML, Meta-SGD: tasks folded into the "
-        "channels of one network pass), or 'auto' (default: time the loop against fold, or vmap where the network "
-        "cannot fold, and keep the faster)",
-    )
-    o.add_argument(
-        "--vmap-chunk",
-        type=int,
-        help="with vmap or fold: N tasks per call, each chunk backpropagated before the next (less memory, the "
-        "same meta-gradient; default: 8 tasks in flight, 16 for one first-order step, 4 for several "
-        "second-order steps, shared by the workers; 0: all at once)",
-    )
-    m = t.add_argument_group("MAML++ switches (Antoniou et al. 2019; --algorithm maml++ turns them all on)")
-    switch = dict(action=argparse.BooleanOptionalAction, default=None)
-    m.add_argument("--multi-step-loss", **switch, help="meta-loss on the query set after every inner step (MSL)")
-    m.add_argument(
-        "--multi-step-loss-steps", type=int, help="outer steps over which MSL's weights anneal to the last step"
-    )
-    m.add_argument("--per-step-lr", **switch, help="learned inner learning rate per layer and step (LSLR)")
-    m.add_argument("--per-step-bn", **switch, help="batch-norm weights and biases per inner step (BNWB)")
-    m.add_argument(
-        "--first-order-steps", type=int, help="first order for the first N outer steps, then second (DOA; 0: off)"
-    )
-    o.add_argument("--inner-optimizer", help="Reptile's inner optimiser: sgd or adam")
-    o.add_argument(
-        "--inner-adam-state",
-        help="Reptile with Adam: fresh moments per task, or carried across tasks as the authors' code",
-    )
-    o.add_argument("--inner-batch-size", type=int, help="Reptile: support mini-batch per inner step (default: all)")
-    o.add_argument("--eval-inner-batch-size", type=int, help="Reptile: support mini-batch per test-time step")
-    o.add_argument("--fce", action="store_true", default=None, help="Matching Networks: full context embeddings")
-    leo = t.add_argument_group("LEO (Rusu et al. 2019; --inner-steps/--inner-lr are its latent-space loop)")
-    leo.add_argument("--leo-latent-dim", type=int, help="size of the latent code per class (default 64)")
-    leo.add_argument("--leo-finetuning-steps", type=int, help="steps on the decoded weights after the latent loop (5)")
-    leo.add_argument("--leo-finetuning-lr", type=float, help="initial fine-tuning step size, meta-learned (1e-3)")
-    leo.add_argument("--leo-dropout", type=float, help="dropout on the embeddings in meta-training (0.5)")
-    leo.add_argument("--leo-kl-weight", type=float, help="beta: weight of KL(q(z|support) || N(0, I)) (1e-3)")
-    leo.add_argument("--leo-encoder-penalty", type=float, help="gamma: weight of ||stopgrad(z') - z||^2 (1e-9)")
-    leo.add_argument("--leo-l2-penalty", type=float, help="lambda_1: L2 weight on encoder/relation/decoder (1e-8)")
-    leo.add_argument(
-        "--leo-orthogonality-penalty", type=float, help="lambda_2: decoder orthogonality penalty weight (1e-3)"
-    )
-    leo.add_argument("--leo-grad-clip", type=float, help="clip each meta-gradient entry to +-this (0.1; 0: off)")
-    o.add_argument(
-        "--compile",
-        action="store_true",
-        default=None,
-        help="torch.compile the meta-gradient of MAML, first-order MAML, MAML++, Meta-SGD and ANIL, or Meta-LSTM's "
-        "per-coordinate update: a one-off compile of one to several minutes, then faster steps",
-    )
-    o.add_argument(
-        "--workers",
-        type=int,
-        help="MAML family: train this many tasks at once on a CPU, each on one core with one torch thread "
-        "(default: measured on the first meta-batch, one against one per torch thread; always 1 for networks with "
-        "dropout or running batch-norm statistics; 1: one task at a time, each operation on every thread)",
-    )
-    o.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="MAML family: copy image batches to channels-last layout, where a CPU's convolutions, batch norm and "
-        "pooling run faster (default: measured on the first meta-batch, like --workers)",
-    )
-    o.add_argument(
-        "--cosine-scale",
-        type=float,
-        help="Matching Networks: initial value of a learned scale on the cosines (Omniglot preset 10; 0: none)",
-    )
-    o.add_argument(
-        "--network",
-        help="conv4 (max-pool, 64 filters), conv4-N (N filters; conv4-32: mini-ImageNet MAML/Meta-LSTM learner), "
-        "conv4-stride (MAML's Omniglot net), resnet12 (TADAM/MetaOptNet, 64-160-320-640) or mlp",
-    )
-    r = t.add_argument_group("run")
-    r.add_argument("--seed", type=int, help="seed of everything random (default 0)")
-    r.add_argument("--out", help="output folder for checkpoints, metrics and plots (default runs/<alg>-<data>)")
-    r.add_argument("--val-every", type=int, help="meta-validate every N steps")
-    r.add_argument("--val-episodes", type=int, help="validation episodes (default 200)")
-    r.add_argument("--test-episodes", type=int, help="meta-test episodes after training (default 600)")
-    r.add_argument("--resume", action="store_true", help="continue from <out>/last.pt exactly where it stopped")
-    r.add_argument(
-        "--init-from",
-        help="start from the model weights of this checkpoint (fresh optimiser and schedule), e.g. a second "
-        "stage at a lower --lr after a run has plateaued; the model's settings must match",
-    )
-    _add_common(t)
+    _train_parser(sub, algorithm)
 
     e = sub.add_parser("eval", help="meta-test a checkpoint: accuracy mean and 95%% CI over >= 600 episodes")
     e.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by train")
@@ -204,29 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a backbone (Conv-4 for 28x28 images, ResNet-12 for 84x84) with a linear layer over "
         "all training classes; keep the epoch whose features do best on the validation classes (nearest "
         "centroid, 5-way 1-shot). Writes <out>/pretrain.pt and pretrain_metrics.jsonl.",
+        formatter_class=_formatter,
     )
-    p.add_argument("--dataset", default="omniglot", help="omniglot or folder (default: omniglot)")
-    p.add_argument(
-        "--network", help="conv4, conv4-N (N filters) or resnet12 (default: resnet12 from 64 pixels, else conv4)"
-    )
-    p.add_argument("--epochs", type=int, help="passes over the training classes' images (default 10)")
-    p.add_argument("--batch-size", type=int, help="images per step (default 128)")
-    p.add_argument("--lr", type=float, help="Adam learning rate, cosine-annealed to 0 (default 1e-3)")
-    p.add_argument("--weight-decay", type=float, help="Adam weight decay (default 5e-4)")
-    p.add_argument(
-        "--head", help="classifier over the features: linear (default) or cosine similarity with a learned scale"
-    )
-    p.add_argument(
-        "--augment",
-        action="store_true",
-        default=None,
-        help="jitter each training image: rotation up to 10 degrees, scale 0.9-1.1, shift up to 10%%",
-    )
-    p.add_argument("--val-episodes", type=int, help="validation episodes after each epoch (default 300)")
-    _add_image_options(p)
-    p.add_argument("--seed", type=int, help="seed of everything random (default 0)")
-    p.add_argument("--out", help="output folder (default runs/pretrain)")
-    _add_common(p)
+    add_arguments(p, PretrainConfig)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     em = sub.add_parser(
         "embed",
@@ -237,13 +144,62 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--batch-size", type=int, default=512, help="images per forward pass (default 512)")
     _add_common(em)
 
-    d = sub.add_parser("datasets", help="list the data sets and where they are found")
+    pr = sub.add_parser(
+        "presets",
+        help="list every method's presets, or print one as a config file to copy and edit",
+        description="Without arguments: each method, its family and the data sets it has a preset for. With a "
+        "method and a data set: that run's full configuration as YAML (or --format toml/json), ready for "
+        "`fastadapt train --config FILE`.",
+    )
+    pr.add_argument("algorithm", nargs="?", help="a method, e.g. maml")
+    pr.add_argument("dataset", nargs="?", help="a data set, e.g. omniglot")
+    pr.add_argument("--format", choices=("yaml", "toml", "json"), default="yaml", help="output format (default yaml)")
+
+    d = sub.add_parser("datasets", help="list the data sets, where they are found and (mini-ImageNet) what was found")
     d.add_argument("--data-dir", help="folder holding the data sets")
 
     dl = sub.add_parser("download", help="download a data set (needs internet), checking its sha256")
-    dl.add_argument("name", help="omniglot")
+    dl.add_argument("name", help="omniglot (mini-imagenet has no public download: it says where to put a copy)")
     dl.add_argument("--data-dir", help="where to put it (default: $FASTADAPT_DATA or ~/.cache/fastadapt/data)")
     return parser
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="folder holding the data sets (default: $FASTADAPT_DATA or ../shared/data)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _requested_algorithm(argv: list[str]) -> str | None:
+    """The method named by ``--algorithm`` on the command line, if any (to narrow `train --help`)."""
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--algorithm")
+    known, _ = probe.parse_known_args(argv)
+    return known.algorithm
+
+
+def train_settings(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]]:
+    """The method, the data set and the settings a `train` command line gives: the --config file's, then the flags'.
+    A flag of another method is refused by name (fastadapt.config.not_an_option)."""
+    from fastadapt.config import config_class, not_an_option
+    from fastadapt.options import read_config_file
+
+    settings = read_config_file(args.config) if args.config else {}
+    flags = {k: v for k, v in vars(args).items() if k not in _TRAIN_FLAGS and v is not None}
+    algorithm = args.algorithm or settings.pop("algorithm", None) or "protonet"
+    dataset = args.dataset or settings.pop("dataset", None) or "omniglot"
+    settings.pop("algorithm", None), settings.pop("dataset", None)
+    known = {f.name for f in fields(config_class(algorithm))}
+    unknown = sorted(set(flags) - known)
+    if unknown:
+        raise ConfigError(" ".join(not_an_option(name, algorithm) for name in unknown))
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        names = ", ".join(unknown)
+        raise ConfigError(
+            f"{args.config}: {algorithm} has no setting(s) {names}; `fastadapt presets` shows its options."
+        )
+    return algorithm, dataset, {**settings, **flags}
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -251,9 +207,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     from fastadapt.evaluate import evaluate_checkpoint, format_result
     from fastadapt.train import train
 
-    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "algorithm", "dataset", "resume", "quiet")}
-    overrides["out"] = args.out or f"runs/{args.algorithm}-{args.dataset}"
-    config = make_config(args.algorithm, args.dataset, **overrides)
+    algorithm, dataset, settings = train_settings(args)
+    settings.setdefault("out", f"runs/{algorithm}-{dataset}")
+    config = make_config(algorithm, dataset, **settings)
     result = train(config, resume=args.resume, progress=not args.quiet)
     if result.rank != 0:  # under torchrun, rank 0 reports and meta-tests
         return
@@ -286,8 +242,6 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from dataclasses import fields
-
     from fastadapt.config import PretrainConfig
     from fastadapt.pretrain import pretrain
 
@@ -311,43 +265,95 @@ def cmd_embed(args: argparse.Namespace) -> None:
     print(f"wrote embeddings to {args.out}: {sizes}")
 
 
+def cmd_presets(args: argparse.Namespace) -> None:
+    from fastadapt.algorithms.registry import algorithm, algorithms
+    from fastadapt.config import make_config
+
+    if args.algorithm is None:
+        print(f"{'method':<10} {'family':<13} {'presets for':<50} description")
+        for name, spec in algorithms().items():
+            print(f"{name:<10} {spec.family:<13} {', '.join(spec.presets) or '-':<50} {spec.summary}")
+        print("\n`fastadapt presets METHOD DATASET` prints one as a file for `fastadapt train --config FILE`.")
+        return
+    spec = algorithm(args.algorithm)
+    dataset = args.dataset or next(iter(spec.presets), "omniglot")
+    config = make_config(spec.name, dataset)
+    settings = {k: v for k, v in config.to_dict().items() if k not in ("data_dir", "init_from")}
+    print(format_settings(settings, args.format, f"{spec.name} on {dataset}: {spec.summary}"))
+
+
+def format_settings(settings: dict[str, Any], kind: str, title: str) -> str:
+    """``settings`` as a config file of ``kind`` (yaml, toml or json); None values are left out."""
+    settings = {k: v for k, v in settings.items() if v is not None}
+    if kind == "json":
+        return json.dumps(settings, indent=2)
+    if kind == "toml":
+
+        def toml_value(value: Any) -> str:
+            return str(value).lower() if isinstance(value, bool) else json.dumps(value)
+
+        return "\n".join([f"# {title}", *(f"{k} = {toml_value(v)}" for k, v in settings.items())])
+    import yaml
+
+    return f"# {title}\n" + yaml.safe_dump(settings, sort_keys=False)
+
+
 def cmd_datasets(args: argparse.Namespace) -> None:
     from fastadapt.datasets import DATASETS, resolve_data_dir
 
     root = resolve_data_dir(args.data_dir)
     print(f"data directory: {root}  (--data-dir, else $FASTADAPT_DATA, else shared/data, else ~/.cache)")
     for info in DATASETS.values():
+        report = []
         if info.name == "omniglot":
             found = all((root / "omniglot" / f).is_file() for f in ("images_background.npz", "images_evaluation.npz"))
-            where = f"found in {root / 'omniglot'}" if found else "missing: fastadapt download omniglot"
+            where = f"found in {root / 'omniglot'}" if found else "missing: fastadapt download omniglot (or --download)"
+        elif info.name == "mini-imagenet":
+            from fastadapt.datasets.miniimagenet import inspect_miniimagenet
+
+            inspected = inspect_miniimagenet(root)
+            where = f"found in {inspected.folder}" if inspected.layout else "missing (no public download)"
+            report = inspected.lines()
         elif info.name in ("folder", "embeddings"):
             where = "pass --data-dir DIR"
         else:
             where = "generated"
-        print(f"  {info.name:<9} {info.kind:<15} {where}\n            {info.description}")
+        print(f"  {info.name:<13} {info.kind:<15} {where}\n                {info.description}")
+        for line in report:
+            print(f"                {line}")
 
 
 def cmd_download(args: argparse.Namespace) -> None:
     from fastadapt.datasets.download import download_omniglot
     from fastadapt.datasets.paths import resolve_data_dir
-    from fastadapt.errors import ConfigError
 
+    if args.name == "mini-imagenet":
+        from fastadapt.datasets.download import download_miniimagenet
+
+        download_miniimagenet()  # one line: there is no public source, and where to put a copy
     if args.name != "omniglot":
         raise ConfigError(f"no download for {args.name!r}; available: omniglot.")
     print(f"Omniglot ready in {download_omniglot(resolve_data_dir(args.data_dir))}")
 
 
+COMMANDS = {
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "datasets": cmd_datasets,
+    "download": cmd_download,
+    "pretrain": cmd_pretrain,
+    "embed": cmd_embed,
+    "presets": cmd_presets,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        {
-            "train": cmd_train,
-            "eval": cmd_eval,
-            "datasets": cmd_datasets,
-            "download": cmd_download,
-            "pretrain": cmd_pretrain,
-            "embed": cmd_embed,
-        }[args.command](args)
+        asks_help = "train" in argv[:1] and ("-h" in argv or "--help" in argv)
+        parser = build_parser(_requested_algorithm(argv) if asks_help else None)
+        args = parser.parse_args(argv)
+        COMMANDS[args.command](args)
     except FastAdaptError as exc:
         print(f"fastadapt: error: {exc}", file=sys.stderr)
         return 2

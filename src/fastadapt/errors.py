@@ -15,3 +15,7 @@ class ConfigError(FastAdaptError):
 
 class TrainingDiverged(FastAdaptError):
     """The meta-loss became NaN or infinite."""
+
+
+class OutputError(FastAdaptError, OSError):
+    """An output could not be written (a full disk, a read-only folder, a folder another run holds)."""

@@ -3,7 +3,6 @@ interval (1.96 * std / sqrt(n)) of the per-episode query accuracy (regression: M
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -12,10 +11,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fastadapt.algorithms import GRADIENT_BASED, MetaLearner, build_algorithm, per_task_score
+from fastadapt import atomic
+from fastadapt.algorithms import MetaLearner, build_algorithm, per_task_score
 from fastadapt.checkpoint import load_checkpoint, restore_measured_choices
-from fastadapt.config import Config, check_device
+from fastadapt.config import Config
 from fastadapt.datasets import DATASETS, load_splits, task_source
+from fastadapt.device import resolve_device
 from fastadapt.errors import ConfigError
 from fastadapt.tasks.samplers import TaskSource
 
@@ -97,15 +98,17 @@ def load_learner(checkpoint: Path, **overrides: Any) -> tuple[MetaLearner, Confi
     state = load_checkpoint(checkpoint)
     saved = Config.from_dict(state["config"])
     config = Config.from_dict({**state["config"], **{k: v for k, v in overrides.items() if v is not None}})
-    check_device(config.device)
-    if config.algorithm in GRADIENT_BASED and DATASETS[config.dataset].kind == "classification":
-        if config.ways != saved.ways:
+    config.device = str(resolve_device(config.device))  # "auto" settled; refused in one line where unusable
+    learner = build_algorithm(config)
+    try:
+        learner.load_state_dict(state["model"])
+    except RuntimeError as error:
+        if config.ways != saved.ways:  # a classifier head with one output per way does not fit other ways
             raise ConfigError(
                 f"{checkpoint} is a {config.algorithm} model with a {saved.ways}-way classifier head; "
                 f"evaluate it with --ways {saved.ways}."
-            )
-    learner = build_algorithm(config)
-    learner.load_state_dict(state["model"])
+            ) from error
+        raise
     # What training measured as faster; workers are left to evaluation's own default (one).
     restore_measured_choices(learner, state, workers=False)
     return learner.to(config.device), config
@@ -128,11 +131,11 @@ def evaluate_checkpoint(
         raise ConfigError(f"unknown split {split!r} to evaluate on; use 'val' or 'test'.")
     learner, config = load_learner(checkpoint, **overrides)
     episodes = episodes or config.test_episodes
-    splits = load_splits(config)
+    splits = load_splits(config, progress=progress)
     source = task_source(config, splits, split, seed=config.seed + TEST_SEED_OFFSET)
     scores = evaluate(learner, source, episodes, config.device, progress=progress)
     result = summarise(config, scores, split=split, checkpoint=str(checkpoint))
     out = Path(out) if out else Path(checkpoint).parent
     out.mkdir(parents=True, exist_ok=True)
-    (out / ("eval.json" if split == "test" else "eval_val.json")).write_text(json.dumps(result, indent=2) + "\n")
+    atomic.write_json(out / ("eval.json" if split == "test" else "eval_val.json"), result)
     return result

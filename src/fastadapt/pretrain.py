@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +28,18 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from fastadapt.checkpoint import load_checkpoint, save_checkpoint
-from fastadapt.config import Config, PretrainConfig, check_device
-from fastadapt.datasets import load_splits
+from fastadapt.config import Config, PretrainConfig
+from fastadapt.datasets import image_format, load_splits
 from fastadapt.datasets.embeddings import PARTS, write_embedding_split, write_json_atomically
-from fastadapt.errors import ConfigError, DataError
+from fastadapt.device import resolve_device
+from fastadapt.engine.fastlayers import with_fast_layers
+from fastadapt.errors import ConfigError
+from fastadapt.nets import build_network
 from fastadapt.nets.conv import conv4_filters
 from fastadapt.tasks.samplers import ClassSplit, EpisodeSampler
 
 HEADS = ("linear", "cosine")
+IMAGE_DATASETS = ("omniglot", "mini-imagenet", "folder")
 CHECKPOINT_NAME = "pretrain.pt"
 
 
@@ -50,9 +54,22 @@ def _data_config(config: PretrainConfig) -> Config:
     return Config(algorithm="protonet", network=default_network(config), **config.data_options())
 
 
+def _require_image_dataset(config: PretrainConfig) -> None:
+    if config.dataset not in IMAGE_DATASETS:
+        choices = ", ".join(IMAGE_DATASETS)
+        raise ConfigError(f"pretrain needs an image data set ({choices}), not {config.dataset!r}.")
+
+
+def settled(config: PretrainConfig) -> PretrainConfig:
+    """``config`` with what it leaves open filled in: the data set's image size and colour (omniglot 28x28
+    grayscale, mini-ImageNet 84x84 colour; a folder's chosen from its images) and the device ("auto")."""
+    _require_image_dataset(config)
+    chosen, _ = image_format(config)
+    return replace(config, **chosen, device=str(resolve_device(config.device)))
+
+
 def validate_pretrain(config: PretrainConfig) -> None:
-    if config.dataset not in ("omniglot", "folder"):
-        raise ConfigError(f"pretrain needs an image data set (omniglot or folder), not {config.dataset!r}.")
+    _require_image_dataset(config)
     network = default_network(config)
     if network != "resnet12" and conv4_filters(network) is None:
         raise ConfigError(
@@ -65,13 +82,13 @@ def validate_pretrain(config: PretrainConfig) -> None:
         raise ConfigError(f"unknown --head {config.head!r}; choose one of: {', '.join(HEADS)}.")
     if config.lr <= 0 or config.weight_decay < 0:
         raise ConfigError(f"--lr must be positive and --weight-decay >= 0 (got {config.lr}, {config.weight_decay}).")
-    check_device(config.device)
+    resolve_device(config.device)
 
 
 def build_backbone(config: PretrainConfig) -> nn.Module:
-    from fastadapt.algorithms import build_network
-
-    return build_network(_data_config(config), None)
+    network = default_network(config)
+    backbone = build_network(network, config.channels, config.image_size, None, norm="running")
+    return with_fast_layers(backbone)  # exact, faster pooling on a CPU (fastadapt.engine.fastlayers)
 
 
 class CosineHead(nn.Module):
@@ -156,11 +173,12 @@ def nearest_centroid_accuracy(features: np.ndarray, split: ClassSplit, episodes:
 
 def pretrain(config: PretrainConfig, progress: bool = True) -> dict[str, Any]:
     """Train the backbone; returns the record of the kept epoch (also in ``<out>/pretrain_metrics.jsonl``)."""
+    config = settled(config)
     validate_pretrain(config)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
-    splits = load_splits(_data_config(config))
+    splits = load_splits(_data_config(config), progress=progress)
     assert splits is not None
     train_split = splits["train"]
     labels = _labels(train_split)
@@ -237,12 +255,7 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> dict[str, Any]:
 
 def load_backbone(checkpoint: Path, device: str = "cpu") -> tuple[nn.Module, PretrainConfig, dict[str, Any]]:
     """The backbone kept by :func:`pretrain`, its configuration and the checkpoint's record."""
-    state = load_checkpoint(checkpoint)
-    if state.get("kind") != "pretrain":
-        raise DataError(
-            f"{checkpoint} is not a `fastadapt pretrain` checkpoint (it looks like a meta-training one); "
-            f"pass the pretrain.pt that pretrain wrote."
-        )
+    state = load_checkpoint(checkpoint, kind="pretrain")
     config = PretrainConfig(**{k: v for k, v in state["config"].items() if k in PretrainConfig.__dataclass_fields__})
     backbone = build_backbone(config)
     backbone.load_state_dict(state["model"])
@@ -253,17 +266,17 @@ def embed(
     checkpoint: Path, out: Path, data_dir: str | None = None, batch_size: int = 512, device: str | None = None
 ) -> dict[str, Any]:
     """Write ``<out>/{train,val,test}.npz`` and ``meta.json`` from a pretrain checkpoint."""
-    check_device(device or "cpu")
-    backbone, config, state = load_backbone(Path(checkpoint), device or "cpu")
+    device = str(resolve_device(device or "cpu"))
+    backbone, config, state = load_backbone(Path(checkpoint), device)
     if data_dir:
         config.data_dir = data_dir
     splits = load_splits(_data_config(config))
     assert splits is not None
     out = Path(out)
-    features = {part: embed_split(backbone, splits[part], batch_size, device or "cpu") for part in PARTS}
+    features = {part: embed_split(backbone, splits[part], batch_size, device) for part in PARTS}
     # One scale for every split, from the training images only: LEO's step sizes and initialisations
     # (the authors') assume features of about unit length; raw Conv-4 features are ~40 long, and LEO at
-    # 5-way 5-shot then scored 96.2% on them against 98.8% on the rescaled ones (docs/RESULTS.md).
+    # 5-way 5-shot then scored 96.2% on them against 98.8% on the rescaled ones (docs/results.md).
     scale = float(np.linalg.norm(features["train"], axis=1).mean())
     counts = {}
     for part in PARTS:

@@ -12,25 +12,39 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from fastadapt import distributed
+from fastadapt import atomic, distributed
 from fastadapt.algorithms import MetaLearner, build_algorithm, per_task_score
-from fastadapt.checkpoint import load_checkpoint, restore_measured_choices, save_checkpoint
+from fastadapt.checkpoint import (
+    check_structure,
+    load_checkpoint,
+    measured_choices,
+    non_finite,
+    restore_measured_choices,
+    save_checkpoint,
+)
 from fastadapt.config import Config
-from fastadapt.datasets import DATASETS, load_splits, task_source
-from fastadapt.errors import ConfigError, TrainingDiverged
+from fastadapt.datasets import DATASETS, image_format, load_splits, task_source
+from fastadapt.device import autocast, move_batch, require_bf16_exact_enough, resolve_device, rng_devices
+from fastadapt.engine.guard import require_agreement
+from fastadapt.engine.strategy import choose_strategy, describe_choice, needs_measuring
+from fastadapt.errors import ConfigError, DataError, OutputError, TrainingDiverged
 from fastadapt.evaluate import evaluate, mean_ci95
-from fastadapt.strategy import choose_strategy, describe_choice, needs_measuring
+from fastadapt.metrics_log import TensorBoardMirror, require_tensorboard
+from fastadapt.tasks.augment import AugmentedTasks, AugmentOptions
 
 #: Seed offset of the fixed validation episodes (the same episodes at every validation).
 VAL_SEED_OFFSET = 500_009
+#: Seed offset of the training episodes' augmentations (--augment), from the training seed of each process.
+AUGMENT_SEED_OFFSET = 700_001
 LOG_EVERY = 50
 
 
@@ -50,8 +64,27 @@ def _higher_is_better(config: Config) -> bool:
 
 
 def _append_metrics(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as error:
+        raise OutputError(
+            f"could not write {path} ({error.strerror or type(error).__name__}); the last checkpoint is intact. "
+            f"Free space in {path.parent} or make it writable, then --resume."
+        ) from None
+
+
+def _records(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(line, record) for each whole record of a metrics file; a line a killed run left half-written is dropped."""
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append((line, record))
+    return records
 
 
 def _truncate_metrics(path: Path, step: int) -> float:
@@ -59,9 +92,9 @@ def _truncate_metrics(path: Path, step: int) -> float:
     Returns the last training time recorded up to ``step`` (for checkpoints that do not store it)."""
     if not path.is_file():
         return 0.0
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept))
-    return max((json.loads(line).get("elapsed_s", 0.0) for line in kept), default=0.0)
+    kept = [(line, record) for line, record in _records(path) if record["step"] <= step]
+    atomic.write_text(path, "".join(line + "\n" for line, _ in kept))
+    return max((record.get("elapsed_s", 0.0) for _, record in kept), default=0.0)
 
 
 def _load_initial_weights(learner: torch.nn.Module, config: Config) -> None:
@@ -89,18 +122,9 @@ def _validate(
 ) -> tuple[float, float]:
     """Mean and 95% CI of the score on the fixed validation episodes. It must not consume the training
     random state (exact resume)."""
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=rng_devices(device)):
         source = task_source(config, splits, "val", seed)
         return mean_ci95(evaluate(learner, source, config.val_episodes, device))
-
-
-def clip_meta_gradient(learner: torch.nn.Module) -> None:
-    """Clip the meta-gradient as the method's paper does, after any averaging over processes: entrywise
-    to ``learner.max_grad_value`` (LEO), then its norm to ``learner.max_grad_norm`` (Meta-LSTM)."""
-    if getattr(learner, "max_grad_value", None):
-        torch.nn.utils.clip_grad_value_(learner.parameters(), learner.max_grad_value)
-    if getattr(learner, "max_grad_norm", None):
-        torch.nn.utils.clip_grad_norm_(learner.parameters(), learner.max_grad_norm)
 
 
 def outer_optimizer(
@@ -127,13 +151,18 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> TrainR
     ``learning_curve.png``). With ``resume``, continue from ``last.pt`` exactly where it stopped.
 
     Launched by ``torchrun`` with several processes, they train one model together (data parallel)."""
-    replicas, device_name = distributed.setup(config.device)
+    requested = resolve_device(config.device).type if config.device == "auto" else config.device
+    replicas, device_name = distributed.setup(requested)
+    lock = atomic.FolderLock(Path(config.out))
     try:
+        if replicas.is_main:  # the process that writes: refused if another live run writes the folder
+            lock.acquire()
         result = _train(config, resume, progress, replicas, torch.device(device_name))
         if replicas.enabled:  # leave together: gloo aborts a process whose peer tears down mid-exchange
             torch.distributed.barrier()
         return result
     finally:
+        lock.release()
         distributed.teardown(replicas)
 
 
@@ -141,7 +170,10 @@ def _train(
     config: Config, resume: bool, progress: bool, replicas: distributed.Replicas, device: torch.device
 ) -> TrainResult:
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"cannot create the output folder {out} ({error.strerror}); choose another --out.") from None
     torch.manual_seed(config.seed)
     if config.meta_batch_size % replicas.world_size:
         raise ConfigError(
@@ -150,10 +182,21 @@ def _train(
         )
     tasks_per_process = config.meta_batch_size // replicas.world_size
     progress = progress and replicas.is_main
+    if config.tensorboard and replicas.is_main:
+        require_tensorboard()  # before any work: one line when the package is missing
 
-    splits = load_splits(config)
+    # Settings left to the data (--dataset folder: colour and size from its images) are settled before anything
+    # reads them, and so stored in the checkpoints.
+    settled, described = image_format(config)
+    config = replace(config, **settled)
+    if progress and described:
+        print(described)
+    splits = load_splits(config, progress=progress)
     rank_seed = config.seed + replicas.rank * distributed.RANK_SEED_OFFSET
     train_tasks = task_source(config, splits, "train", rank_seed)
+    augment = AugmentOptions.from_flag(config.augment)
+    if augment.active:  # the training episodes only: validation and test episodes are never augmented
+        train_tasks = AugmentedTasks(train_tasks, augment, seed=rank_seed + AUGMENT_SEED_OFFSET)
     for part in ("val", "test"):  # fail now, not at the first validation, if their episodes cannot be drawn
         task_source(config, splits, part, config.seed)
     learner = build_algorithm(config).to(device)
@@ -166,12 +209,22 @@ def _train(
     # writes the same records as an uninterrupted one.
     window = {"loss": 0.0, "score": 0.0, "n": 0}
     metrics_path = out / "metrics.jsonl"
+    #: What the gradient guard compared (fastadapt.engine.guard), kept in every checkpoint.
+    gradient_checks: list[dict[str, Any]] = []
+    #: --precision bf16: the check that allowed it (fastadapt.device.check_bf16), kept in every checkpoint.
+    precision_check: dict[str, Any] | None = None
 
     resuming = resume and (out / "last.pt").is_file()
     if replicas.enabled:  # rank 0 decides, so that no process starts afresh beside resumed ones
         resuming = distributed.broadcast_object(resuming)
     if resuming:
         state = load_checkpoint(out / "last.pt", expected=config)
+        check_structure(state, out / "last.pt", resumable=True)
+        if non_finite(state["model"]):
+            raise DataError(
+                f"{out / 'last.pt'} holds weights that are not finite and cannot be resumed; start again, or from "
+                f"best.pt with --init-from."
+            )
         saved_world = state.get("world_size", 1)
         if saved_world != replicas.world_size:
             raise ConfigError(
@@ -179,15 +232,23 @@ def _train(
                 f"{replicas.world_size}; resume with the same count (torchrun --nproc-per-node {saved_world}, "
                 f"or plain `fastadapt train` for 1), or start a new run from it with --init-from."
             )
-        learner.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        own = state if replicas.rank == 0 else state["ranks"][replicas.rank - 1]
-        train_tasks.load_state_dict(own["sampler"])
-        torch.set_rng_state(own["torch_rng"])
-        step, best_val = state["step"], state["best_val"]
-        window = dict(state.get("window", window))
+        try:
+            learner.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            own = state if replicas.rank == 0 else state["ranks"][replicas.rank - 1]
+            train_tasks.load_state_dict(own["sampler"])
+            torch.set_rng_state(own["torch_rng"])
+            step, best_val = state["step"], state["best_val"]
+            window = dict(state.get("window", window))
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
+            raise DataError(
+                f"{out / 'last.pt'} cannot be resumed: its training state is damaged ({type(error).__name__}); "
+                f"start a new run from it with --init-from, or from best.pt."
+            ) from None
         restore_measured_choices(learner, state)  # keep what was measured: resume stays exact
+        gradient_checks = list(state.get("gradient_checks", []))
+        precision_check = state.get("precision_check")
         recorded = _truncate_metrics(metrics_path, step) if replicas.is_main else 0.0
         elapsed_before = state.get("elapsed_s", recorded)
     else:
@@ -197,12 +258,18 @@ def _train(
             _load_initial_weights(learner, config)
     if replicas.enabled:
         distributed.broadcast_module(learner)
-    if needs_measuring(learner):
+    execution = learner.execution
+    explicit_check = execution is not None and execution.gradient_check and execution.strategy in ("vmap", "fold")
+    explicit_check = explicit_check and not resuming
+    if needs_measuring(learner) or explicit_check:
         # Measure on the first training batch, then rewind the sampler so training draws it again.
         sampler_state = train_tasks.state_dict()
         probe = train_tasks.sample(tasks_per_process).to(device)
         train_tasks.load_state_dict(sampler_state)
-        measured = choose_strategy(learner, probe)
+        if explicit_check:  # the meta-gradient of an explicit --strategy vmap|fold must be the loop's
+            gradient_checks = [require_agreement(learner, probe).record()]
+        measured = choose_strategy(learner, probe, gradient_check=execution.gradient_check)
+        gradient_checks += measured.get("gradient_checks", [])
         if replicas.enabled:  # every process follows rank 0's measurement
             learner.strategy = distributed.broadcast_object(learner.strategy)
             if "workers" in measured:
@@ -211,6 +278,32 @@ def _train(
                 learner.channels_last = distributed.broadcast_object(learner.channels_last)
         if progress and measured:
             print(describe_choice(measured))
+    if config.precision == "bf16":
+        # On the first training batch of this process (a resumed run checks again, maybe on another device), as the
+        # strategy's measuring: the sampler is rewound, the random streams forked (check_bf16) and the buffers
+        # (batch-norm statistics) put back, so that training is unchanged by it.
+        sampler_state = train_tasks.state_dict()
+        probe = move_batch(train_tasks.sample(tasks_per_process), device)
+        train_tasks.load_state_dict(sampler_state)
+        buffers = {name: b.detach().clone() for name, b in learner.named_buffers()}
+        learner.training_step = step
+        check = require_bf16_exact_enough(learner, probe, device)
+        with torch.no_grad():
+            for name, b in learner.named_buffers():
+                b.copy_(buffers[name])
+        precision_check = {"precision": "bf16", "device": str(device), **asdict(check), "passed": check.passed}
+        if progress:
+            print(check.describe())
+    mirror = None
+    if config.tensorboard and replicas.is_main:
+        if not resuming:  # a fresh run's events replace an earlier run's in the same folder, as metrics.jsonl
+            shutil.rmtree(out / "tensorboard", ignore_errors=True)
+        mirror = TensorBoardMirror(out / "tensorboard", resume_step=step if resuming else None)
+
+    def log_metrics(record: dict[str, Any]) -> None:
+        _append_metrics(metrics_path, record)
+        if mirror is not None:
+            mirror.write(record)
 
     def checkpoint_state() -> dict[str, Any]:
         """The checkpoint; under torchrun a collective call (it gathers every rank's random state)."""
@@ -228,9 +321,9 @@ def _train(
             "sampler": train_tasks.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "window": dict(window),
-            "strategy": getattr(learner, "strategy", None),
-            "workers": getattr(learner, "workers", None),
-            "channels_last": getattr(learner, "channels_last", None),
+            **measured_choices(learner),
+            "gradient_checks": gradient_checks,
+            "precision_check": precision_check,
             "elapsed_s": time.time() - started,
             "world_size": replicas.world_size,
             "ranks": ranks,
@@ -258,11 +351,11 @@ def _train(
                 torch.get_rng_state(),
                 {k: b.detach().clone() for k, b in learner.named_buffers()},
             )
-            batch = train_tasks.sample(tasks_per_process).to(device)
-            if hasattr(learner, "training_step"):  # MAML++'s annealing schedules follow the outer step
-                learner.training_step = step
+            batch = move_batch(train_tasks.sample(tasks_per_process), device)
+            learner.training_step = step  # MAML++'s annealing schedules follow the outer step
             optimizer.zero_grad(set_to_none=True)
-            output = learner.meta_backward(batch)
+            with autocast(device, config.precision):  # fp32: nothing; bf16: checked above
+                output = learner.meta_backward(batch)
             loss = output.loss.item()
             score = per_task_score(output.predictions.detach(), batch.query_y).mean().item()
             if replicas.enabled:
@@ -273,7 +366,13 @@ def _train(
                     f"meta-loss became {loss} at step {step + 1}; training stopped and the last "
                     f"good checkpoint is kept in {out}. Lower --lr or --inner-lr, then --resume or start again."
                 )
-            clip_meta_gradient(learner)
+            bad = non_finite({n: p.grad for n, p in learner.named_parameters() if p.grad is not None})
+            if bad:
+                raise TrainingDiverged(
+                    f"the meta-gradient of {bad[0]} became non-finite at step {step + 1}; training stopped and the "
+                    f"last good checkpoint is kept in {out}. Lower --lr or --inner-lr, then --resume or start again."
+                )
+            learner.clip_meta_gradient()
             optimizer.step()
             scheduler.step()
             step += 1
@@ -291,7 +390,7 @@ def _train(
                     "elapsed_s": round(time.time() - started, 2),
                 }
                 if replicas.is_main:
-                    _append_metrics(metrics_path, record)
+                    log_metrics(record)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", **{metric_name: f"{record[f'train_{metric_name}']:.3f}"})
                 window = {"loss": 0.0, "score": 0.0, "n": 0}
             bar.update(1)
@@ -307,9 +406,7 @@ def _train(
                     )
                     if improved:
                         best_val = val_mean
-                    _append_metrics(
-                        metrics_path, {"step": step, f"val_{metric_name}": val_mean, f"val_{metric_name}_ci95": val_ci}
-                    )
+                    log_metrics({"step": step, f"val_{metric_name}": val_mean, f"val_{metric_name}_ci95": val_ci})
                     best_mark = " (best)" if improved else ""
                     bar.write(f"step {step}: val {metric_name} {val_mean:.4f} ± {val_ci:.4f}{best_mark}")
                 state = checkpoint_state()
@@ -331,13 +428,15 @@ def _train(
         raise
     finally:
         bar.close()
+        if mirror is not None:
+            mirror.close()
     if replicas.is_main:
         plot_learning_curve(metrics_path, out / "learning_curve.png")
     return TrainResult(learner, config, step, best_val, out, rank=replicas.rank)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+    return [record for _, record in _records(Path(path))]
 
 
 def plot_learning_curve(metrics_path: Path, png_path: Path) -> None:

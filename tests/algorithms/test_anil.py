@@ -6,7 +6,7 @@ from torch import nn
 from torch.func import functional_call
 
 from fastadapt.algorithms.optimization.anil import ANIL
-from fastadapt.functional import parameters_of
+from fastadapt.engine.functional import parameters_of
 from fastadapt.nets import MLP, Conv4Stride
 from fastadapt.tasks.episodes import TaskBatch
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 from helpers import sinusoid_mse_before_and_after
 
-from fastadapt.algorithms import MAML
+from fastadapt.algorithms import MAML, MAMLPlusPlus
 from fastadapt.datasets.sinusoid import SinusoidTasks
 from fastadapt.nets import MLP
 
@@ -65,7 +65,9 @@ def test_default_vmap_chunk_follows_what_a_task_holds():
     # One first-order step holds the least per task: more of them per call.
     assert MAML(net, inner_steps=1, first_order=True, strategy="vmap", workers=2).tasks_per_call() == 8
     assert MAML(net, inner_steps=5, strategy="vmap", vmap_chunk=16).tasks_per_call() == 16
-    doa = MAML(net, inner_steps=5, first_order_steps=10, strategy="vmap", workers=1)  # first order until step 10
+    doa = MAMLPlusPlus(
+        net, inner_steps=5, first_order_steps=10, strategy="vmap", workers=1
+    )  # first order until step 10
     assert doa.tasks_per_call() == 8
     doa.training_step = 10
     assert doa.tasks_per_call() == 4
@@ -73,7 +75,7 @@ def test_default_vmap_chunk_follows_what_a_task_holds():
 
 @pytest.mark.parametrize("strategy", ["loop", "vmap"])
 def test_tasks_on_several_workers_give_the_same_meta_gradient_and_predictions(strategy):
-    """Workers (fastadapt.taskpool) change where tasks run, not what is computed: MAML++ with per-step
+    """Workers (fastadapt.engine.taskpool) change where tasks run, not what is computed: MAML++ with per-step
     batch-norm weights and learning rates, Meta-SGD and ANIL, second order, vmap in chunks of 2."""
     from helpers import image_batch
 
@@ -82,7 +84,7 @@ def test_tasks_on_several_workers_give_the_same_meta_gradient_and_predictions(st
 
     batch = image_batch(tasks=5, ways=3, shots=2, query=2, size=16)
     makers = {
-        "maml++": lambda net, **kw: MAML(net, 0.1, 2, per_step_bn=True, per_step_lr=True, **kw),
+        "maml++": lambda net, **kw: MAMLPlusPlus(net, 0.1, 2, per_step_bn=True, per_step_lr=True, **kw),
         "metasgd": lambda net, **kw: MetaSGD(net, 0.1, 1, **kw),
         "anil": lambda net, **kw: ANIL(net, 0.1, 2, head="head.", **kw),
     }
@@ -114,7 +116,7 @@ def test_workers_wait_for_a_measurement_and_stay_one_where_thread_timing_would_m
     threads = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
-        assert MAML(net).task_workers() == 1  # until fastadapt.strategy.choose_strategy has measured
+        assert MAML(net).task_workers() == 1  # until fastadapt.engine.strategy.choose_strategy has measured
         assert MAML(net).most_workers() == 3  # one per torch thread is the other candidate
         assert MAML(net, compile=True).most_workers() == 1
         # Dropout's draws and running batch-norm statistics would follow thread timing.
@@ -136,8 +138,7 @@ def test_channels_last_gives_the_same_meta_gradient_and_predictions(strategy):
     torch's layers (batch norm, max pooling) as for fastadapt's."""
     from helpers import image_batch
 
-    from fastadapt.nets import EpisodeBatchNorm2d
-    from fastadapt.nets.layers import MaxPool2x2
+    from fastadapt.engine.layers import EpisodeBatchNorm2d, MaxPool2x2
 
     batch = image_batch(tasks=3, ways=3, shots=2, query=2, size=16)
     results = []

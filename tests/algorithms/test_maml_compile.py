@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import image_batch
 
-from fastadapt.algorithms import ANIL, MAML, MetaSGD
+from fastadapt.algorithms import ANIL, MAML, MAMLPlusPlus, MetaSGD
 from fastadapt.datasets.sinusoid import SinusoidTasks
 from fastadapt.nets import MLP, Conv4Stride
 
@@ -37,7 +37,7 @@ def test_compiled_maml_plus_plus_with_batch_norm_equals_eager():
     def make(compile):
         torch.manual_seed(0)
         net = Conv4Stride(1, 4, 3).double()
-        return MAML(
+        return MAMLPlusPlus(
             net,
             0.3,
             2,

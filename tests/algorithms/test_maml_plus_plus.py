@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from helpers import image_batch, relative_error
 from torch.func import functional_call
 
-from fastadapt.algorithms import MAML, build_algorithm
-from fastadapt.algorithms.optimization.maml import multi_step_loss_weights
+from fastadapt.algorithms import MAML, MAMLPlusPlus, build_algorithm
+from fastadapt.algorithms.optimization.maml_plus_plus import multi_step_loss_weights
 from fastadapt.config import make_config
+from fastadapt.engine.functional import parameters_of
 from fastadapt.errors import ConfigError
-from fastadapt.functional import parameters_of
 from fastadapt.nets import MLP, Conv4Stride
 from fastadapt.train import outer_optimizer, train
 
@@ -64,7 +64,7 @@ def last_step_only(steps=STEPS):
 
 def make(strategy="loop", steps=STEPS, seed=0, **switches):
     torch.manual_seed(seed)
-    return MAML(Conv4Stride(1, 8, 3).double(), inner_lr=0.3, inner_steps=steps, strategy=strategy, **switches)
+    return MAMLPlusPlus(Conv4Stride(1, 8, 3).double(), inner_lr=0.3, inner_steps=steps, strategy=strategy, **switches)
 
 
 @pytest.mark.parametrize("strategy", ["loop", "vmap"])
@@ -216,7 +216,7 @@ def test_maml_plus_plus_preset_turns_every_switch_on():
 @pytest.mark.parametrize(
     "algorithm, dataset, overrides, message",
     [
-        ("anil", "omniglot", dict(per_step_lr=True), "apply to --algorithm maml"),
+        ("anil", "omniglot", dict(per_step_lr=True), "applies to --algorithm maml"),
         ("maml", "sinusoid", dict(per_step_bn=True), "batch norm"),
         ("maml", "omniglot", dict(multi_step_loss=True), "multi-step-loss-steps"),
         ("maml", "omniglot", dict(per_step_lr=True, inner_steps=0), "inner-steps"),

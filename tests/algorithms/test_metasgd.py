@@ -6,7 +6,7 @@ from torch import nn
 
 from fastadapt.algorithms.optimization.maml import MAML
 from fastadapt.algorithms.optimization.metasgd import MetaSGD
-from fastadapt.functional import call, parameters_of
+from fastadapt.engine.functional import call, parameters_of
 from fastadapt.nets import MLP, Conv4Stride
 from fastadapt.tasks.episodes import TaskBatch
 

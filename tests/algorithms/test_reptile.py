@@ -7,7 +7,7 @@ from helpers import sinusoid_mse_before_and_after
 from torch import nn
 
 from fastadapt.algorithms.optimization.reptile import Reptile, minibatch_indices
-from fastadapt.functional import parameters_of
+from fastadapt.engine.functional import parameters_of
 from fastadapt.nets import MLP
 from fastadapt.tasks.episodes import TaskBatch
 

@@ -6,7 +6,7 @@ from helpers import image_batch
 from torch import nn
 
 from fastadapt.algorithms import ANIL, MAML, MetaSGD, Reptile
-from fastadapt.nets import EpisodeBatchNorm2d
+from fastadapt.engine.layers import EpisodeBatchNorm2d
 from fastadapt.tasks.episodes import TaskBatch
 
 
@@ -17,7 +17,9 @@ class UserNet(nn.Module):
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(1, 8, 3, padding=1),
-            nn.BatchNorm2d(8, track_running_stats=False),  # swapped for EpisodeBatchNorm2d (fastadapt.fastlayers)
+            nn.BatchNorm2d(
+                8, track_running_stats=False
+            ),  # swapped for EpisodeBatchNorm2d (fastadapt.engine.fastlayers)
             nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Conv2d(8, 8, 3, padding=1),

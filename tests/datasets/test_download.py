@@ -229,3 +229,114 @@ def test_convert_rejects_bad_zip(tmp_path):
     with pytest.raises(DataError, match="no <split>"):
         convert_omniglot_zip(empty, tmp_path / "out.npz")
     assert not (tmp_path / "out.npz").exists()
+
+
+# --- Omniglot when absent: the quickstart's path ---------------------------------------------------------------
+
+
+def test_ensure_omniglot_downloads_when_absent(served, tmp_path):
+    from fastadapt.datasets.download import ensure_omniglot, omniglot_present
+
+    server, sums = served
+    assert not omniglot_present(tmp_path)
+    root = ensure_omniglot(tmp_path, download=True, sources=_sources(server, sums), progress=False)
+    assert root == tmp_path / "omniglot" and omniglot_present(tmp_path)
+    before = len(server.requests)
+    assert ensure_omniglot(tmp_path, download=True, sources=_sources(server, sums), progress=False) == root
+    assert ensure_omniglot(tmp_path, download=False) == root  # present: nothing to fetch, no flag needed
+    assert len(server.requests) == before
+
+
+def test_ensure_omniglot_without_download_says_how(tmp_path):
+    from fastadapt.datasets.download import ensure_omniglot
+
+    with pytest.raises(DataError) as info:
+        ensure_omniglot(tmp_path, download=False)
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"Omniglot is not in {tmp_path / 'omniglot'}; pass --download" in message
+    assert (
+        "images_background.zip and images_evaluation.zip" in message and str(tmp_path / "omniglot" / "raw") in message
+    )
+
+
+def _dead_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ensure_omniglot_offline_says_what_to_fetch_and_where(tmp_path):
+    from fastadapt.datasets.download import OMNIGLOT_PAGE, ensure_omniglot
+
+    port = _dead_port()
+    sources = {name: RemoteFile(f"http://127.0.0.1:{port}/{name}.zip", sha256="0" * 64) for name in OMNIGLOT_SOURCES}
+    with pytest.raises(DataError) as info:
+        ensure_omniglot(tmp_path, download=True, sources=sources, progress=False)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "the download failed" in message and OMNIGLOT_PAGE in message
+    assert f"into {tmp_path / 'omniglot' / 'raw'}/" in message
+    assert not (tmp_path / "omniglot" / "raw").exists() or list((tmp_path / "omniglot" / "raw").iterdir()) == []
+
+
+def test_zips_placed_by_hand_are_used_offline(served, tmp_path):
+    """Following the offline message: the two zips put in raw/ by hand are verified and converted, no network."""
+    from fastadapt.datasets.download import ensure_omniglot
+
+    server, sums = served
+    raw = tmp_path / "omniglot" / "raw"
+    raw.mkdir(parents=True)
+    for name in sums:
+        (raw / f"{name}.zip").write_bytes((server.root / f"{name}.zip").read_bytes())
+    port = _dead_port()
+    offline = {name: RemoteFile(f"http://127.0.0.1:{port}/{name}.zip", sha256=sha) for name, sha in sums.items()}
+    assert ensure_omniglot(tmp_path, download=True, sources=offline, progress=False) == tmp_path / "omniglot"
+    with np.load(tmp_path / "omniglot" / "images_evaluation.npz") as d:
+        assert d["images"].shape == (80, 105, 105)
+
+
+def test_quickstart_entry_point(served, tmp_path, monkeypatch, capsys):
+    """`python -m fastadapt.datasets.download omniglot --data-dir DIR [train options]`, as scripts/demo.sh runs it."""
+    from fastadapt.datasets import download
+
+    server, sums = served
+    monkeypatch.setattr(download, "OMNIGLOT_SOURCES", _sources(server, sums))
+    assert download.main(["omniglot", "--data-dir", str(tmp_path), "--steps", "300", "--quiet"]) == 0
+    assert capsys.readouterr().out.strip() == f"Omniglot ready in {tmp_path / 'omniglot'}"
+    port = _dead_port()
+    dead = {name: RemoteFile(f"http://127.0.0.1:{port}/{name}.zip") for name in sums}
+    monkeypatch.setattr(download, "OMNIGLOT_SOURCES", dead)
+    assert download.main(["omniglot", "--data-dir", str(tmp_path / "elsewhere")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("fastadapt: error: Omniglot is not in")
+
+
+def test_demo_script_fetches_omniglot():
+    script = (Path(__file__).resolve().parents[2] / "scripts" / "demo.sh").read_text()
+    train = script[script.index("exec .venv/bin/fastadapt train") :]
+    assert "--dataset omniglot --download" in train
+
+
+def test_train_download_flag_fetches_omniglot_where_training_reads_it(served, tmp_path, monkeypatch):
+    """`fastadapt train --dataset omniglot --download` (load_splits with config.download): fetched when absent into
+    the data folder training reads, then loaded from there; without the flag, one line naming it; present files are
+    read without a request."""
+    from fastadapt.config import make_config
+    from fastadapt.datasets import download, load_splits, omniglot
+
+    server, sums = served
+    monkeypatch.setattr(download, "OMNIGLOT_SOURCES", _sources(server, sums))
+    monkeypatch.setenv("FASTADAPT_CACHE", str(tmp_path / "cache"))
+    loaded = []  # the fixture's 8 characters make no Vinyals split: record what training would load
+    monkeypatch.setattr(omniglot, "load_omniglot", lambda *args: loaded.append(args) or "splits")
+    data = tmp_path / "data"
+    with pytest.raises(DataError, match="pass --download to fetch it"):
+        load_splits(make_config("protonet", "omniglot", data_dir=str(data)))
+    before = len(server.requests)
+    assert load_splits(make_config("protonet", "omniglot", data_dir=str(data), download=True)) == "splits"
+    assert len(server.requests) == before + 2 and loaded == [(data, "vinyals", 28)]
+    images, names, _ = omniglot.load_characters(data, 28)
+    assert len(names) == 8 and images.shape[1:] == (20, 28, 28)
+    load_splits(make_config("protonet", "omniglot", data_dir=str(data)))
+    assert len(server.requests) == before + 2 and len(loaded) == 2

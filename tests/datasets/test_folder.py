@@ -197,3 +197,92 @@ def test_episode_sampler_on_result(folder: Path) -> None:
     assert batch.support_x.dtype == torch.float32
     assert 0.0 <= batch.support_x.min() and batch.support_x.max() <= 1.0
     assert batch.support_y.shape == (4, 6)
+
+
+# --- colour and size chosen from the images --------------------------------------------------------------------
+
+
+def _photos(
+    root: Path, size: tuple[int, int], mode: str, classes: int = 3, per_class: int = 3, fmt: str = "JPEG"
+) -> Path:
+    """Smooth images (JPEG-friendly): colour gradients for "RGB", one grey level per pixel for "L", and grey
+    images stored as RGB for "RGB-gray"."""
+    rng = np.random.default_rng(1)
+    w, h = size
+    for c in range(classes):
+        (root / f"c{c}").mkdir(parents=True)
+        for k in range(per_class):
+            ramp = np.linspace(0, 255, w, dtype=np.float32)[None, :].repeat(h, 0)
+            if mode == "RGB":
+                pixels = np.stack([ramp, ramp[::-1, ::-1], np.full_like(ramp, rng.uniform(0, 255))], -1)
+                img = Image.fromarray(pixels.astype(np.uint8), "RGB")
+            else:
+                img = Image.fromarray(ramp.astype(np.uint8), "L")
+                if mode == "RGB-gray":
+                    img = img.convert("RGB")
+            img.save(root / f"c{c}" / f"{k}.{'jpg' if fmt == 'JPEG' else 'png'}", format=fmt)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("mode", "size", "fmt", "channels", "image_size"),
+    [
+        ("RGB", (400, 300), "JPEG", 3, 84),  # photos: colour, capped at 84
+        ("RGB-gray", (400, 300), "JPEG", 1, 84),  # grey photos saved as RGB JPEGs: no colour
+        ("L", (28, 28), "PNG", 1, 28),  # small grayscale images keep their size
+        ("RGB", (40, 60), "PNG", 3, 40),  # the shorter side
+        ("L", (10, 12), "PNG", 1, 16),  # raised to 16 for Conv-4's four halvings
+    ],
+)
+def test_format_chosen_from_images(tmp_path: Path, mode: str, size, fmt: str, channels: int, image_size: int) -> None:
+    from fastadapt.datasets.folder import detect_format
+
+    root = _photos(tmp_path / "img", size, mode, fmt=fmt)
+    chosen = detect_format(root)
+    assert (chosen.channels, chosen.image_size) == (channels, image_size)
+    assert "\n" not in chosen.description and "--channels and --image-size override" in chosen.description
+    assert ("RGB" if channels == 3 else "grayscale") in chosen.description
+    splits = load_image_folder(root)  # None: chosen the same way
+    assert splits["train"].images.shape[1:] == (channels, image_size, image_size)
+
+
+def test_format_description_says_why(tmp_path: Path) -> None:
+    from fastadapt.datasets.folder import detect_format
+
+    root = _photos(tmp_path / "img", (400, 300), "RGB", classes=4, per_class=5)
+    chosen = detect_format(root)
+    assert chosen.description == (
+        f"{root}: 4 classes, loaded as RGB 84x84 (colour in 16 of 16 sampled images; median shorter side 300 px, "
+        f"capped at 84); --channels and --image-size override"
+    )
+
+
+def test_flags_override_detection(tmp_path: Path) -> None:
+    from fastadapt.datasets.folder import detect_format
+
+    root = _photos(tmp_path / "img", (400, 300), "RGB")
+    chosen = detect_format(root, image_size=32, channels=1)
+    assert (chosen.channels, chosen.image_size) == (1, 32)
+    assert "(--channels 1; --image-size 32)" in chosen.description
+    assert detect_format(root, channels=1).image_size == 84
+    assert detect_format(root, image_size=20).channels == 3
+    assert load_image_folder(root, image_size=12, channels=1)["train"].images.shape[1:] == (1, 12, 12)
+
+
+def test_one_colour_image_makes_rgb(tmp_path: Path) -> None:
+    """Grey images lose nothing as RGB; colour ones lose their colour as grayscale, so one is enough."""
+    from fastadapt.datasets.folder import detect_format
+
+    root = _photos(tmp_path / "img", (30, 30), "L", fmt="PNG")
+    Image.new("RGB", (30, 30), (200, 30, 30)).save(root / "c1" / "0.png")
+    chosen = detect_format(root)
+    assert chosen.channels == 3 and "colour in 1 of 9 sampled images" in chosen.description
+
+
+def test_detection_names_an_unreadable_file(tmp_path: Path) -> None:
+    from fastadapt.datasets.folder import detect_format
+
+    root = _photos(tmp_path / "img", (30, 30), "L", fmt="PNG")
+    (root / "c0" / "0.png").write_bytes(b"junk")
+    with pytest.raises(DataError, match=r"0\.png.*remove or replace"):
+        detect_format(root)

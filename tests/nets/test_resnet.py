@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from fastadapt.algorithms import NETWORKS, build_algorithm, build_network
+from fastadapt.algorithms import build_algorithm
 from fastadapt.config import make_config
+from fastadapt.engine.layers import EpisodeBatchNorm2d
 from fastadapt.errors import ConfigError
-from fastadapt.nets import EpisodeBatchNorm2d, ResNet12
+from fastadapt.nets import NETWORKS, ResNet12, build_network
 from fastadapt.nets.resnet import ResidualBlock
 
 
@@ -45,7 +46,7 @@ def test_resnet12_rejects_wrong_widths():
 @pytest.mark.parametrize("network", ["conv4-32", "resnet12"])
 def test_registered_networks_build_for_metric_and_gradient_methods(network):
     assert network in NETWORKS
-    proto = build_network(make_config("protonet", "omniglot", network=network), None)
+    proto = build_network(network, 1, 28, None, norm="running")
     assert proto(torch.zeros(2, 1, 28, 28)).dim() == 2
     maml = build_algorithm(make_config("maml", "omniglot", network=network, ways=5))
     assert maml.model(torch.zeros(2, 1, 28, 28)).shape == (2, 5)
@@ -54,11 +55,11 @@ def test_registered_networks_build_for_metric_and_gradient_methods(network):
 
 
 def test_conv4_32_has_32_filters():
-    net = build_network(make_config("protonet", "omniglot", network="conv4-32"), None)
+    net = build_network("conv4-32", 1, 28, None, norm="running")
     assert {m.out_channels for m in net.modules() if isinstance(m, torch.nn.Conv2d)} == {32}
     assert net(torch.zeros(1, 1, 28, 28)).shape == (1, 32)
 
 
 def test_small_images_are_refused_with_a_clear_error():
     with pytest.raises(ConfigError, match="image-size of at least 16"):
-        build_network(make_config("protonet", "omniglot", network="resnet12", image_size=12), None)
+        build_network("resnet12", 1, 12, None, norm="running")

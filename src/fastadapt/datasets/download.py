@@ -33,13 +33,23 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 from PIL import Image
 
 from fastadapt.errors import DataError
 
-__all__ = ["RemoteFile", "OMNIGLOT_SOURCES", "download_file", "convert_omniglot_zip", "download_omniglot"]
+__all__ = [
+    "RemoteFile",
+    "OMNIGLOT_SOURCES",
+    "download_file",
+    "convert_omniglot_zip",
+    "download_omniglot",
+    "omniglot_present",
+    "ensure_omniglot",
+    "download_miniimagenet",
+]
 
 IMAGE_SIZE = 105
 DRAWINGS_PER_CHARACTER = 20
@@ -301,3 +311,83 @@ def download_omniglot(
         zip_path = download_file(remote.url, raw / f"{name}.zip", remote.sha256, remote.md5, progress)
         convert_omniglot_zip(zip_path, out)
     return root
+
+
+OMNIGLOT_PAGE = "https://github.com/brendenlake/omniglot/tree/master/python"
+
+
+def omniglot_present(data_dir: str | os.PathLike) -> bool:
+    """Whether ``<data_dir>/omniglot/`` holds both readable ``.npz`` files (their listings only are read)."""
+    root = Path(data_dir).expanduser() / "omniglot"
+    return all((root / f"{name}.npz").is_file() and _npz_ok(root / f"{name}.npz") for name in OMNIGLOT_SOURCES)
+
+
+def ensure_omniglot(
+    data_dir: str | os.PathLike,
+    download: bool = False,
+    sources: Mapping[str, RemoteFile | Mapping[str, str]] = OMNIGLOT_SOURCES,
+    progress: bool = True,
+) -> Path:
+    """``<data_dir>/omniglot``, downloading it first (sha256-checked, :func:`download_omniglot`) when it is absent
+    and ``download`` is set. Absent without ``download``, or when the download fails, one line says what to fetch
+    and where to put it: zips placed in ``<data_dir>/omniglot/raw/`` by hand are verified and converted without
+    a network."""
+    data_dir = Path(data_dir).expanduser()
+    root = data_dir / "omniglot"
+    if omniglot_present(data_dir):
+        return root
+    raw = root / "raw"
+    by_hand = (
+        f"fetch images_background.zip and images_evaluation.zip from {OMNIGLOT_PAGE} into {raw}/ "
+        f"(they are checked against their sha256 and converted)"
+    )
+    if not download:
+        raise DataError(
+            f"Omniglot is not in {root}; pass --download to fetch it (about 16 MB, sha256-checked), run "
+            f"`fastadapt download omniglot`, or {by_hand}."
+        )
+    placed = all((raw / f"{name}.zip").is_file() for name in sources)
+    try:
+        return download_omniglot(data_dir, sources, progress)
+    except DataError as exc:
+        if placed or "checksum mismatch" in str(exc) or "cannot write" in str(exc):
+            raise
+        reason = str(exc).split("; check your connection", 1)[0]  # the URL and why, without download_file's advice
+        raise DataError(
+            f"Omniglot is not in {root} and the download failed ({reason}); {by_hand}, then run again."
+        ) from exc
+
+
+def download_miniimagenet(*args: object, **kwargs: object) -> NoReturn:
+    """``fastadapt download mini-imagenet``: there is no stable public URL to fetch, so this only says which
+    layouts :mod:`fastadapt.datasets.miniimagenet` reads and where to put one."""
+    from fastadapt.datasets.miniimagenet import NO_DOWNLOAD
+
+    raise DataError(NO_DOWNLOAD)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fastadapt.datasets.download omniglot [--data-dir DIR] [...]``: Omniglot where training will look
+    for it (``--data-dir``, else ``$FASTADAPT_DATA``, else ``shared/data``, else ``~/.cache/fastadapt/data``),
+    downloaded when absent. Other arguments are ignored, so a script can pass its own through. Errors are one
+    line on stderr and exit status 2."""
+    import argparse
+    import sys
+
+    from fastadapt.datasets.paths import resolve_data_dir
+
+    parser = argparse.ArgumentParser(prog="python -m fastadapt.datasets.download")
+    parser.add_argument("name", choices=["omniglot"])
+    parser.add_argument("--data-dir")
+    args, _ = parser.parse_known_args(argv)
+    try:
+        root = ensure_omniglot(resolve_data_dir(args.data_dir), True, OMNIGLOT_SOURCES, progress=sys.stderr.isatty())
+    except DataError as exc:
+        print(f"fastadapt: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"Omniglot ready in {root}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -16,8 +16,6 @@ Two layouts are read from ``--data-dir DIR``:
 from __future__ import annotations
 
 import io
-import json
-import os
 import pickle
 import zipfile
 import zlib
@@ -28,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fastadapt import atomic
 from fastadapt.errors import DataError
 from fastadapt.tasks.samplers import ClassSplit
 
@@ -193,20 +192,8 @@ def write_embedding_split(path: Path, embeddings: np.ndarray, labels: np.ndarray
         labels=np.asarray(labels, dtype=np.int64),
         class_names=np.array(class_names, dtype=str),
     )
-    _write_atomically(path, buffer.getvalue())
+    atomic.write_bytes(path, buffer.getvalue())
 
 
 def write_json_atomically(path: Path, record: dict[str, Any]) -> None:
-    _write_atomically(Path(path), (json.dumps(record, indent=2) + "\n").encode())
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic.write_json(Path(path), record)

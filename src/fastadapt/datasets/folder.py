@@ -12,6 +12,12 @@ Every non-hidden sub-folder of ``root`` is a class; the image files directly ins
 converted to grayscale (``channels=1``) or RGB (``channels=3``), resized to ``image_size`` squared with
 antialiasing and stored as uint8 ``(n, C, H, W)``.
 
+When ``channels`` or ``image_size`` is not given, :func:`detect_format` chooses it from a sample of the images
+(up to 4 per class, at most 256): RGB when any sampled image has colour (its channels differ by more than
+2 grey levels on average: a grayscale image stored as RGB or JPEG stays below that), grayscale otherwise; the
+size is the median shorter side of the sampled images, capped at 84 (mini-ImageNet's size, for which the
+field's Conv-4 and ResNet-12 are built) and raised to at least 16 (Conv-4 halves the image four times).
+
 Classes are split into train/val/test either at random (seeded, by ``fractions``) or by a folder
 holding ``train.txt``, ``val.txt`` and ``test.txt`` with one class name per line (blank lines and
 ``#`` comments ignored; classes listed in no file are left out).
@@ -19,6 +25,7 @@ holding ``train.txt``, ``val.txt`` and ``test.txt`` with one class name per line
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +68,86 @@ def list_classes(root: Path) -> dict[str, list[Path]]:
             )
         classes[d.name] = files
     return classes
+
+
+#: Bounds of the size chosen from the images, and how the sample is drawn (see the module docstring).
+MAX_AUTO_SIZE, MIN_AUTO_SIZE = 84, 16
+SAMPLES_PER_CLASS, MAX_SAMPLES = 4, 256
+#: Mean absolute difference between colour channels, in grey levels, above which an image has colour.
+COLOUR_LEVELS = 2.0
+_GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
+
+
+@dataclass(frozen=True)
+class FolderFormat:
+    """The channels and square size a folder's images are loaded at, and a line saying why (for the log)."""
+
+    channels: int
+    image_size: int
+    description: str
+
+
+def _sample(classes: dict[str, list[Path]]) -> list[Path]:
+    per_class = max(1, min(SAMPLES_PER_CLASS, MAX_SAMPLES // max(1, len(classes))))
+    return [p for files in classes.values() for p in files[:per_class]][:MAX_SAMPLES]
+
+
+def _has_colour(im: Image.Image) -> bool:
+    if im.mode in _GRAY_MODES:
+        return False
+    im.draft("RGB", (64, 64))  # JPEG: decode at a reduced scale, enough to see colour
+    rgb = im.convert("RGB")
+    rgb.thumbnail((64, 64))
+    pixels = np.asarray(rgb, dtype=np.int16)
+    spread = np.abs(pixels[..., 0] - pixels[..., 1]) + np.abs(pixels[..., 1] - pixels[..., 2])
+    return float(spread.mean()) / 2 > COLOUR_LEVELS
+
+
+def detect_format(
+    root: Path, image_size: int | None = None, channels: int | None = None, classes: dict[str, list[Path]] | None = None
+) -> FolderFormat:
+    """Channels and size for the images in ``root`` (given values are kept; the rule is in the module
+    docstring), with a one-line description for the log."""
+    classes = classes if classes is not None else list_classes(root)
+    sample = _sample(classes) if image_size is None or channels is None else []
+    coloured, shorter = 0, []
+    for path in sample:
+        try:
+            with Image.open(path) as im:
+                shorter.append(min(im.size))  # a 90-degree EXIF rotation keeps the shorter side
+                coloured += channels is None and _has_colour(im)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise DataError(
+                f"cannot read image {path} ({type(exc).__name__}: {exc}); remove or replace the file."
+            ) from exc
+    if channels is None:
+        channels = 3 if coloured else 1
+        why_channels = (
+            f"colour in {coloured} of {len(sample)} sampled images"
+            if coloured
+            else f"no colour in {len(sample)} sampled images"
+        )
+    else:
+        why_channels = f"--channels {channels}"
+    if image_size is None:
+        median = int(np.median(shorter))
+        image_size = min(MAX_AUTO_SIZE, max(MIN_AUTO_SIZE, median))
+        bound = (
+            f", capped at {MAX_AUTO_SIZE}"
+            if median > MAX_AUTO_SIZE
+            else f", raised to {MIN_AUTO_SIZE}"
+            if median < MIN_AUTO_SIZE
+            else ""
+        )
+        why_size = f"median shorter side {median} px{bound}"
+    else:
+        why_size = f"--image-size {image_size}"
+    kind = "RGB" if channels == 3 else "grayscale"
+    description = (
+        f"{root}: {len(classes)} classes, loaded as {kind} {image_size}x{image_size} ({why_channels}; {why_size}); "
+        f"--channels and --image-size override"
+    )
+    return FolderFormat(channels, image_size, description)
 
 
 def _load_image(path: Path, image_size: int, mode: str) -> np.ndarray:
@@ -163,8 +250,8 @@ def build_split(
 
 def load_image_folder(
     root: Path,
-    image_size: int = 28,
-    channels: int = 1,
+    image_size: int | None = None,
+    channels: int | None = None,
     split: str | Path | None = None,
     split_seed: int = 0,
     fractions: tuple[float, float, float] = (0.64, 0.16, 0.20),
@@ -172,13 +259,17 @@ def load_image_folder(
     """Train/val/test :class:`ClassSplit` of a folder of class sub-folders (see the module docstring).
 
     ``split``: a folder with ``train.txt``/``val.txt``/``test.txt``; otherwise the classes are split
-    at random by ``fractions`` with ``split_seed``.
+    at random by ``fractions`` with ``split_seed``. ``image_size``/``channels`` None: chosen from the images
+    (:func:`detect_format`).
     """
-    if channels not in (1, 3):
+    if channels is not None and channels not in (1, 3):
         raise ConfigError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}.")
-    if image_size < 1:
+    if image_size is not None and image_size < 1:
         raise ConfigError(f"image_size must be a positive number of pixels, got {image_size}.")
     classes = list_classes(root)
+    if image_size is None or channels is None:
+        chosen = detect_format(root, image_size, channels, classes)
+        image_size, channels = chosen.image_size, chosen.channels
     names = list(classes)
     if split is None:
         parts = random_class_split(names, split_seed, fractions)

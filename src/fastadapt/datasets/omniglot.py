@@ -32,8 +32,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fastadapt import atomic
 from fastadapt.datasets.paths import cache_dir
-from fastadapt.errors import ConfigError, DataError
+from fastadapt.errors import ConfigError, DataError, OutputError
 from fastadapt.tasks.samplers import ClassSplit
 
 FILES = ("images_background.npz", "images_evaluation.npz")
@@ -99,12 +100,10 @@ def load_characters(data_dir: Path, image_size: int = 28) -> tuple[np.ndarray, l
         sets += [set_name] * n_chars
     all_images = np.concatenate(images)
     try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp.npz")
-        np.savez(tmp, images=all_images, names=np.array(names), sets=np.array(sets))
-        tmp.replace(cached)
-    except OSError:
-        pass  # a read-only cache only costs time
+        arrays = dict(images=all_images, names=np.array(names), sets=np.array(sets))
+        atomic.write_with(cached, lambda f: np.savez(f, **arrays))
+    except OutputError:
+        pass  # a read-only or full cache only costs time
     return all_images, names, sets
 
 

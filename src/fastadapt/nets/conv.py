@@ -6,8 +6,6 @@ from typing import Literal
 
 from torch import nn
 
-from fastadapt.nets.layers import EpisodeBatchNorm2d, MaxPool2x2
-
 Norm = Literal["running", "episode"]
 
 
@@ -20,9 +18,10 @@ def conv4_filters(network: str | None) -> int | None:
 
 
 def _norm(channels: int, norm: Norm) -> nn.Module:
-    # "running": nn.BatchNorm2d with running statistics (ProtoNets); "episode": batch statistics always
-    # (MAML's reference code), exact under vmap and second-order differentiation.
-    return nn.BatchNorm2d(channels) if norm == "running" else EpisodeBatchNorm2d(channels)
+    # "running": batch norm with running statistics (ProtoNets); "episode": batch statistics always (MAML's
+    # reference code). The methods that adapt weights run the latter as fastadapt's exact, vmap-safe layer
+    # (fastadapt.engine.fastlayers).
+    return nn.BatchNorm2d(channels, track_running_stats=norm == "running")
 
 
 class Conv4(nn.Module):
@@ -47,7 +46,7 @@ class Conv4(nn.Module):
             layers += [
                 nn.Conv2d(in_channels if i == 0 else hidden, hidden, 3, padding=1),
                 _norm(hidden, norm),
-                MaxPool2x2(),
+                nn.MaxPool2d(2),
                 nn.ReLU(),
             ]
         self.features = nn.Sequential(*layers, nn.Flatten())

@@ -15,7 +15,6 @@ import torch
 from torch import Tensor, nn
 
 from fastadapt.nets.conv import Norm, _norm
-from fastadapt.nets.layers import MaxPool2x2
 
 #: TADAM / MetaOptNet widths.
 RESNET12_WIDTHS = (64, 160, 320, 640)
@@ -39,7 +38,7 @@ class ResidualBlock(nn.Module):
         # The channel count changes in every block, so the shortcut always needs a projection.
         self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), _norm(out_channels, norm))
         self.activation = nn.LeakyReLU(slope)
-        self.pool = MaxPool2x2()  # exact; faster than nn.MaxPool2d on even NCHW maps on a CPU
+        self.pool = nn.MaxPool2d(2)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.pool(self.activation(self.body(x) + self.shortcut(x)))

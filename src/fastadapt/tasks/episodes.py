@@ -43,6 +43,15 @@ class TaskBatch:
         }
         return TaskBatch(**moved)
 
+    def with_dtype(self, dtype: torch.dtype) -> TaskBatch:
+        """The batch with its floating-point tensors (inputs, regression targets) converted to ``dtype``."""
+        converted = {
+            f.name: value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+            for f in fields(self)
+            for value in [getattr(self, f.name)]
+        }
+        return TaskBatch(**converted)
+
     def task(self, index: int) -> TaskBatch:
         """One episode of the batch, keeping a task dimension of size 1."""
         return self.tasks(index, index + 1)
@@ -95,7 +104,7 @@ def channels_last_images(x: torch.Tensor) -> torch.Tensor:
     Unlike ``x.contiguous(memory_format=torch.channels_last)`` this also lays out one-channel images (Omniglot)
     with C stride 1, which is what makes oneDNN run the first convolution channels-last: torch takes a contiguous
     one-channel tensor for both layouts and keeps the standard one, and the first convolution's weight gradient
-    then took 7 ms instead of 1 ms for 75 Omniglot images (docs/RESULTS.md, speed section)."""
+    then took 7 ms instead of 1 ms for 75 Omniglot images (docs/performance.md)."""
     strides = channels_last_strides(x.shape)
     if x.stride() == strides:
         return x

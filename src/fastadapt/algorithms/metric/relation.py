@@ -18,12 +18,19 @@ another. :func:`fastadapt.nets.relation.relation_networks` builds the paper's tw
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastadapt.algorithms.base import MetaLearner, MetaOutput
 from fastadapt.algorithms.metric.common import class_sums, embed_episodes
+from fastadapt.algorithms.registry import Algorithm, register
+from fastadapt.errors import ConfigError
+from fastadapt.nets.relation import relation_networks
+from fastadapt.options import MethodOptions
 from fastadapt.tasks.episodes import TaskBatch
 
 
@@ -68,3 +75,58 @@ class RelationNet(MetaLearner):
         scores = self.predict(batch)
         targets = F.one_hot(batch.query_y, batch.ways).to(scores.dtype)
         return MetaOutput(F.mse_loss(scores, targets), scores)  # eq. (3), averaged over pairs and tasks
+
+
+@dataclass
+class RelationOptions(MethodOptions):
+    """Relation Networks have no settings of their own (their networks are the paper's)."""
+
+
+def build(config: Any) -> RelationNet:
+    if config.image_size < 22:
+        raise ConfigError(
+            f"relation networks need --image-size of at least 22 (got {config.image_size}); use a larger --image-size."
+        )
+    embedding, relation = relation_networks(config.channels, config.image_size)
+    return RelationNet(embedding.to(memory_format=torch.channels_last), relation.to(memory_format=torch.channels_last))
+
+
+register(
+    Algorithm(
+        name="relation",
+        listing=12,
+        family="metric",
+        summary="Relation Networks (Sung et al. 2018): a learned comparison of query and class features",
+        options=RelationOptions,
+        build=build,
+        # Sung et al. 2018, Omniglot 5-way 1-shot: 19 queries per class, Adam 1e-3 halved every 100k episodes (1M
+        # episodes in the paper; steps here is a CPU-sized budget).
+        presets={
+            "omniglot": dict(
+                network="conv4",
+                query=19,
+                eval_query=15,
+                meta_batch_size=1,
+                lr=1e-3,
+                lr_decay_every=100000,
+                steps=20000,
+                val_every=1000,
+            ),
+            # Sung et al. 2018, the authors' miniimagenet/miniimagenet_train_one_shot.py
+            # (github.com/floodsung/LearningToCompare_FSL): 15 queries per class (5-shot: 10); Adam 1e-3 for both
+            # modules, halved every 100000 episodes; 500000 episodes. Not expressible here: their gradient-norm
+            # clipping at 0.5 for both modules.
+            "mini-imagenet": dict(
+                network="conv4",
+                query=15,
+                meta_batch_size=1,
+                lr=1e-3,
+                lr_decay=0.5,
+                lr_decay_every=100000,
+                steps=500000,
+                val_every=5000,
+            ),
+        },
+        supports_regression=False,
+    )
+)

@@ -23,14 +23,14 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from fastadapt.algorithms.base import task_loss
-from fastadapt.algorithms.optimization.maml import MAML
-from fastadapt.functional import Params, Strategy, call, inner_sgd, map_tasks, parameters_of
-from fastadapt.tasks.episodes import TaskBatch
+from fastadapt.algorithms.optimization.maml import MAML, InnerLoopOptions, inner_loop_settings, network_for
+from fastadapt.algorithms.optimization.maml import PRESETS as MAML_PRESETS
+from fastadapt.algorithms.registry import Algorithm, register
+from fastadapt.engine.functional import Params, call, parameters_of
 
 
 class ANIL(MAML):
-    """MAML whose inner loop adapts only the head; everything else (meta_loss, predict) is MAML's."""
+    """MAML whose inner loop adapts only the head, on features computed once per set."""
 
     def __init__(
         self,
@@ -39,13 +39,12 @@ class ANIL(MAML):
         inner_steps: int = 1,
         first_order: bool = False,
         eval_inner_steps: int | None = None,
-        strategy: Strategy = "loop",
+        strategy: str = "loop",
         head: str = "head.",
-        **speed: Any,
+        **execution: Any,
     ) -> None:
-        """``speed``: MAML's settings of how the meta-gradient is computed (``vmap_chunk``, ``compile``, ``workers``,
-        ``fast_layers``, ``channels_last``), which change its cost, not its value."""
-        super().__init__(model, inner_lr, inner_steps, first_order, eval_inner_steps, strategy, **speed)
+        """``execution``: the engine's settings (``vmap_chunk``, ``workers``, ``channels_last``, ``compile``,
+        ``fast_layers``), which change the meta-gradient's cost, not its value."""
         self.head_name = head.rstrip(".")
         try:
             model.get_submodule(self.head_name)
@@ -57,6 +56,7 @@ class ANIL(MAML):
         self.head_prefix = self.head_name + "."
         if not any(name.startswith(self.head_prefix) for name in parameters_of(model)):
             raise ValueError(f"ANIL's head {head!r} has no trainable parameters to adapt.")
+        super().__init__(model, inner_lr, inner_steps, first_order, eval_inner_steps, strategy, **execution)
 
     def fold_problem(self) -> str | None:
         return "ANIL adapts the head alone, on features computed once (its loop and vmap are cheap already)"
@@ -91,36 +91,60 @@ class ANIL(MAML):
             )
         return seen["input"]
 
-    def adapt_head(
-        self, features: Tensor, support_y: Tensor, steps: int, first_order: bool, vectorised: bool = False
-    ) -> Params:
+    def adapt_head(self, features: Tensor, support_y: Tensor, steps: int, first_order: bool) -> Params:
         """w'_i: ``steps`` gradient steps of the head alone on the support set's features."""
         _, head = self.split(self.theta())
-        support_loss = lambda w: task_loss(call(self.head, w, features), support_y)
-        return inner_sgd(support_loss, head, steps, self.inner_lr, first_order=first_order, vectorised=vectorised)
+        support_loss = lambda w, step: self.loss(call(self.head, w, features), support_y)
+        return self.inner_loop(support_loss, head, steps, self.inner_learning_rate, first_order)[-1]
 
-    def adapt(
-        self, support_x: Tensor, support_y: Tensor, steps: int, first_order: bool, vectorised: bool = False
-    ) -> Params:
+    def adapt(self, support_x: Tensor, support_y: Tensor, steps: int, first_order: bool) -> Params:
         """All adapted parameters of one task: the body's are theta's own tensors, the head's are w'_i."""
         theta = self.theta()
         body, _ = self.split(theta)
-        fast_head = self.adapt_head(self.features(theta, support_x), support_y, steps, first_order, vectorised)
+        fast_head = self.adapt_head(self.features(theta, support_x), support_y, steps, first_order)
         return {**body, **{self.head_prefix + k: v for k, v in fast_head.items()}}
 
-    def _adapted_query(
-        self, batch: TaskBatch, steps: int, first_order: bool, strategy: Strategy
+    def task_loss(
+        self,
+        support_x: Tensor,
+        support_y: Tensor,
+        query_x: Tensor,
+        query_y: Tensor,
+        *,
+        steps: int,
+        first_order: bool,
     ) -> tuple[Tensor, Tensor]:
         theta = self.theta()
-
-        def one_task(support_x, support_y, query_x, query_y, vectorised):
-            support_features = self.features(theta, support_x)  # the body runs once per set, not per step
-            query_features = self.features(theta, query_x)
-            fast_head = self.adapt_head(support_features, support_y, steps, first_order, vectorised)
-            predictions = call(self.head, fast_head, query_features)
-            return task_loss(predictions, query_y), predictions
-
-        return map_tasks(one_task, (batch.support_x, batch.support_y, batch.query_x, batch.query_y), strategy)
+        support_features = self.features(theta, support_x)  # the body runs once per set, not per step
+        query_features = self.features(theta, query_x)
+        fast_head = self.adapt_head(support_features, support_y, steps, first_order)
+        predictions = call(self.head, fast_head, query_features)
+        return self.loss(predictions, query_y), predictions
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, head={self.head_name!r}"
+
+
+class ANILOptions(InnerLoopOptions):
+    """ANIL takes MAML's settings; its head is the network's classifier."""
+
+
+def build(config: Any) -> ANIL:
+    model = network_for(config)
+    # Conv4/Conv4Stride call their classifier "head"; an MLP is an nn.Sequential ending in it.
+    head = f"{len(model) - 1}." if config.network == "mlp" else "head."
+    return ANIL(model, head=head, **inner_loop_settings(config))
+
+
+register(
+    Algorithm(
+        name="anil",
+        listing=3,
+        family="optimization",
+        summary="ANIL (Raghu et al. 2020): MAML's inner loop on the head only",
+        options=ANILOptions,
+        build=build,
+        # The paper uses MAML's hyper-parameters (on mini-ImageNet too: Raghu et al. 2020, MiniImageNet-5way).
+        presets={dataset: MAML_PRESETS[dataset] for dataset in ("omniglot", "sinusoid", "mini-imagenet", "linear")},
+    )
+)

@@ -52,11 +52,17 @@ is left out.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastadapt.algorithms.base import MetaLearner, MetaOutput
+from fastadapt.algorithms.registry import Algorithm, register
+from fastadapt.errors import ConfigError
+from fastadapt.options import MethodOptions, option
 from fastadapt.tasks.episodes import TaskBatch
 
 #: Keeps standard deviations away from 0 (log sigma in the KL term).
@@ -161,7 +167,7 @@ class LEO(MetaLearner):
         # Read by the training loop (fastadapt.train.clip_meta_gradient): the authors clip every entry of the
         # meta-gradient to [-0.1, 0.1]. Clipping there, after gradients are averaged over processes, keeps a
         # multi-process update equal to a single-process one.
-        self.max_grad_value = grad_clip
+        self.max_grad_value = grad_clip  # each meta-gradient entry clipped to +-this (clip_meta_gradient)
 
     # -- the generative model --------------------------------------------------------------------------
     def encode(self, support_x: Tensor, support_y: Tensor, ways: int) -> tuple[Tensor, Tensor]:
@@ -207,6 +213,10 @@ class LEO(MetaLearner):
         return weights
 
     # -- the regularisers of eq. (7) -----------------------------------------------------------------
+    def clip_meta_gradient(self) -> None:
+        if self.max_grad_value:
+            nn.utils.clip_grad_value_(self.parameters(), self.max_grad_value)
+
     def l2_penalty(self) -> Tensor:
         """||phi||^2 over encoder, relation network and decoder (not the inner learning rates)."""
         modules = (self.encoder, self.relation, self.decoder)
@@ -260,3 +270,94 @@ class LEO(MetaLearner):
             f"encoder_penalty_weight={self.encoder_penalty_weight}, l2_penalty_weight={self.l2_penalty_weight}, "
             f"orthogonality_penalty_weight={self.orthogonality_penalty_weight}"
         )
+
+
+@dataclass
+class LEOOptions(MethodOptions):
+    """LEO's settings; ``inner_steps``/``inner_lr`` are its latent-space loop. Defaults: the authors' released
+    configuration."""
+
+    inner_lr: float = option(1.0, "initial step size of the latent-space inner loop (meta-learned)")
+    inner_steps: int = option(5, "latent-space inner steps")
+    eval_inner_steps: int | None = option(None, "latent-space steps at test time (default: as in meta-training)")
+    leo_latent_dim: int = option(64, "size of the latent code per class")
+    leo_finetuning_steps: int = option(5, "steps on the decoded weights after the latent loop")
+    leo_finetuning_lr: float = option(1e-3, "initial fine-tuning step size, meta-learned")
+    leo_dropout: float = option(0.5, "dropout on the embeddings in meta-training")
+    leo_kl_weight: float = option(1e-3, "beta: weight of KL(q(z|support) || N(0, I))")
+    leo_encoder_penalty: float = option(1e-9, "gamma: weight of ||stopgrad(z') - z||^2")
+    leo_l2_penalty: float = option(1e-8, "lambda_1: L2 weight on encoder/relation/decoder")
+    leo_orthogonality_penalty: float = option(1e-3, "lambda_2: decoder orthogonality penalty weight")
+    leo_grad_clip: float = option(0.1, "clip each meta-gradient entry to +-this (0: off)")
+
+    def validate(self) -> None:
+        if self.inner_steps < 0:
+            raise ConfigError(f"--inner-steps must be >= 0 (got {self.inner_steps}).")
+        if self.leo_latent_dim < 1 or self.leo_finetuning_steps < 0:
+            raise ConfigError("--leo-latent-dim must be >= 1 and --leo-finetuning-steps >= 0.")
+        if not 0 <= self.leo_dropout < 1:
+            raise ConfigError(f"--leo-dropout must be in [0, 1) (got {self.leo_dropout}).")
+        weights = (
+            "leo_kl_weight",
+            "leo_encoder_penalty",
+            "leo_l2_penalty",
+            "leo_orthogonality_penalty",
+            "leo_grad_clip",
+        )
+        for name in weights:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(self, name)}).")
+
+
+def build(config: Any) -> LEO:
+    from fastadapt.datasets.embeddings import embedding_dim
+
+    if config.dataset != "embeddings":
+        raise ConfigError(
+            f"LEO trains on fixed embeddings, not on {config.dataset} images: run `fastadapt pretrain`, then "
+            f"`fastadapt embed --checkpoint RUN/pretrain.pt --out EMB`, then train with --dataset embeddings "
+            f"--data-dir EMB."
+        )
+    return LEO(
+        embedding_dim(config.data_dir),
+        latent_dim=config.leo_latent_dim,
+        inner_steps=config.inner_steps,
+        inner_lr=config.inner_lr,
+        finetuning_steps=config.leo_finetuning_steps,
+        finetuning_lr=config.leo_finetuning_lr,
+        dropout=config.leo_dropout,
+        kl_weight=config.leo_kl_weight,
+        encoder_penalty_weight=config.leo_encoder_penalty,
+        l2_penalty_weight=config.leo_l2_penalty,
+        orthogonality_penalty_weight=config.leo_orthogonality_penalty,
+        grad_clip=config.leo_grad_clip or None,
+        eval_inner_steps=config.eval_inner_steps,
+    )
+
+
+register(
+    Algorithm(
+        name="leo",
+        listing=6,
+        family="optimization",
+        summary="LEO (Rusu et al. 2019) on fixed embeddings (--dataset embeddings: `fastadapt embed` or the authors')",
+        options=LEOOptions,
+        build=build,
+        # The authors' released configuration: meta-batch 12, 15 queries per class, Adam 1e-4, 5 latent steps (alpha
+        # from 1.0), 5 fine-tuning steps (eta from 1e-3). They train 100k steps; steps here is a CPU-sized budget.
+        presets={
+            "embeddings": dict(
+                query=15,
+                eval_query=15,
+                meta_batch_size=12,
+                inner_lr=1.0,
+                inner_steps=5,
+                lr=1e-4,
+                steps=20000,
+                val_every=1000,
+                val_episodes=300,
+            ),
+        },
+        supports_regression=False,
+    )
+)

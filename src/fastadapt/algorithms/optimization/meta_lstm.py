@@ -43,12 +43,19 @@ several episodes average their query losses (the paper uses one episode per meta
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
-from fastadapt.algorithms.base import MetaLearner, MetaOutput, task_loss
-from fastadapt.functional import Params, call, parameters_of
+from fastadapt.algorithms.base import MetaLearner, MetaOutput, check_per_way_head, task_loss
+from fastadapt.algorithms.registry import Algorithm, register
+from fastadapt.engine.functional import Params, call, parameters_of
+from fastadapt.errors import ConfigError
 from fastadapt.learned_optim.net import preprocess
+from fastadapt.nets import build_network
+from fastadapt.options import MethodOptions, option
 from fastadapt.tasks.episodes import TaskBatch
 
 
@@ -103,7 +110,7 @@ class MetaLSTM(MetaLearner):
         self.inner_steps = inner_steps
         self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
         self.preprocess_p = preprocess_p
-        # Read by the training loop: the authors clip the meta-gradient norm to 0.25.
+        # The authors clip the meta-gradient norm to 0.25 (clip_meta_gradient, after any averaging over processes).
         self.max_grad_norm = max_grad_norm
         self.input_lstm = nn.LSTMCell(4, hidden)  # first layer: preprocessed (grad, loss) -> h_t
         self.cell = MetaLSTMCell(hidden)
@@ -111,6 +118,10 @@ class MetaLSTM(MetaLearner):
         # 2x faster on CPU after a one-off compile of about a minute, worth it for long runs only).
         self.compile_update = compile_update
         self._step = torch.compile(self.update, dynamic=False) if compile_update else self.update
+
+    def clip_meta_gradient(self) -> None:
+        if self.max_grad_norm:
+            nn.utils.clip_grad_norm_(self.parameters(), self.max_grad_norm)
 
     # --- the learner's weights as one flat vector (the cell state) -------------------------------------
 
@@ -179,3 +190,53 @@ class MetaLSTM(MetaLearner):
             f"inner_steps={self.inner_steps}, eval_inner_steps={self.eval_inner_steps}, "
             f"preprocess_p={self.preprocess_p}, max_grad_norm={self.max_grad_norm}"
         )
+
+
+@dataclass
+class MetaLSTMOptions(MethodOptions):
+    inner_steps: int = option(12, "updates of the learner by the meta-learner on the support set (5-shot: 8)")
+    eval_inner_steps: int | None = option(None, "updates at test time (default: as in meta-training)")
+    compile: bool = option(False, "torch.compile the per-coordinate update: a one-off compile, then ~2x faster steps")
+
+    def validate(self) -> None:
+        if self.inner_steps < 0:
+            raise ConfigError(f"--inner-steps must be >= 0 (got {self.inner_steps}).")
+
+
+def build(config: Any) -> MetaLSTM:
+    check_per_way_head(config.algorithm, config.ways, config.train_ways)
+    model = build_network(config.network, config.channels, config.image_size, config.ways, norm="episode")
+    return MetaLSTM(
+        model, inner_steps=config.inner_steps, eval_inner_steps=config.eval_inner_steps, compile_update=config.compile
+    )
+
+
+# The authors' 1-shot configuration: Conv-4 with 32 filters, 12 updates of the learner on the whole support set (pass
+# --inner-steps 8 for 5-shot), 15 queries per class, one episode per meta-update, Adam 1e-3 (meta-gradient norm
+# clipped to 0.25 by the learner itself), 75000 episodes.
+# fmt: off
+_OMNIGLOT = dict(network="conv4-32", query=15, eval_query=15, meta_batch_size=1, inner_steps=12, lr=1e-3, steps=75000,
+                 val_every=1000, val_episodes=200)
+# fmt: on
+register(
+    Algorithm(
+        name="meta-lstm",
+        listing=5,
+        family="optimization",
+        summary="Meta-LSTM (Ravi & Larochelle 2017): an LSTM whose cell state is the learner's weights",
+        options=MetaLSTMOptions,
+        build=build,
+        presets={
+            "omniglot": _OMNIGLOT,
+            "folder": dict(_OMNIGLOT, query=5, steps=5000, val_every=500),
+            # Ravi & Larochelle 2017, config/lstm/train-imagenet-1shot.lua and config/1-shot-5-class.lua: the
+            # learner is Conv-4 with 32 filters; 12 updates on the whole 5-example support set, 75000 episodes
+            # (5-shot: 8 updates, 50000 episodes); Adam 1e-3; 15 queries per class; one episode per meta-update.
+            # Not expressible here: the learner's batch-norm momentum 0.9 (5-shot: 0.95).
+            "mini-imagenet": dict(
+                network="conv4-32", query=15, meta_batch_size=1, inner_steps=12, lr=1e-3, steps=75000, val_every=1000
+            ),
+        },
+        supports_regression=False,
+    )
+)

@@ -24,8 +24,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fastadapt.algorithms.optimization.maml import MAML
-from fastadapt.functional import Strategy, parameter_key, parameters_of
+from fastadapt.algorithms.optimization.maml import MAML, InnerLoopOptions, inner_loop_settings, network_for
+from fastadapt.algorithms.optimization.maml import PRESETS as MAML_PRESETS
+from fastadapt.algorithms.registry import Algorithm, register
+from fastadapt.engine.functional import parameter_key, parameters_of
 
 
 class MetaSGD(MAML):
@@ -36,21 +38,47 @@ class MetaSGD(MAML):
         inner_steps: int = 1,
         first_order: bool = False,
         eval_inner_steps: int | None = None,
-        strategy: Strategy = "loop",
-        **speed: Any,
+        strategy: str = "loop",
+        **execution: Any,
     ) -> None:
-        """``speed``: MAML's settings of how the meta-gradient is computed (``vmap_chunk``, ``compile``, ``workers``,
-        ``fast_layers``, ``channels_last``), which change its cost, not its value."""
-        super().__init__(model, inner_lr, inner_steps, first_order, eval_inner_steps, strategy, **speed)
+        """``execution``: the engine's settings (``vmap_chunk``, ``workers``, ``channels_last``, ``compile``,
+        ``fast_layers``), which change the meta-gradient's cost, not its value."""
+        super().__init__(model, inner_lr, inner_steps, first_order, eval_inner_steps, strategy, **execution)
         #: alpha: one learned learning-rate tensor per parameter tensor, same shape, meta-parameters.
         self.inner_lrs = nn.ParameterDict(
             {
                 parameter_key(name): nn.Parameter(torch.full_like(p, inner_lr))
-                for name, p in parameters_of(model).items()
+                for name, p in parameters_of(self.model).items()
             }
         )
 
-    def inner_learning_rate(self) -> dict[str, Tensor]:
-        """alpha as a mapping parameter name -> tensor, the form ``inner_sgd`` takes as ``lr``; MAML's
-        ``adapt`` then computes theta'_i = theta - alpha o grad (eq. 1)."""
+    def inner_learning_rate(self, step: int = 0) -> dict[str, Tensor]:
+        """alpha as a mapping parameter name -> tensor: MAML's eq. (1) then computes theta'_i = theta - alpha o grad."""
         return {name: self.inner_lrs[parameter_key(name)] for name in self.theta()}
+
+
+class MetaSGDOptions(InnerLoopOptions):
+    """Meta-SGD takes MAML's settings; ``inner_lr`` is alpha's starting value."""
+
+
+def build(config: Any) -> MetaSGD:
+    return MetaSGD(network_for(config), **inner_loop_settings(config))
+
+
+register(
+    Algorithm(
+        name="metasgd",
+        listing=2,
+        family="optimization",
+        summary="Meta-SGD (Li et al. 2017): a learned inner learning rate per weight",
+        options=MetaSGDOptions,
+        build=build,
+        # MAML's set-up with one adaptation step at test as well as in training (the paper adapts with one step).
+        # On mini-ImageNet the paper builds on MAML's protocol; the values other than the one step (Conv-4 with 32
+        # filters, meta-batch, 15 queries, Adam 1e-3, 60000 steps) are MAML's, not restated from the Meta-SGD paper.
+        presets={
+            dataset: {**MAML_PRESETS[dataset], "inner_steps": 1, "eval_inner_steps": 1}
+            for dataset in ("omniglot", "sinusoid", "mini-imagenet", "linear")
+        },
+    )
+)

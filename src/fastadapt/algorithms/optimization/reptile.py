@@ -40,15 +40,17 @@ nearly sign descent: every weight moves by about ``inner_lr`` whatever its gradi
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from fastadapt.algorithms.base import MetaLearner, MetaOutput, task_loss
-from fastadapt.errors import ConfigError
-from fastadapt.fastlayers import with_fast_layers
-from fastadapt.functional import (
+from fastadapt.algorithms.base import MetaLearner, MetaOutput, check_per_way_head, task_loss
+from fastadapt.algorithms.registry import Algorithm, register
+from fastadapt.engine.execution import Execution, StrategyOptions
+from fastadapt.engine.fastlayers import with_fast_layers
+from fastadapt.engine.functional import (
     Params,
     Strategy,
     call,
@@ -58,6 +60,9 @@ from fastadapt.functional import (
     parameters_of,
     sgd_step,
 )
+from fastadapt.errors import ConfigError
+from fastadapt.nets import build_network
+from fastadapt.options import option
 from fastadapt.tasks.episodes import TaskBatch
 
 InnerOptimizer = Literal["sgd", "adam"]
@@ -117,6 +122,7 @@ class Reptile(MetaLearner):
         adam_state: AdamState = "fresh",
         strategy: Strategy = "loop",
         fast_layers: bool = True,
+        gradient_check: bool = True,
     ) -> None:
         super().__init__()
         if inner_optimizer not in INNER_OPTIMIZERS:
@@ -125,7 +131,7 @@ class Reptile(MetaLearner):
             raise ValueError(f"unknown Adam state {adam_state!r}; choose one of {ADAM_STATES}")
         if adam_state == "carried" and inner_optimizer != "adam":
             raise ValueError("a carried Adam state needs the Adam inner optimiser (inner_optimizer='adam')")
-        # torch's layers with an exact, faster equivalent run as fastadapt's (fastadapt.fastlayers), as in MAML.
+        # torch's layers with an exact, faster equivalent run as fastadapt's (fastadapt.engine.fastlayers), as in MAML.
         if strategy == "fold":
             raise ConfigError(
                 "--strategy fold runs MAML's inner loops (MAML, Meta-SGD); Reptile takes loop, vmap or auto."
@@ -141,7 +147,9 @@ class Reptile(MetaLearner):
         self.adam_betas = tuple(adam_betas)
         self.adam_eps = adam_eps
         self.adam_state = adam_state
-        self.strategy = strategy
+        # Loop or vmap over tasks (fastadapt.engine); no workers, layout or folding: tasks run one way only.
+        self.execution = Execution(strategy=strategy, workers=1, channels_last=False, gradient_check=gradient_check)
+        self.execution.check()
         if adam_state == "carried":
             # Buffers, so checkpoints keep them and data-parallel training averages them across processes.
             self.adam_moments = nn.Module()
@@ -243,3 +251,95 @@ class Reptile(MetaLearner):
             f"eval_inner_batch_size={self.eval_inner_batch_size}, adam_state={self.adam_state!r}, "
             f"strategy={self.strategy!r}"
         )
+
+
+@dataclass
+class ReptileOptions(StrategyOptions):
+    inner_lr: float = option(1e-3, "the inner optimiser's learning rate")
+    inner_steps: int = option(5, "inner optimiser steps per task in meta-training")
+    eval_inner_steps: int | None = option(None, "inner steps at test time (default: as in meta-training)")
+    inner_optimizer: str = option("sgd", "the inner optimiser", choices=INNER_OPTIMIZERS)
+    inner_adam_state: str = option(
+        "fresh", "with Adam: fresh moments per task, or carried across tasks as the authors' code", choices=ADAM_STATES
+    )
+    inner_batch_size: int | None = option(None, "support mini-batch per inner step (default: the whole support set)")
+    eval_inner_batch_size: int | None = option(None, "support mini-batch per test-time step (default: as in training)")
+
+    def settle(self, given: set[str]) -> None:
+        """A preset's carried Adam state falls back to fresh where the inner optimiser given is SGD."""
+        if self.inner_optimizer != "adam" and "inner_adam_state" not in given:
+            self.inner_adam_state = "fresh"
+
+    def validate(self) -> None:
+        if self.strategy == "fold":
+            raise ConfigError(
+                "--strategy fold runs MAML's inner loops (MAML, Meta-SGD); Reptile takes loop, vmap or auto."
+            )
+        if self.inner_steps < 0:
+            raise ConfigError(f"--inner-steps must be >= 0 (got {self.inner_steps}).")
+        if self.inner_adam_state == "carried" and self.inner_optimizer != "adam":
+            raise ConfigError("--inner-adam-state carried needs --inner-optimizer adam (SGD has no state to carry).")
+        for name in ("inner_batch_size", "eval_inner_batch_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)}).")
+
+
+def build(config: Any) -> Reptile:
+    check_per_way_head(config.algorithm, config.ways, config.train_ways)
+    outputs = 1 if config.regression else config.ways
+    return Reptile(
+        build_network(config.network, config.channels, config.image_size, outputs, norm="episode"),
+        inner_lr=config.inner_lr,
+        inner_steps=config.inner_steps,
+        inner_optimizer=config.inner_optimizer,
+        inner_batch_size=config.inner_batch_size,
+        eval_inner_steps=config.eval_inner_steps,
+        eval_inner_batch_size=config.eval_inner_batch_size,
+        adam_state=config.inner_adam_state,
+        strategy=config.strategy,
+        gradient_check=config.gradient_check,
+    )
+
+
+# fmt: off
+PRESETS: dict[str, dict[str, Any]] = {
+    # Reptile (Nichol et al. 2018, Table 3 and the authors' 5-way 1-shot Omniglot command): Adam inner loop (lr 1e-3,
+    # beta1 0, its moments carried from task to task as in the authors' code), 5 steps on mini-batches of 10 of 10
+    # training shots per class; 5 tasks per outer step; outer SGD with epsilon 1 decayed linearly to 0 over 100k
+    # steps; at test 50 steps on mini-batches of 5 of the support set.
+    "omniglot": dict(network="conv4-stride", query=1, eval_query=15, meta_batch_size=5, inner_optimizer="adam",
+                     inner_adam_state="carried", inner_lr=1e-3, inner_steps=5, inner_batch_size=10,
+                     eval_inner_steps=50, eval_inner_batch_size=5, train_shots=10, outer_optimizer="sgd", lr=1.0,
+                     lr_schedule="linear", steps=100000, val_every=2000, val_episodes=300),
+    # Reptile's sine demo: SGD 0.02 on 50 points in batches of 10 (5 steps), one task per outer step, epsilon 0.1
+    # decayed linearly, 30k steps; at test 32 full-batch steps on the support set.
+    "sinusoid": dict(network="mlp", shots=10, train_shots=50, query=10, eval_query=100, meta_batch_size=1,
+                     inner_optimizer="sgd", inner_lr=0.02, inner_steps=5, inner_batch_size=10, eval_inner_steps=32,
+                     outer_optimizer="sgd", lr=0.1, lr_schedule="linear", steps=30000, val_every=5000,
+                     val_episodes=300),
+    # Nichol et al. 2018, the authors' README command "1-shot 5-way Mini-ImageNet" (non-transductive;
+    # github.com/openai/supervised-reptile): --shots 1 --inner-batch 3 --inner-iters 19 --meta-step 0.235
+    # --meta-batch 2 --eval-batch 3 --eval-iters 55 --learning-rate 0.0012 --train-shots 12. Conv-4 with 32 filters
+    # and max-pooling (supervised_reptile/models.py); Adam inner loop with beta1 0 whose moments carry from task to
+    # task (the authors' code); outer SGD step decayed linearly to 0 (--meta-step-final 0) over 200000 iterations.
+    "mini-imagenet": dict(network="conv4-32", query=1, train_shots=12, meta_batch_size=2, inner_optimizer="adam",
+                          inner_adam_state="carried", inner_lr=0.0012, inner_steps=19, inner_batch_size=3,
+                          eval_inner_steps=55, eval_inner_batch_size=3, outer_optimizer="sgd", lr=0.235,
+                          lr_schedule="linear", steps=200000, val_every=5000),
+    # Lines: the sine demo's setting above over 5000 steps, as MAML's linear preset (fastadapt's choice).
+    "linear": dict(network="mlp", shots=10, train_shots=50, query=10, eval_query=100, meta_batch_size=1,
+                   inner_optimizer="sgd", inner_lr=0.02, inner_steps=5, inner_batch_size=10, eval_inner_steps=32,
+                   outer_optimizer="sgd", lr=0.1, lr_schedule="linear", steps=5000, val_every=500, val_episodes=300),
+}
+# fmt: on
+register(
+    Algorithm(
+        name="reptile",
+        listing=4,
+        family="optimization",
+        summary="Reptile (Nichol et al. 2018): move towards each task's fine-tuned weights",
+        options=ReptileOptions,
+        build=build,
+        presets=PRESETS,
+    )
+)
