@@ -29,11 +29,11 @@ import numpy as np
 import torch
 from common import RESULTS, ROOT, machine, write_json
 
-from fastadapt.algorithms.optimization.la_maml import LaMAMLOptions, build, mlp
-from fastadapt.continual.baselines import ExperienceReplay, SequentialFineTuning, joint_training
+from fastadapt.algorithms.continual.baselines import ExperienceReplay, SequentialFineTuning, joint_training
+from fastadapt.algorithms.continual.la_maml import LaMAMLOptions, build, mlp
 from fastadapt.continual.metrics import mean_ci, plot_accuracy_matrices, plot_first_tasks, summarise_runs
 from fastadapt.continual.protocol import run_task_stream
-from fastadapt.continual.streams import digits_stream
+from fastadapt.tasks.streams import digits_stream
 
 IMG = ROOT / "docs" / "img"
 SEARCH_SEED = 100

@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 from common import RESULTS, ROOT, machine, write_json
 
-from fastadapt.algorithms.optimization.oml import build, options_from_preset
+from fastadapt.algorithms.continual.oml import build, options_from_preset
 from fastadapt.continual.protocol import MetaTestOptions, meta_test
 from fastadapt.continual.runner import load_learner, meta_train, plot_meta_test, plot_training_log, pretrain
-from fastadapt.continual.streams import load_omniglot_characters
+from fastadapt.tasks.streams import load_omniglot_characters
 
 IMG = ROOT / "docs" / "img"
 #: numenta/nupic.research's replication of the reference code (meta-test held-out / meta-test train), as the

@@ -20,7 +20,8 @@ FORBIDDEN = {
     "datasets": ("engine", "algorithms", "config", "train", "evaluate", "checkpoint", "cli"),
     "nets": ("engine", "algorithms", "config", "train", "evaluate", "checkpoint", "cli", "datasets"),
     "engine": ("algorithms", "config", "train", "evaluate", "checkpoint", "cli", "datasets"),
-    "algorithms": ("config", "train", "evaluate", "checkpoint", "cli"),
+    "algorithms": ("config", "train", "evaluate", "checkpoint", "cli", "continual"),
+    "continual": ("cli",),
 }
 
 

@@ -4,13 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastadapt.algorithms.optimization.la_maml import LaMAML, LaMAMLOptions, build, mlp
-from fastadapt.continual.memory import ReservoirBuffer
+from fastadapt.algorithms.continual.la_maml import LaMAML, LaMAMLOptions, build, mlp
 from fastadapt.continual.protocol import run_task_stream
-from fastadapt.continual.streams import Task, TaskStream
+from fastadapt.engine.functional import parameter_key
 from fastadapt.errors import ConfigError
-from fastadapt.functional import parameter_key
 from fastadapt.tasks.episodes import TaskBatch
+from fastadapt.tasks.replay import ReservoirBuffer
+from fastadapt.tasks.streams import Task, TaskStream
 
 
 def tiny(second_order=False, **kwargs) -> LaMAML:

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastadapt.algorithms.optimization.oml import OML, OMLOptions, build, oml_pln, oml_rln, options_from_preset
+from fastadapt.algorithms.continual.oml import OML, OMLOptions, build, oml_pln, oml_rln, options_from_preset
 from fastadapt.continual.protocol import MetaTestOptions, meta_test
 from fastadapt.errors import ConfigError
 from fastadapt.tasks.episodes import TaskBatch

@@ -4,8 +4,8 @@ import torch
 
 from fastadapt.continual.metrics import continual_metrics
 from fastadapt.continual.protocol import choose_learning_rate, repeat_task_stream, run_task_stream
-from fastadapt.continual.streams import Task, TaskStream
 from fastadapt.errors import ConfigError
+from fastadapt.tasks.streams import Task, TaskStream
 
 
 class LastTaskOnly:
@@ -22,6 +22,9 @@ class LastTaskOnly:
         task = x[:, 0].long()
         right = torch.nn.functional.one_hot(task % 2, 2).float()
         return torch.where((task == self.last)[:, None], right, 1 - right)
+
+    def check_stream(self, stream):
+        pass
 
 
 def id_stream(tasks=4):

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from fastadapt.algorithms.optimization.oml import OMLOptions, build
+from fastadapt.algorithms.continual.oml import OMLOptions, build
 from fastadapt.continual.runner import load_learner, meta_train, pretrain
 from fastadapt.errors import ConfigError
 

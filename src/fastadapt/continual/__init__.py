@@ -1,10 +1,11 @@
-"""Continual (lifelong) learning: class-sorted and task streams, the accuracy matrix with ACC/BWT/FWT,
-OML's meta-test protocol and the meta-training runner. Learners live in fastadapt.algorithms.optimization
-(``oml``, ``la_maml``)."""
+"""Continual (lifelong) learning runs: the accuracy matrix with ACC/BWT/FWT, OML's meta-test protocol, the
+task-stream protocol, the meta-training runner and ``fastadapt continual`` (:mod:`fastadapt.continual.run`).
+The streams are in fastadapt.tasks.streams, the learners in fastadapt.algorithms.continual (``oml``, ``la_maml``,
+``baselines``)."""
 
 from fastadapt.continual.metrics import continual_metrics, mean_ci, summarise_runs
 from fastadapt.continual.protocol import MetaTestOptions, meta_test, repeat_task_stream, run_task_stream
-from fastadapt.continual.streams import (
+from fastadapt.tasks.streams import (
     ClassStream,
     Task,
     TaskStream,

@@ -3,7 +3,7 @@ accuracy matrix.
 
 OML's meta-test (Javed & White 2019, section 4.1, as their code and numenta's replication run it): draw
 ``n`` new classes from the evaluation set; the learner sees the first 15 images of each class, class after
-class (:class:`~fastadapt.continual.streams.ClassStream`), one image per step, and takes one step per image
+class (:class:`~fastadapt.tasks.streams.ClassStream`), one image per step, and takes one step per image
 on the PLN only, the RLN frozen; then it is scored on the stream's own training images (what it still
 remembers) and on the 5 held-out images per class (how it generalises). The step size is chosen on separate
 search runs (other random classes): each search run picks the rate with the best held-out accuracy, and the
@@ -32,9 +32,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from fastadapt.continual.metrics import mean_ci, summarise_runs
-from fastadapt.continual.streams import TEST_PER_CLASS, TRAIN_PER_CLASS, ClassStream, TaskStream, class_sorted_stream
+from fastadapt.engine.functional import Params, call, inner_sgd, parameters_of
 from fastadapt.errors import ConfigError
-from fastadapt.functional import Params, call, inner_sgd, parameters_of
+from fastadapt.tasks.streams import TEST_PER_CLASS, TRAIN_PER_CLASS, ClassStream, TaskStream, class_sorted_stream
 
 # ------------------------------------------------------------------------------------------ OML's meta-test
 
@@ -96,7 +96,7 @@ class MetaTestOptions:
 
 
 class OnlinePLN(Protocol):
-    """What the meta-test needs of a learner (fastadapt.algorithms.optimization.oml.OML has it)."""
+    """What the meta-test needs of a learner (fastadapt.algorithms.continual.oml.OML has it)."""
 
     pln: nn.Module
 
@@ -255,6 +255,9 @@ class ContinualLearner(Protocol):
 
     def predict_logits(self, x: Tensor) -> Tensor: ...
 
+    def check_stream(self, stream: TaskStream) -> None:
+        """Refuse a stream the learner's settings do not fit (one line, ConfigError)."""
+
 
 def task_accuracies(learner: ContinualLearner, stream: TaskStream) -> np.ndarray:
     """Test accuracy on every task of ``stream``."""
@@ -276,9 +279,7 @@ def run_task_stream(
     row i after task i) and the accuracies at initialisation ``b``."""
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, not {batch_size}.")
-    check = getattr(learner, "check_stream", None)
-    if check is not None:
-        check(stream)
+    learner.check_stream(stream)
     initial = task_accuracies(learner, stream)
     rows = []
     bar = tqdm(total=stream.total_train_examples, desc=stream.name, disable=not progress, leave=False)

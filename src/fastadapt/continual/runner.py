@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from fastadapt.algorithms.optimization.oml import OML, OMLOptions
-from fastadapt.algorithms.optimization.oml import build as build_oml
+from fastadapt.algorithms.continual.oml import OML, OMLOptions
+from fastadapt.algorithms.continual.oml import build as build_oml
 from fastadapt.checkpoint import save_checkpoint
 from fastadapt.continual.metrics import write_json
 from fastadapt.errors import ConfigError, DataError
@@ -45,7 +45,7 @@ def load_learner(path: str | Path) -> OML:
     state = _load(path)
     if "options" not in state or "model" not in state:
         raise DataError(f"{path} is not a fastadapt OML model.")
-    options = state["options"]
+    options = {k: v for k, v in state["options"].items() if k in OMLOptions.__dataclass_fields__}
     learner = build_oml(OMLOptions(**{**options, "strides": tuple(options["strides"])}))
     learner.load_state_dict(state["model"])
     return learner

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastadapt.continual.memory import ReservoirBuffer
-from fastadapt.continual.streams import TaskStream
 from fastadapt.errors import ConfigError
+from fastadapt.tasks.replay import ReservoirBuffer
+from fastadapt.tasks.streams import TaskStream
 
 
 class SequentialFineTuning:
@@ -50,6 +50,9 @@ class SequentialFineTuning:
     @torch.no_grad()
     def predict_logits(self, x: Tensor) -> Tensor:
         return self.model(x)
+
+    def check_stream(self, stream: TaskStream) -> None:
+        """Every stream fits plain fine-tuning."""
 
 
 class ExperienceReplay(SequentialFineTuning):

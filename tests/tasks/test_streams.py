@@ -2,14 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from fastadapt.continual.streams import (
+from fastadapt.errors import ConfigError
+from fastadapt.tasks.streams import (
     Task,
     TaskStream,
     class_sorted_stream,
     omniglot_alphabet_tasks,
     rotate_images,
 )
-from fastadapt.errors import ConfigError
 
 
 def numbered_images(classes=12, per_class=20):
@@ -55,7 +55,7 @@ def test_rotation_by_a_quarter_turn_is_exact():
 
 def test_digit_streams():
     pytest.importorskip("sklearn")
-    from fastadapt.continual.streams import permuted_digits, rotated_digits
+    from fastadapt.tasks.streams import permuted_digits, rotated_digits
 
     with pytest.raises(ConfigError, match="at least 2 tasks"):
         permuted_digits(1)

@@ -21,7 +21,7 @@ still differentiates L with respect to alpha through every step; ``second_order=
 terms. ``sync_update=True`` is their "Sync-La-MAML" ablation (theta by plain SGD with ``weight_lr``).
 
 Why La-MAML rather than MER (Riemer et al. 2019): it is MAML's differentiable inner loop plus learned
-per-parameter rates, so it runs on fastadapt.functional's inner loop as it is (``inner_sgd_trajectory`` with a
+per-parameter rates, so it runs on fastadapt.engine.functional's inner loop as it is (``inner_sgd_trajectory`` with a
 per-parameter ``lr``), its meta-gradient can be checked against a plain autograd loop, and it needs one
 meta-step per incoming batch where MER runs Reptile over many within-batch steps per example (the La-MAML
 paper reports it faster and better than MER on the MNIST benchmarks, its Table 1).
@@ -29,7 +29,7 @@ paper reports it faster and better than MER on the MNIST benchmarks, its Table 1
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -38,31 +38,33 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastadapt.algorithms.base import MetaLearner, MetaOutput
-from fastadapt.continual.memory import ReservoirBuffer
+from fastadapt.algorithms.registry import Algorithm, register
+from fastadapt.engine.functional import Params, call, inner_sgd_trajectory, parameter_key, parameters_of
 from fastadapt.errors import ConfigError
-from fastadapt.functional import Params, call, inner_sgd_trajectory, parameter_key, parameters_of
+from fastadapt.options import MethodOptions, option
 from fastadapt.tasks.episodes import TaskBatch
+from fastadapt.tasks.replay import ReservoirBuffer
 
 
 @dataclass
-class LaMAMLOptions:
+class LaMAMLOptions(MethodOptions):
     """La-MAML's network and online meta-learning settings (defaults: the ``rotated-digits`` preset)."""
 
-    inputs: int = field(default=64, metadata={"help": "input features (8x8 digits: 64)"})
-    hidden: int = field(default=100, metadata={"help": "units of each hidden layer of the MLP"})
-    layers: int = field(default=2, metadata={"help": "hidden layers of the MLP"})
-    num_classes: int = field(default=10, metadata={"help": "outputs of the shared (single) head"})
-    alpha_init: float = field(default=0.15, metadata={"help": "initial value of every learned learning rate"})
-    alpha_lr: float = field(default=0.3, metadata={"help": "eta: SGD step size of the learning rates"})
-    memory: int = field(default=200, metadata={"help": "replay buffer capacity in examples (reservoir sampling)"})
-    replay_batch: int = field(default=10, metadata={"help": "replayed examples added to each meta-loss batch"})
-    batch_size: int = field(default=10, metadata={"help": "incoming examples per stream batch (inner steps)"})
-    glances: int = field(default=5, metadata={"help": "meta-steps on each incoming batch (single pass)"})
-    second_order: bool = field(default=False, metadata={"help": "keep second derivatives through the inner steps"})
-    grad_clip: float = field(default=2.0, metadata={"help": "clip the weights' and rates' gradient norms (0: off)"})
-    sync_update: bool = field(default=False, metadata={"help": "update the weights by SGD with weight_lr instead"})
-    weight_lr: float = field(default=0.1, metadata={"help": "the weights' step size with sync_update"})
-    seed: int = field(default=0, metadata={"help": "seed of the initialisation, the buffer and the shuffles"})
+    inputs: int = option(64, "input features (8x8 digits: 64)")
+    hidden: int = option(100, "units of each hidden layer of the MLP")
+    layers: int = option(2, "hidden layers of the MLP")
+    num_classes: int = option(10, "outputs of the shared (single) head")
+    alpha_init: float = option(0.15, "initial value of every learned learning rate")
+    alpha_lr: float = option(0.3, "eta: SGD step size of the learning rates")
+    memory: int = option(200, "replay buffer capacity in examples (reservoir sampling)")
+    replay_batch: int = option(10, "replayed examples added to each meta-loss batch")
+    batch_size: int = option(10, "incoming examples per stream batch (inner steps)")
+    glances: int = option(5, "meta-steps on each incoming batch (single pass)")
+    second_order: bool = option(False, "keep second derivatives through the inner steps")
+    grad_clip: float = option(2.0, "clip the weights' and rates' gradient norms (0: off)")
+    sync_update: bool = option(False, "update the weights by SGD with weight_lr instead")
+    weight_lr: float = option(0.1, "the weights' step size with sync_update")
+    seed: int = option(0, "seed of the initialisation, the buffer and the shuffles")
 
     def validate(self) -> None:
         for name in ("inputs", "hidden", "num_classes", "batch_size", "glances"):
@@ -237,3 +239,17 @@ def build(options: LaMAMLOptions | None = None, model: nn.Module | None = None) 
         options.weight_lr,
         options.seed,
     )
+
+
+register(
+    Algorithm(
+        name="la-maml",
+        family="continual",
+        summary="La-MAML (Gupta et al. 2020): look-ahead MAML with learned per-parameter rates and replay",
+        options=LaMAMLOptions,
+        build=build,
+        presets=PRESETS,
+        supports_regression=False,
+        command="continual",
+    )
+)

@@ -38,33 +38,32 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastadapt.algorithms.base import MetaLearner, MetaOutput
+from fastadapt.algorithms.registry import Algorithm, register
+from fastadapt.engine.functional import Params, call, inner_sgd, inner_sgd_trajectory, parameters_of
 from fastadapt.errors import ConfigError
-from fastadapt.functional import Params, call, inner_sgd, inner_sgd_trajectory, parameters_of
+from fastadapt.options import MethodOptions, option
 from fastadapt.tasks.episodes import TaskBatch
 
 
 @dataclass
-class OMLOptions:
+class OMLOptions(MethodOptions):
     """OML's network, inner loop and meta-training settings (defaults: the ``omniglot`` preset)."""
 
-    image_size: int = field(default=28, metadata={"help": "side of the square input images in pixels"})
-    channels: int = field(default=128, metadata={"help": "filters of every RLN convolution (the paper: 256)"})
-    strides: tuple[int, ...] = field(
-        default=(2, 1, 2, 1), metadata={"help": "stride of each 3x3 unpadded RLN convolution (one per layer)"}
-    )
-    hidden: int = field(default=512, metadata={"help": "units of the PLN's hidden layer (the paper: 1024)"})
-    num_outputs: int = field(default=1000, metadata={"help": "PLN outputs: room for every class learned"})
-    inner_lr: float = field(default=0.03, metadata={"help": "alpha: SGD step size of the online (inner) updates"})
-    meta_lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of the meta-update (beta)"})
-    trajectory: int = field(default=15, metadata={"help": "k: images of one class learned online per step"})
-    remember: int = field(default=15, metadata={"help": "images of random classes added to the meta-loss"})
-    first_order: bool = field(default=False, metadata={"help": "drop second derivatives through the inner updates"})
-    reset_class_rows: bool = field(
-        default=True, metadata={"help": "re-initialise the sampled class's output row before each step"}
-    )
-    clip: float = field(default=5.0, metadata={"help": "clamp each meta-gradient entry to [-clip, clip] (0: off)"})
-    steps: int = field(default=20000, metadata={"help": "meta-training steps"})
-    seed: int = field(default=0, metadata={"help": "seed of the initialisation and of the sampled steps"})
+    image_size: int = option(28, "side of the square input images in pixels")
+    channels: int = option(128, "filters of every RLN convolution (the paper: 256)")
+    #: stride of each 3x3 unpadded RLN convolution, one per layer (set by a preset, not a flag)
+    strides: tuple[int, ...] = field(default=(2, 1, 2, 1))
+    hidden: int = option(512, "units of the PLN's hidden layer (the paper: 1024)")
+    num_outputs: int = option(1000, "PLN outputs: room for every class learned")
+    inner_lr: float = option(0.03, "alpha: SGD step size of the online (inner) updates")
+    meta_lr: float = option(1e-4, "Adam learning rate of the meta-update (beta)")
+    trajectory: int = option(15, "k: images of one class learned online per step")
+    remember: int = option(15, "images of random classes added to the meta-loss")
+    first_order: bool = option(False, "drop second derivatives through the inner updates")
+    reset_class_rows: bool = option(True, "re-initialise the sampled class's output row before each step")
+    clip: float = option(5.0, "clamp each meta-gradient entry to [-clip, clip] (0: off)")
+    steps: int = option(20000, "meta-training steps")
+    seed: int = option(0, "seed of the initialisation and of the sampled steps")
 
     def validate(self) -> None:
         positive = {"image_size": self.image_size, "channels": self.channels, "hidden": self.hidden,
@@ -265,3 +264,17 @@ def build(options: OMLOptions | None = None) -> OML:
         side = rln_side(options.image_size, options.strides)
         pln = oml_pln(options.channels * side * side, options.hidden, options.num_outputs)
     return OML(rln, pln, options.inner_lr, options.first_order)
+
+
+register(
+    Algorithm(
+        name="oml",
+        family="continual",
+        summary="OML (Javed & White 2019): a representation meta-learned so that online SGD forgets little",
+        options=OMLOptions,
+        build=build,
+        presets=PRESETS,
+        supports_regression=False,
+        command="continual",
+    )
+)
