@@ -135,7 +135,7 @@ def _one_stream_run(options: LaMAMLOptions, preset: str, tasks: int, seed: int, 
 def _run_la_maml(options: LaMAMLOptions, preset: str, run: ContinualOptions, out: Path, progress: bool) -> dict:
     from tqdm.auto import tqdm
 
-    digits_stream(preset, run.tasks, seed=0)  # a bad stream is refused before any work
+    build_la_maml(options).check_stream(digits_stream(preset, run.tasks, seed=0))  # bad settings: refused first
     records = []
     for seed in tqdm(range(run.runs), desc=f"la-maml on {preset}", disable=not progress):
         records.append(_one_stream_run(options, preset, run.tasks, seed, out / "runs" / f"seed{seed}.json"))
