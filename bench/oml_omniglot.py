@@ -77,7 +77,8 @@ def cmd_pretrain(args) -> None:
 
 def learners(args):
     work = Path(args.work)
-    oml = load_learner(work / "oml" / "model.pt")
+    finished = work / "oml" / "model.pt"
+    oml = load_learner(finished if finished.is_file() else work / "oml" / "checkpoint.pt")  # a stopped run: its latest
     yield "oml", oml, "online"
     if (work / "pretrained" / "model.pt").is_file():
         yield "pretrained", load_learner(work / "pretrained" / "model.pt"), "online"
