@@ -1,7 +1,8 @@
 """The layout holds: no import cycles, each layer imports only those below it, and no probing of learners.
 
-Layers, from the bottom: errors/options; tasks, datasets, nets; engine; algorithms; config, checkpoint, evaluate,
-train, pretrain, distributed; cli (docs/architecture.md). An import inside a function counts like one at the top.
+Layers, from the bottom: errors/options; tasks, datasets, nets; engine; rl (beside datasets and tasks, above the
+engine); algorithms; config, checkpoint, evaluate, train, pretrain, distributed; cli (docs/architecture.md). An
+import inside a function counts like one at the top.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ FORBIDDEN = {
     "datasets": ("engine", "algorithms", "config", "train", "evaluate", "checkpoint", "cli"),
     "nets": ("engine", "algorithms", "config", "train", "evaluate", "checkpoint", "cli", "datasets"),
     "engine": ("algorithms", "config", "train", "evaluate", "checkpoint", "cli", "datasets"),
+    "rl": ("algorithms", "config", "train", "evaluate", "checkpoint", "cli", "datasets"),
     "algorithms": ("config", "train", "evaluate", "checkpoint", "cli", "continual"),
     "continual": ("cli",),
 }
