@@ -10,7 +10,8 @@ import fastadapt.continual.run as continual_run
 from fastadapt.cli import main
 from fastadapt.tasks.streams import OmniglotCharacters
 
-TINY_OML = ["--channels", "3", "--hidden", "6", "--num-outputs", "12", "--trajectory", "3", "--remember", "2"]
+TINY_OML = ["--channels", "3", "--hidden", "6", "--num-outputs", "12", "--trajectory", "3", "--remember", "2",
+            "--strides", "2", "2", "2"]  # fmt: skip
 
 
 @pytest.fixture
@@ -29,6 +30,7 @@ def test_oml_from_the_command_line_resumes_and_meta_tests(tmp_path, characters, 
     assert main([*common, "--steps", "3", "--runs", "2", "--search-runs", "1", "--checkpoint-every", "1"]) == 0
     result = json.loads((out / "results.json").read_text())
     assert result["meta_training"]["step"] == 3
+    assert result["options"]["strides"] == [2, 2, 2]
     assert [row["classes"] for row in result["meta_test"]["results"]] == [2, 4]
     assert len(result["meta_test"]["results"][0]["runs"]) == 2
     assert (out / "meta_test.png").is_file() and (out / "meta_training" / "model.pt").is_file()

@@ -71,7 +71,8 @@ def method_options(name: str, preset: str | None, settings: dict[str, Any]) -> t
     unknown = sorted(set(settings) - known)
     if unknown:
         raise ConfigError(f"{name} has no option(s) {', '.join(unknown)}; `fastadapt continual --help` lists them.")
-    options = spec.options(**{**spec.presets[preset], **settings})
+    values = {**spec.presets[preset], **settings}
+    options = spec.options(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})  # argparse: lists
     options.validate()
     return preset, options
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -51,8 +51,7 @@ class OMLOptions(MethodOptions):
 
     image_size: int = option(28, "side of the square input images in pixels")
     channels: int = option(128, "filters of every RLN convolution (the paper: 256)")
-    #: stride of each 3x3 unpadded RLN convolution, one per layer (set by a preset, not a flag)
-    strides: tuple[int, ...] = field(default=(2, 1, 2, 1))
+    strides: tuple[int, ...] = option((2, 1, 2, 1), "stride of each 3x3 unpadded RLN convolution, one per layer")
     hidden: int = option(512, "units of the PLN's hidden layer (the paper: 1024)")
     num_outputs: int = option(1000, "PLN outputs: room for every class learned")
     inner_lr: float = option(0.03, "alpha: SGD step size of the online (inner) updates")
