@@ -22,7 +22,8 @@ FORBIDDEN = {
     "nets": ("engine", "algorithms", "config", "train", "evaluate", "checkpoint", "cli", "datasets"),
     "engine": ("algorithms", "config", "train", "evaluate", "checkpoint", "cli", "datasets"),
     "rl": ("algorithms", "config", "train", "evaluate", "checkpoint", "cli", "datasets"),
-    "algorithms": ("config", "train", "evaluate", "checkpoint", "cli"),
+    "algorithms": ("config", "train", "evaluate", "checkpoint", "cli", "continual"),
+    "continual": ("cli",),
 }
 
 
