@@ -234,7 +234,7 @@ def clinc150_intent_split(data: Clinc150) -> dict[str, list[str]]:
         part: [i for intents in domains.values() for i in intents]
         for part, domains in read_clinc150_domain_split().items()
     }
-    for part, intents in split.items():
+    for intents in split.values():
         unknown = [i for i in intents if i not in known]
         if unknown:
             raise DataError(f"intent {unknown[0]!r} of the CLINC150 domain split is missing from {data.path}.")

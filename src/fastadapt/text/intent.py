@@ -51,6 +51,9 @@ from fastadapt.text.encoder import DEFAULT_ENCODER, cached_embeddings, encode, l
 from fastadapt.text.finetune import FinetuneOptions, SentenceEmbedder, finetune_encoder
 
 CLASSIFIERS = ("prototypes", "logistic")
+#: Parts of CLINC150 that are embedded and scored: validation (threshold) and test, in and out of scope.
+EVAL_PARTS = ("val", "oos_val", "test", "oos_test")
+OOS_METRICS = ("in_scope_accuracy", "oos_recall", "oos_precision", "oos_f1")
 #: Published 150-way accuracies on CLINC150 (percent), {shots: {method: accuracy}}.
 PUBLISHED = {
     5: {"USE": 87.82, "ConveRT": 89.22, "USE+ConveRT": 90.49, "DNNC": 91.02, "CPFT": 92.34},
@@ -123,7 +126,7 @@ def evaluate_embeddings(
     results = {}
     for classifier in CLASSIFIERS:
         predicted, confidence = {}, {}
-        for part in ("val", "oos_val", "test", "oos_test"):
+        for part in EVAL_PARTS:
             predicted[part], confidence[part] = classify(classifier, embed["support"], support_y, ways, embed[part], C)
         threshold = choose_threshold(confidence["val"], confidence["oos_val"])
         oos = oos_metrics(predicted["test"], labels["test"], confidence["test"], confidence["oos_test"], threshold)
@@ -135,22 +138,22 @@ def evaluate_embeddings(
     return results
 
 
+def _spread(values: list[float]) -> float:
+    """Sample standard deviation over draws (0 for one draw)."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def _summary(draws: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and standard deviation over draws of every classifier's accuracy and out-of-scope results."""
     out = {}
     for classifier in CLASSIFIERS:
-        values = {
-            "accuracy": [d[classifier]["accuracy"] for d in draws],
-            **{
-                f"oos_{k}": [d[classifier]["oos"][k] for d in draws]
-                for k in ("in_scope_accuracy", "oos_recall", "oos_precision", "oos_f1")
-            },
-        }
-        out[classifier] = {
-            f"{name}_{stat}": float(fn(v))
-            for name, v in values.items()
-            for stat, fn in (("mean", np.mean), ("std", lambda a: np.std(a, ddof=1) if len(a) > 1 else 0.0))
-        }
+        values = {"accuracy": [d[classifier]["accuracy"] for d in draws]}
+        values.update({k: [d[classifier]["oos"][k] for d in draws] for k in OOS_METRICS})
+        out[classifier] = {f"{name}_{stat}": f(v) for name, v in values.items() for stat, f in SUMMARIES}
     return out
+
+
+SUMMARIES = (("mean", lambda v: float(np.mean(v))), ("std", _spread))
 
 
 def run_fewshot_text(
@@ -232,7 +235,7 @@ def _finetuned_embeddings(
     started = time.time()
     summary = finetune_encoder(model, texts, support_y, options.finetune_options, draw_dir, resume, progress)
     embed = {"support": _embed(model, texts, progress)}
-    for part in ("val", "oos_val", "test", "oos_test"):
+    for part in EVAL_PARTS:
         embed[part] = _embed(model, data[part].texts, progress)
     summary["embed_and_finetune_wall_s"] = round(time.time() - started, 1)
     return embed, summary
