@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-from fake_text_encoder import fake_encoder_folder, use_fake_encoder
+from text_fixtures import fake_encoder_folder, use_fake_encoder, write_clinc_fixture, write_csv
 
 from fastadapt.datasets.paths import resolve_data_dir
 from fastadapt.datasets.text import (
@@ -32,19 +31,10 @@ def one_line(exc: pytest.ExceptionInfo) -> str:
     return message
 
 
-def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
-    import csv
-
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["id", "text", "label"])
-        for i, (text, label) in enumerate(rows):
-            writer.writerow([i, text, label])
-    return path
-
-
 def small_rows(labels: int = 6, per_label: int = 8) -> list[tuple[str, str]]:
-    return [(f"utterance {k} about topic{c} and thing{k % 3}", f"label{c}") for c in range(labels) for k in range(per_label)]
+    return [
+        (f"utterance {k} about topic{c} and thing{k % 3}", f"label{c}") for c in range(labels) for k in range(per_label)
+    ]
 
 
 def test_csv_with_header_quoting_and_blank_lines(tmp_path):
@@ -131,18 +121,6 @@ def test_text_file_split_by_label_lists(tmp_path, monkeypatch):
 
 
 # --- CLINC150 ------------------------------------------------------------------------------------
-
-
-def write_clinc_fixture(root: Path, intents: list[str], train=6, val=2, test=3, oos=(2, 2, 4)) -> Path:
-    """A data_full.json with CLINC150's six parts over ``intents``."""
-    data = {}
-    for part, n in (("train", train), ("val", val), ("test", test)):
-        data[part] = [[f"{part} {k} please {i.replace('_', ' ')} now", i] for i in intents for k in range(n)]
-    for part, n in zip(("oos_train", "oos_val", "oos_test"), oos):
-        data[part] = [[f"{part} unrelated question {k}", "oos"] for k in range(n)]
-    (root / "clinc150").mkdir(parents=True, exist_ok=True)
-    (root / "clinc150" / "data_full.json").write_text(json.dumps(data), encoding="utf-8")
-    return root
 
 
 def test_load_clinc150_fixture_and_errors(tmp_path):

@@ -54,7 +54,12 @@ def test_support_logistic_regression_scores_separable_episodes_perfectly():
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(8, 10)) * 5
     vectors = np.concatenate([c + 0.1 * rng.normal(size=(12, 10)) for c in centres])
-    split = ClassSplit("test", torch.tensor(vectors, dtype=torch.float32), [np.arange(i * 12, i * 12 + 12) for i in range(8)], [str(i) for i in range(8)])
+    split = ClassSplit(
+        "test",
+        torch.tensor(vectors, dtype=torch.float32),
+        [np.arange(i * 12, i * 12 + 12) for i in range(8)],
+        [str(i) for i in range(8)],
+    )
     scores = evaluate(SupportLogisticRegression(C=1.0), EpisodeSampler(split, 5, 1, 5, seed=1), episodes=20)
     assert scores.shape == (20,) and scores.min() == 1.0
 

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from fake_text_encoder import fake_encoder_folder, use_fake_encoder
+from text_fixtures import fake_encoder_folder, use_fake_encoder
 
 from fastadapt.errors import ConfigError, DataError
 from fastadapt.text import encoder as enc
@@ -73,7 +73,7 @@ def test_embeddings_are_computed_once_and_written_atomically(tmp_path, monkeypat
     monkeypatch.setattr(os, "replace", lambda src, dst: (replaced.append((src, dst)), real_replace(src, dst)))
     first = enc.cached_embeddings(texts, folder, root=tmp_path / "cache", progress=False)
     assert first.shape == (5, 16) and first.dtype == np.float32 and len(loaded) == 1
-    (src, dst), = replaced
+    ((src, dst),) = replaced
     assert str(dst) == str(enc.cache_path(texts, folder, tmp_path / "cache")) and ".tmp" in str(src)
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [os.path.basename(dst)]  # no temp file left
     again = enc.cached_embeddings(texts, folder, root=tmp_path / "cache", progress=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from fake_text_encoder import FakeSentenceModel
+from text_fixtures import FakeSentenceModel
 
 from fastadapt.errors import ConfigError, DataError
 from fastadapt.text.finetune import FinetuneOptions, SentenceEmbedder, finetune_encoder, leave_one_out_prototype_loss
@@ -38,7 +38,9 @@ def test_leave_one_out_loss_matches_the_loop():
         leave_one_out_prototype_loss(embeddings[:4], labels[:4], 2, 1.0)
 
 
-TEXTS = [f"{w} {k} request about {w} item{k % 2}" for w in ("alarm", "bank", "music", "weather", "recipe") for k in range(4)]
+TEXTS = [
+    f"{w} {k} request about {w} item{k % 2}" for w in ("alarm", "bank", "music", "weather", "recipe") for k in range(4)
+]
 LABELS = [c for c in range(5) for _ in range(4)]
 
 

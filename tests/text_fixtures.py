@@ -1,4 +1,4 @@
-"""A small, fast stand-in for a sentence-transformers model (importable from the text tests).
+"""Text test fixtures: small data files and a fast stand-in for a sentence-transformers model.
 
 It has the parts of the ``SentenceTransformer`` API that fastadapt uses -- ``tokenize``, ``forward`` returning
 ``{"sentence_embedding": ...}``, ``encode`` and ``save`` -- over a trainable bag of hashed words, so the
@@ -7,6 +7,8 @@ cache, the episodic splits, the 150-way protocol and encoder fine-tuning run in 
 
 from __future__ import annotations
 
+import csv
+import json
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,3 +70,24 @@ def use_fake_encoder(monkeypatch, dim: int = 16) -> list[FakeSentenceModel]:
 
     monkeypatch.setattr(encoder_module, "load_encoder", load)
     return loaded
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "text", "label"])
+        for i, (text, label) in enumerate(rows):
+            writer.writerow([i, text, label])
+    return path
+
+
+def write_clinc_fixture(root: Path, intents: list[str], train=6, val=2, test=3, oos=(2, 2, 4)) -> Path:
+    """A data_full.json with CLINC150's six parts over ``intents``."""
+    data = {}
+    for part, n in (("train", train), ("val", val), ("test", test)):
+        data[part] = [[f"{part} {k} please {i.replace('_', ' ')} now", i] for i in intents for k in range(n)]
+    for part, n in zip(("oos_train", "oos_val", "oos_test"), oos):
+        data[part] = [[f"{part} unrelated question {k}", "oos"] for k in range(n)]
+    (root / "clinc150").mkdir(parents=True, exist_ok=True)
+    (root / "clinc150" / "data_full.json").write_text(json.dumps(data), encoding="utf-8")
+    return root
