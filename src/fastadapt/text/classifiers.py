@@ -91,6 +91,9 @@ class SupportLogisticRegression(MetaLearner):
         logits = self.predict(batch)
         return MetaOutput(F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten()), logits)
 
+    def meta_backward(self, batch: TaskBatch) -> MetaOutput:
+        return self.meta_loss(batch)  # no meta-parameters: nothing to backpropagate
+
     def extra_repr(self) -> str:
         return f"C={self.C}, normalize={self.normalize}"
 
