@@ -38,7 +38,8 @@ PLOT = Path(__file__).resolve().parents[1] / "docs" / "img" / "text_clinc150_sho
 
 
 def machine() -> str:
-    return f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
 
 
 def fewshot(args: argparse.Namespace) -> None:
@@ -122,8 +123,8 @@ def episodic(args: argparse.Namespace) -> None:
         test_config = replace(base, eval_query=15)
         test_seed = base.seed + TEST_SEED_OFFSET
 
-        def test_source(config=test_config):
-            return EpisodeSampler(splits["test"], config.ways, config.shots, config.eval_query_or_query, test_seed)
+        def test_source(config=test_config, split=splits["test"], seed=test_seed):
+            return EpisodeSampler(split, config.ways, config.shots, config.eval_query_or_query, seed)
 
         if "logistic" not in row:  # C chosen on the meta-validation domains
             val = {
