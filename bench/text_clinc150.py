@@ -38,7 +38,8 @@ PLOT = Path(__file__).resolve().parents[1] / "docs" / "img" / "text_clinc150_sho
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
+    cpu = cpu or platform.processor() or platform.machine()
     return f"{cpu}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
 
 

@@ -43,11 +43,11 @@ from fastadapt.errors import ConfigError, DataError, TrainingDiverged
 class FinetuneOptions:
     """Episodic ProtoNet fine-tuning of the sentence encoder on the few-shot training examples."""
 
-    steps: int = field(default=150, metadata={"help": "optimiser steps (episodes)"})
+    steps: int = field(default=30, metadata={"help": "optimiser steps (5-shot: 30 x 51 classes = 10 epochs)"})
     batch_size: int = field(
         default=256, metadata={"help": "texts per step: batch_size // shots classes with all their examples"}
     )
-    lr: float = field(default=2e-5, metadata={"help": "AdamW learning rate (peak, after warm-up)"})
+    lr: float = field(default=3e-5, metadata={"help": "AdamW learning rate (peak, after warm-up)"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     warmup: float = field(default=0.1, metadata={"help": "fraction of the steps with a linearly rising rate"})
     scale: float = field(default=20.0, metadata={"help": "s, the scale of the cosine logits"})
