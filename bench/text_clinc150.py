@@ -19,7 +19,7 @@ import argparse
 import json
 import platform
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,7 +28,7 @@ import torch
 from fastadapt.config import Config
 from fastadapt.datasets.embeddings import write_json_atomically
 from fastadapt.text.finetune import FinetuneOptions
-from fastadapt.text.intent import PUBLISHED, FewShotTextOptions, run_fewshot_text
+from fastadapt.text.intent import PUBLISHED, FewShotTextOptions, run_fewshot_text, summarise_draws
 
 EPISODIC_SHAPES = ((5, 1), (5, 5), (10, 1), (10, 5))
 META_LEARNERS = ("protonet", "maml", "leo")
@@ -55,6 +55,8 @@ def fewshot(args: argparse.Namespace) -> None:
         out=args.out,
     )
     started = time.time()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    write_json_atomically(Path(args.out) / "options.json", asdict(options))
     result = run_fewshot_text(options, resume=True, progress=not args.quiet)
     result["run"] = {"machine": machine(), "wall_s_this_process": round(time.time() - started, 1)}
     result["run"]["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d")
@@ -181,15 +183,24 @@ def episodic(args: argparse.Namespace) -> None:
 def report(args: argparse.Namespace) -> None:
     runs = Path(args.runs)
     record: dict = {"published_150way": PUBLISHED, "fewshot": {}, "episodic": None}
-    for eval_path in sorted(runs.glob("fewshot*/eval.json")):
-        result = json.loads(eval_path.read_text())
-        name = eval_path.parent.name
-        record["fewshot"][name] = {
+    for run_dir in sorted(p for p in runs.glob("fewshot*") if p.is_dir()):
+        draws = [json.loads(f.read_text()) for f in sorted(run_dir.glob("draw-*/result.json"))]
+        eval_path = run_dir / "eval.json"
+        result = json.loads(eval_path.read_text()) if eval_path.is_file() else None
+        if result is None or len(result["draws"]) < len(draws):  # an unfinished run: the draws done so far
+            if not draws:
+                continue
+            options = json.loads((run_dir / "options.json").read_text())
+            result = {"options": options, "draws": draws, "summary": summarise_draws(draws), "run": None}
+        record["fewshot"][run_dir.name] = {
             "shots": result["options"]["shots"],
             "finetune": result["options"]["finetune"],
             "draws": len(result["draws"]),
             "summary": result["summary"],
             "finetune_wall_s": [d["finetune"]["wall_s"] for d in result["draws"] if "finetune" in d],
+            "embed_and_finetune_wall_s": [
+                d["finetune"]["embed_and_finetune_wall_s"] for d in result["draws"] if "finetune" in d
+            ],
             "run": result.get("run"),
         }
     episodic_path = runs / "episodic" / "episodic.json"

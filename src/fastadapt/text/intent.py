@@ -143,7 +143,7 @@ def _spread(values: list[float]) -> float:
     return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
-def _summary(draws: list[dict[str, Any]]) -> dict[str, Any]:
+def summarise_draws(draws: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean and standard deviation over draws of every classifier's accuracy and out-of-scope results."""
     out = {}
     for classifier in CLASSIFIERS:
@@ -199,7 +199,7 @@ def run_fewshot_text(
         "setting": f"CLINC150 {len(intents)}-way {options.shots}-shot intent detection",
         "options": asdict(options),
         "draws": draws,
-        "summary": _summary(draws),
+        "summary": summarise_draws(draws),
         "published": PUBLISHED.get(options.shots, {}),
         "test_queries": {"in_scope": len(data["test"]), "oos": len(data["oos_test"])},
     }
