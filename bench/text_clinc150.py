@@ -49,6 +49,7 @@ def fewshot(args: argparse.Namespace) -> None:
         encoder=args.encoder,
         shots=args.shots,
         draws=args.draws,
+        seed=args.seed,
         C=args.C,
         finetune=args.finetune,
         finetune_options=FinetuneOptions(steps=args.steps, lr=args.lr, batch_size=args.batch_size),
@@ -177,31 +178,85 @@ def episodic(args: argparse.Namespace) -> None:
     write_json_atomically(results_path, results)
 
 
+# --- worker: the units above in order of importance, shared by several bench slots ----------------------
+
+
+def work_units() -> list[tuple[str, int | None]]:
+    """Fine-tuned 150-way draws of both settings interleaved, then the episodic benchmark (after three draws each,
+    so that an interrupted session still has a few of every kind), then the remaining draws."""
+    interleaved = [(f"fewshot{k}-ft", d) for d in range(5) for k in (5, 10)]
+    return interleaved[:6] + [("episodic", None)] + interleaved[6:]
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Run every unfinished unit that no other worker holds (a lock file per unit); one draw of the fine-tuned
+    150-way setting is one run with its own seed (draw d: ``--seed d --draws 1``, folder ``fewshotK-ft-dD``)."""
+    import fcntl
+
+    runs = Path(args.runs)
+    locks = runs / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    for name, draw in work_units():
+        unit = name if draw is None else f"{name}-d{draw}"
+        handle = open(locks / f"{unit}.lock", "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue  # another worker runs it
+        try:
+            if draw is None:
+                if (runs / name / "done").is_file():
+                    continue
+                settings = {"out": str(runs / name), "algorithms": list(META_LEARNERS), "episodes": 600,
+                            "val_episodes": 300, "steps": 0, "seed": 0}  # fmt: skip
+                episodic(argparse.Namespace(**{**vars(args), **settings}))
+                (runs / name / "done").touch()
+            else:
+                if (runs / unit / "eval.json").is_file():
+                    continue
+                shots = int(name[len("fewshot") : -len("-ft")])
+                fewshot(argparse.Namespace(**{**vars(args), "out": str(runs / unit), "shots": shots, "draws": 1,
+                                              "seed": draw, "C": 10.0, "finetune": True, "steps": args.steps,
+                                              "lr": args.lr, "batch_size": FinetuneOptions.batch_size,
+                                              "encoder": "all-MiniLM-L6-v2"}))  # fmt: skip
+        finally:
+            handle.close()
+
+
 # --- report -------------------------------------------------------------------------------------------
 
 
 def report(args: argparse.Namespace) -> None:
     runs = Path(args.runs)
     record: dict = {"published_150way": PUBLISHED, "fewshot": {}, "episodic": None}
+    groups: dict[str, list[Path]] = {}
     for run_dir in sorted(p for p in runs.glob("fewshot*") if p.is_dir()):
-        draws = [json.loads(f.read_text()) for f in sorted(run_dir.glob("draw-*/result.json"))]
-        eval_path = run_dir / "eval.json"
-        result = json.loads(eval_path.read_text()) if eval_path.is_file() else None
-        if result is None or len(result["draws"]) < len(draws):  # an unfinished run: the draws done so far
-            if not draws:
-                continue
-            options = json.loads((run_dir / "options.json").read_text())
-            result = {"options": options, "draws": draws, "summary": summarise_draws(draws), "run": None}
-        record["fewshot"][run_dir.name] = {
-            "shots": result["options"]["shots"],
-            "finetune": result["options"]["finetune"],
-            "draws": len(result["draws"]),
-            "summary": result["summary"],
-            "finetune_wall_s": [d["finetune"]["wall_s"] for d in result["draws"] if "finetune" in d],
-            "embed_and_finetune_wall_s": [
-                d["finetune"]["embed_and_finetune_wall_s"] for d in result["draws"] if "finetune" in d
-            ],
-            "run": result.get("run"),
+        base = run_dir.name.rsplit("-d", 1)[0] if run_dir.name.rsplit("-d", 1)[-1].isdigit() else run_dir.name
+        groups.setdefault(base, []).append(run_dir)
+    for name, run_dirs in groups.items():
+        draws, runs_info, options = [], [], None
+        for run_dir in run_dirs:
+            for f in sorted(run_dir.glob("draw-*/result.json")):
+                draws.append(json.loads(f.read_text()))
+            if (run_dir / "options.json").is_file():
+                options = json.loads((run_dir / "options.json").read_text())
+            if (run_dir / "eval.json").is_file():
+                runs_info.append(json.loads((run_dir / "eval.json").read_text()).get("run"))
+        if not draws or options is None:
+            continue
+        draws.sort(key=lambda d: d["seed"])
+        record["fewshot"][name] = {
+            "shots": options["shots"],
+            "finetune": options["finetune"],
+            "options": options,
+            "draws": len(draws),
+            "seeds": [d["seed"] for d in draws],
+            "summary": summarise_draws(draws),
+            "per_draw_accuracy": {c: [d[c]["accuracy"] for d in draws] for c in ("prototypes", "logistic")},
+            "finetune_wall_s": [d["finetune"]["wall_s"] for d in draws if "finetune" in d],
+            "embed_and_finetune_wall_s": [d["finetune"]["embed_and_finetune_wall_s"] for d in draws if "finetune" in d],
+            "runs": runs_info,
         }
     episodic_path = runs / "episodic" / "episodic.json"
     if episodic_path.is_file():
@@ -258,6 +313,13 @@ def main() -> None:
     few.add_argument("--lr", type=float, default=FinetuneOptions.lr)
     few.add_argument("--batch-size", type=int, default=FinetuneOptions.batch_size)
     few.add_argument("--encoder", default="all-MiniLM-L6-v2")
+    few.add_argument("--seed", type=int, default=0, help="draw d uses seed + d")
+    work = commands.add_parser("worker", help="run the unfinished fine-tuning draws and the episodic benchmark")
+    work.add_argument("--runs", default="runs/text")
+    work.add_argument("--steps", type=int, default=FinetuneOptions.steps)
+    work.add_argument("--lr", type=float, default=FinetuneOptions.lr)
+    work.add_argument("--data-dir", default=None)
+    work.add_argument("--quiet", action="store_true")
     epi = commands.add_parser("episodic", help="N-way K-shot episodes on the meta-test domains")
     epi.add_argument("--algorithms", nargs="+", default=list(META_LEARNERS))
     epi.add_argument("--episodes", type=int, default=600)
@@ -272,7 +334,7 @@ def main() -> None:
 
         sub.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
-    {"fewshot": fewshot, "episodic": episodic, "report": report}[args.command](args)
+    {"fewshot": fewshot, "episodic": episodic, "report": report, "worker": worker}[args.command](args)
 
 
 if __name__ == "__main__":
