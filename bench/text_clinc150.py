@@ -321,7 +321,7 @@ def main() -> None:
     work.add_argument("--data-dir", default=None)
     work.add_argument("--quiet", action="store_true")
     epi = commands.add_parser("episodic", help="N-way K-shot episodes on the meta-test domains")
-    epi.add_argument("--algorithms", nargs="+", default=list(META_LEARNERS))
+    epi.add_argument("--algorithms", nargs="*", default=list(META_LEARNERS))
     epi.add_argument("--episodes", type=int, default=600)
     epi.add_argument("--val-episodes", type=int, default=300)
     epi.add_argument("--steps", type=int, default=0, help="override every preset's number of steps")
