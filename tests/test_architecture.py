@@ -1,6 +1,6 @@
 """The layout holds: no import cycles, each layer imports only those below it, and no probing of learners.
 
-Layers, from the bottom: errors/options; tasks, datasets, nets; engine; algorithms; config, checkpoint, evaluate,
+Layers, from the bottom: errors/options; tasks, datasets, text, nets; engine; algorithms; config, checkpoint, evaluate,
 train, pretrain, distributed; cli (docs/architecture.md). An import inside a function counts like one at the top.
 """
 
@@ -18,8 +18,9 @@ SOURCE = Path(fastadapt.__file__).parent
 FORBIDDEN = {
     "tasks": ("engine", "algorithms", "config", "train", "evaluate", "checkpoint", "cli"),
     "datasets": ("engine", "algorithms", "config", "train", "evaluate", "checkpoint", "cli"),
-    "nets": ("engine", "algorithms", "config", "train", "evaluate", "checkpoint", "cli", "datasets"),
-    "engine": ("algorithms", "config", "train", "evaluate", "checkpoint", "cli", "datasets"),
+    "text": ("engine", "algorithms", "config", "train", "evaluate", "checkpoint", "cli"),
+    "nets": ("engine", "algorithms", "config", "train", "evaluate", "checkpoint", "cli", "datasets", "text"),
+    "engine": ("algorithms", "config", "train", "evaluate", "checkpoint", "cli", "datasets", "text"),
     "algorithms": ("config", "train", "evaluate", "checkpoint", "cli"),
 }
 
