@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from fastadapt import atomic
@@ -185,8 +186,11 @@ def cached_embeddings(
         cached = _read_cache(path, len(texts))
         if cached is not None:
             return cached
-    model = load_encoder(encoder, device)
-    embeddings = encode(model, texts, batch_size, progress, desc=f"embedding {len(texts)} texts ({encoder})")
+    # Loading a model draws its initial weights from torch's global generator: keep that out of the caller's random
+    # stream, so that a run computes the same (its seed's) whether the cache held the embeddings or not.
+    with torch.random.fork_rng(devices=[]):
+        model = load_encoder(encoder, device)
+        embeddings = encode(model, texts, batch_size, progress, desc=f"embedding {len(texts)} texts ({encoder})")
     meta: dict[str, Any] = {"encoder": encoder, "texts": len(texts), "dim": int(embeddings.shape[1])}
     buffer = io.BytesIO()
     np.savez(buffer, embeddings=embeddings, meta=np.array(json.dumps(meta)))
