@@ -32,7 +32,7 @@ from fastadapt.cli import main as fastadapt
 from fastadapt.text.intent import PUBLISHED, summarise_draws
 
 SHAPES = ((5, 1), (5, 5), (10, 1), (10, 5))
-META_LEARNERS = ("protonet", "maml", "leo")
+META_LEARNERS = ("protonet", "maml", "matching", "leo")
 #: The logistic regression's C, chosen per shape on the meta-validation domains (as the bench always has).
 LOGISTIC_C = (0.1, 1.0, 10.0, 100.0)
 RESULTS = Path(__file__).resolve().parent / "results" / "text_clinc150.json"

@@ -11,6 +11,7 @@ from text_fixtures import fake_encoder_folder, use_fake_encoder, write_clinc_fix
 
 from fastadapt.algorithms import build_algorithm
 from fastadapt.algorithms.baseline.logistic import SupportLogisticRegression
+from fastadapt.algorithms.metric.matching import MatchingNet
 from fastadapt.algorithms.metric.protonet import ProtoNet
 from fastadapt.algorithms.optimization.leo import LEO
 from fastadapt.algorithms.optimization.maml import MAML
@@ -47,8 +48,8 @@ def text_file(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     ("algorithm", "kind", "network"),
-    [("protonet", ProtoNet, ResidualHead), ("maml", MAML, torch.nn.Linear), ("leo", LEO, None),
-     ("logistic", SupportLogisticRegression, None)],
+    [("protonet", ProtoNet, ResidualHead), ("matching", MatchingNet, ResidualHead), ("maml", MAML, torch.nn.Linear),
+     ("leo", LEO, None), ("logistic", SupportLogisticRegression, None)],
 )  # fmt: skip
 def test_each_method_builds_on_text_with_its_preset_and_learns(text_file, algorithm, kind, network):
     config = make_config(algorithm, "text", ways=2, shots=2, query=2, eval_query=2, **text_file)
