@@ -8,6 +8,8 @@
     # episodic N-way K-shot across intents (5/10-way, 1/5-shot): `fastadapt train --dataset clinc150` for ProtoNet,
     # MAML, LEO, the per-episode logistic regression (C chosen on the meta-validation domains) and plain prototypes
     python bench/text_clinc150.py episodic --runs runs/text/episodic
+    # each method minus the logistic regression, episode by episode (paired 95% CI)
+    python bench/text_clinc150.py paired --runs runs/text/episodic
     # collect into bench/results/text_clinc150.json and docs/img/text_clinc150_shots.png
     python bench/text_clinc150.py report --runs runs/text
 
@@ -117,10 +119,49 @@ def episodic(args: argparse.Namespace) -> None:
             print(shape, {k: round(100 * v["accuracy_mean"], 2) for k, v in row.items()})
 
 
+def paired(args: argparse.Namespace) -> None:
+    """Each method minus the logistic regression, episode by episode: every run's best checkpoint scored again on
+    the same 600 meta-test episodes (the same seed and shape give the same episodes; each mean is checked against the
+    run's eval.json), then the mean difference and its 95% CI. Writes <runs>/paired.json."""
+    from fastadapt.datasets import load_splits, task_source
+    from fastadapt.evaluate import TEST_SEED_OFFSET, evaluate, load_learner, mean_ci95
+
+    runs = Path(args.runs)
+    results = _read(runs / "episodic.json") or {}
+    paired_results = {}
+    for ways, shots in SHAPES:
+        shape = f"{ways}-way {shots}-shot"
+        if "logistic" not in results.get(shape, {}):
+            continue
+        folders = {
+            "logistic": f"logistic-c{results[shape]['logistic']['C']:g}",
+            "prototypes (no training)": "prototypes",
+        }
+        folders.update({name: name for name in results[shape] if name not in folders})
+        scores = {}
+        for name, folder in folders.items():
+            run = runs / f"{folder}_{ways}w{shots}s"
+            learner, config = load_learner(run / "best.pt", data_dir=args.data_dir)
+            source = task_source(config, load_splits(config), "test", seed=config.seed + TEST_SEED_OFFSET)
+            scores[name] = evaluate(learner, source, config.test_episodes)
+            recorded = _read(run / "eval.json")["accuracy_mean"]
+            if abs(float(scores[name].mean()) - recorded) > 1e-6:
+                raise SystemExit(f"{run}: {scores[name].mean():.6f} is not eval.json's {recorded:.6f}")
+        paired_results[shape] = {}
+        for name, values in scores.items():
+            if name != "logistic":
+                mean, ci = mean_ci95(values - scores["logistic"])
+                paired_results[shape][name] = {"minus_logistic_mean": mean, "minus_logistic_ci95": ci}
+        print(shape, {k: f"{100 * v['minus_logistic_mean']:+.2f} ± {100 * v['minus_logistic_ci95']:.2f}"
+                      for k, v in paired_results[shape].items()})  # fmt: skip
+        atomic.write_json(runs / "paired.json", paired_results)
+
+
 def report(args: argparse.Namespace) -> None:
     runs = Path(args.runs)
     episodic_results = _read(runs / "episodic" / "episodic.json")
     record: dict = {"published_150way": PUBLISHED, "fewshot": {}, "episodic": episodic_results}
+    record["episodic_paired"] = _read(runs / "episodic" / "paired.json")
     for name in ("fewshot5", "fewshot10", "fewshot5-ft", "fewshot10-ft"):
         options = _read(runs / name / "options.json")
         draws = [json.loads(f.read_text()) for f in sorted((runs / name).glob("draw-*/result.json"))]
@@ -156,16 +197,16 @@ def plot(record: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    series: dict[str, list[tuple[int, float, float]]] = {}
+    series: dict[str, list[tuple[int, float, float, int]]] = {}
     for entry in record["fewshot"].values():
         for classifier, summary in entry["summary"].items():
             label = f"MiniLM {'fine-tuned (episodic ProtoNet)' if entry['finetune'] else 'frozen'} + {classifier}"
-            label += f" ({entry['draws']} draws)"
             series.setdefault(label, []).append(
-                (entry["shots"], 100 * summary["accuracy_mean"], 100 * summary["accuracy_std"])
+                (entry["shots"], 100 * summary["accuracy_mean"], 100 * summary["accuracy_std"], entry["draws"])
             )
     for label, points in sorted(series.items()):
         points.sort()
+        label += " (draws: " + ", ".join(f"{p[3]} at {p[0]}-shot" for p in points) + ")"
         ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], marker="o",
                     capsize=3, label=label)  # fmt: skip
     for method, style in (("USE", ":"), ("CPFT", "--")):
@@ -189,10 +230,13 @@ def main() -> None:
     epi.add_argument("--algorithms", nargs="*", default=list(META_LEARNERS))
     epi.add_argument("--seed", type=int, default=0)
     epi.add_argument("--data-dir", default=None)
+    pair = commands.add_parser("paired", help="each method minus the logistic regression on the same episodes")
+    pair.add_argument("--runs", default="runs/text/episodic")
+    pair.add_argument("--data-dir", default=None)
     rep = commands.add_parser("report", help="collect results and plot")
     rep.add_argument("--runs", default="runs/text")
     args = parser.parse_args()
-    {"episodic": episodic, "report": report}[args.command](args)
+    {"episodic": episodic, "paired": paired, "report": report}[args.command](args)
 
 
 if __name__ == "__main__":
