@@ -18,7 +18,8 @@ from fastadapt.config import Config
 from fastadapt.datasets import DATASETS, load_splits, task_source
 from fastadapt.device import resolve_device
 from fastadapt.errors import ConfigError
-from fastadapt.tasks.samplers import TaskSource
+from fastadapt.tasks.samplers import ClassSplit, TaskSource
+from fastadapt.tasks.sequences import SequenceSampler, accuracy_by_instance
 
 #: Offset between the training seed and the seed of the meta-test episodes.
 TEST_SEED_OFFSET = 1_000_003
@@ -138,4 +139,42 @@ def evaluate_checkpoint(
     out = Path(out) if out else Path(checkpoint).parent
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_json(out / ("eval.json" if split == "test" else "eval_val.json"), result)
+    return result
+
+
+#: The instances Santoro et al. 2016 report (Table 1): accuracy on the 1st, 2nd, ... 10th sight of a class.
+REPORTED_INSTANCES = (1, 2, 3, 4, 5, 10)
+
+
+def evaluate_by_instance(
+    learner: Any,
+    split: ClassSplit,
+    episodes: int = 1000,
+    instances: int = 10,
+    seed: int = TEST_SEED_OFFSET,
+    batch_size: int = 100,
+    reported: tuple[int, ...] = REPORTED_INSTANCES,
+) -> dict[str, Any]:
+    """The sequence protocol of Santoro et al. 2016 for a sequence learner (MANN, or its LSTM baseline): on
+    ``episodes`` sequences of ``split`` (``learner.ways`` classes x ``instances`` examples, shuffled, each step shown
+    the previous step's label; the same sequences for the same ``seed``), the accuracy at each instance of
+    ``reported`` as mean and 95% CI over the sequences. Leaves the global random state alone."""
+    sampler = SequenceSampler(split, learner.ways, instances, seed)
+    reported = tuple(k for k in reported if k <= instances)
+    per_instance: dict[int, list[np.ndarray]] = {k: [] for k in reported}
+    was_training = learner.training
+    learner.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, episodes, batch_size):
+                batch = sampler.sample(min(batch_size, episodes - start))
+                logits = learner.sequence_logits(batch.images, batch.labels)
+                for k, accuracy in accuracy_by_instance(logits, batch.labels, batch.ways, reported).items():
+                    per_instance[k].append(accuracy.numpy())
+    finally:
+        learner.train(was_training)
+    result: dict[str, Any] = {"episodes": episodes, "instances": instances}
+    for k, parts in per_instance.items():
+        mean, ci = mean_ci95(np.concatenate(parts))
+        result[str(k)] = {"accuracy_mean": mean, "accuracy_ci95": ci}
     return result

@@ -7,10 +7,21 @@ from torch import nn
 from fastadapt.errors import ConfigError
 from fastadapt.nets.conv import Conv4, Conv4Stride, Norm, conv4_filters
 from fastadapt.nets.heads import HEAD_HELP, HEADS, ResidualHead, build_head, is_head
+from fastadapt.nets.memory import LRUAMemory
 from fastadapt.nets.mlp import MLP
 from fastadapt.nets.resnet import ResNet12
 
-__all__ = ["HEADS", "NETWORKS", "Conv4", "Conv4Stride", "MLP", "ResNet12", "ResidualHead", "build_network"]
+__all__ = [
+    "HEADS",
+    "NETWORKS",
+    "Conv4",
+    "Conv4Stride",
+    "LRUAMemory",
+    "MLP",
+    "ResNet12",
+    "ResidualHead",
+    "build_network",
+]
 
 #: The names ``--network`` takes, and conv4-N for any N filters; over vectors, HEADS.
 NETWORKS = ("conv4", "conv4-32", "conv4-stride", "mlp", "resnet12")
