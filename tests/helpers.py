@@ -6,10 +6,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from fastadapt.algorithms import MetaLearner
+from fastadapt.cli import main
 from fastadapt.datasets.sinusoid import SinusoidTasks
 from fastadapt.tasks.episodes import TaskBatch
 
@@ -101,3 +103,23 @@ def relative_error(
     assert len(a) == len(b)
     num = torch.sqrt(sum((x - y).square().sum() for x, y in zip(a, b)))
     return (num / torch.sqrt(sum(x.square().sum() for x in a))).item()
+
+
+def run_ok(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "Traceback" not in out + err
+    return out
+
+
+def run_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
+    """Run ``argv``, check exit code 2 and exactly one 'fastadapt: error:' line on stderr; return it."""
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 2, (out, err)
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("fastadapt: error: "), err
+    assert "Traceback" not in out + err
+    return lines[0]

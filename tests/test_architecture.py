@@ -1,7 +1,8 @@
 """The layout holds: no import cycles, each layer imports only those below it, and no probing of learners.
 
-Layers, from the bottom: errors/options; tasks, datasets, text, nets; engine; algorithms; config, checkpoint, evaluate,
-train, pretrain, distributed; cli (docs/architecture.md). An import inside a function counts like one at the top.
+Layers, from the bottom: errors/options; tasks, datasets, text, nets; engine; rl (beside datasets and tasks, above
+the engine); algorithms; config, checkpoint, evaluate, train, pretrain, distributed; cli (docs/architecture.md). An
+import inside a function counts like one at the top.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ FORBIDDEN = {
     "text": ("engine", "algorithms", "config", "train", "evaluate", "checkpoint", "cli"),
     "nets": ("engine", "algorithms", "config", "train", "evaluate", "checkpoint", "cli", "datasets", "text"),
     "engine": ("algorithms", "config", "train", "evaluate", "checkpoint", "cli", "datasets", "text"),
+    "rl": ("algorithms", "config", "train", "evaluate", "checkpoint", "cli", "datasets", "text"),
     "algorithms": ("config", "train", "evaluate", "checkpoint", "cli"),
 }
 

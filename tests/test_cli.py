@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import make_image_folder
+from helpers import make_image_folder, run_error, run_ok
 
 from fastadapt.algorithms import algorithms
 from fastadapt.checkpoint import load_checkpoint
@@ -91,26 +91,6 @@ def maml_args(out: Path, *extra: str) -> list[str]:
         str(out),
         *extra,
     ]
-
-
-def run_ok(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
-    code = main(argv)
-    out, err = capsys.readouterr()
-    assert code == 0, err
-    assert "Traceback" not in out + err
-    return out
-
-
-def run_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
-    """Run ``argv``, check exit code 2 and exactly one 'fastadapt: error:' line on stderr; return it."""
-    code = main(argv)
-    out, err = capsys.readouterr()
-    assert code == 2, (out, err)
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("fastadapt: error: "), err
-    assert "Traceback" not in out + err
-    return lines[0]
 
 
 # --- end to end ---------------------------------------------------------------------------------

@@ -61,6 +61,19 @@ def write_json(path: Path, record: Any) -> None:
     write_text(path, json.dumps(record, indent=2) + "\n")
 
 
+def append_record(path: Path, record: Any) -> None:
+    """Add one JSON line to a log (``metrics.jsonl``). A line cut short by a killed process is the only partial
+    state possible; readers skip it, and a resumed run rewrites the log whole (:func:`write_text`)."""
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as error:
+        raise OutputError(
+            f"could not write {path} ({error.strerror or type(error).__name__}); the last checkpoint is intact. "
+            f"Free space in {path.parent} or make it writable, then --resume."
+        ) from None
+
+
 def remove_leftovers(folder: Path) -> list[Path]:
     """Delete the temporary files that killed writers left in ``folder`` (only while no other writer can be there:
     the caller holds the folder's lock). Returns what was removed."""

@@ -5,6 +5,8 @@ Examples::
     fastadapt train --algorithm protonet --dataset omniglot --ways 5 --shots 1 --out runs/proto
     fastadapt train --config my_run.yaml --steps 500       # a saved configuration, a flag overriding it
     fastadapt eval --checkpoint runs/proto/best.pt
+    fastadapt train --algorithm maml-rl --env navigation-2d --out runs/nav   # meta-RL: a loop of its own
+    fastadapt eval --checkpoint runs/nav/checkpoint.pt                       # its return table
     fastadapt presets                                      # every method's presets; `presets maml omniglot` prints one
     fastadapt datasets
     fastadapt train --algorithm protonet --dataset clinc150 --ways 5 --shots 1   # text: sentence embeddings
@@ -66,11 +68,37 @@ def _method_groups(parser: argparse.ArgumentParser, only: str | None) -> None:
         seen.update(new)
 
 
+def _own_loop_train_parser(sub: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
+    """`train --algorithm NAME --help` for a method with a training loop of its own (meta-RL): its options only."""
+    from fastadapt.algorithms.registry import algorithm
+    from fastadapt.options import add_arguments
+
+    spec = algorithm(name)
+    t = sub.add_parser(
+        "train",
+        help="meta-train, then meta-test",
+        description=f"{spec.summary}. It trains with a loop of its own, so the episodic trainer's settings (--steps, "
+        f"--dataset, ...) do not apply. Its preset for --{spec.preset_option.replace('_', '-')} "
+        f"({', '.join(spec.presets)}) sets the paper's values; a flag or --config file overrides them.",
+        formatter_class=_formatter,
+    )
+    t.add_argument("--algorithm", help="the meta-learning method; `fastadapt presets` lists them")
+    t.add_argument("--config", type=Path, help="a YAML, TOML or JSON file of settings (flags given here override it)")
+    t.add_argument("--out", help=f"output folder (default: runs/{name}-<{spec.preset_option}>)")
+    t.add_argument("--resume", action="store_true", help="continue from <out>'s checkpoint exactly where it stopped")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_arguments(t.add_argument_group(f"--algorithm {name}"), spec.options)
+    return t
+
+
 def _train_parser(sub: argparse._SubParsersAction, only: str | None) -> argparse.ArgumentParser:
+    from fastadapt.algorithms.registry import algorithms
     from fastadapt.config import DataOptions, TrainOptions
     from fastadapt.datasets import DATASETS
     from fastadapt.options import add_arguments
 
+    if only is not None and only in algorithms() and algorithms()[only].has_own_loop:
+        return _own_loop_train_parser(sub, only)
     t = sub.add_parser(
         "train",
         help="meta-train, then meta-test the best checkpoint",
@@ -109,12 +137,13 @@ def build_parser(algorithm: str | None = None) -> argparse.ArgumentParser:
     _train_parser(sub, algorithm)
 
     e = sub.add_parser("eval", help="meta-test a checkpoint: accuracy mean and 95%% CI over >= 600 episodes")
-    e.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by train")
+    e.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by train (maml-rl: checkpoint.pt)")
     e.add_argument("--episodes", type=int, help="number of test episodes (default 600)")
     e.add_argument("--ways", type=int, help="classes per test episode (default: as trained)")
     e.add_argument("--shots", type=int, help="support examples per class (default: as trained)")
     e.add_argument("--eval-query", type=int, help="query examples per class")
-    e.add_argument("--eval-inner-steps", type=int, help="inner-loop steps at test time (MAML)")
+    e.add_argument("--eval-inner-steps", type=int, help="inner-loop steps at test time (MAML; maml-rl: 0..N steps)")
+    e.add_argument("--tasks", type=int, help="maml-rl: new tasks to adapt to (default: as trained, 40)")
     e.add_argument(
         "--split",
         choices=("test", "val"),
@@ -156,7 +185,7 @@ def build_parser(algorithm: str | None = None) -> argparse.ArgumentParser:
         "`fastadapt train --config FILE`.",
     )
     pr.add_argument("algorithm", nargs="?", help="a method, e.g. maml")
-    pr.add_argument("dataset", nargs="?", help="a data set, e.g. omniglot")
+    pr.add_argument("dataset", nargs="?", help="a data set, e.g. omniglot (maml-rl: an env, e.g. navigation-2d)")
     pr.add_argument("--format", choices=("yaml", "toml", "json"), default="yaml", help="output format (default yaml)")
 
     d = sub.add_parser("datasets", help="list the data sets, where they are found and (mini-ImageNet) what was found")
@@ -230,11 +259,56 @@ def train_settings(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]]:
     return algorithm, dataset, {**settings, **flags}
 
 
+def own_loop_settings(args: argparse.Namespace, spec: Any) -> tuple[str | None, dict[str, Any]]:
+    """The preset and the settings a `train` command line gives a method with its own loop: the --config file's,
+    then the flags'. The episodic trainer's flags are refused by name (fastadapt.config.not_an_option)."""
+    from fastadapt.config import not_an_option
+    from fastadapt.options import read_config_file
+
+    settings = read_config_file(args.config) if args.config else {}
+    settings.pop("algorithm", None)
+    flags = {k: v for k, v in vars(args).items() if k not in _TRAIN_FLAGS and v is not None}
+    if args.dataset is not None:
+        flags["dataset"] = args.dataset
+    known = {f.name for f in fields(spec.options)} | {"out"}
+    unknown = sorted(set(flags) - known)
+    if unknown:
+        raise ConfigError(" ".join(not_an_option(name, spec.name) for name in unknown))
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ConfigError(
+            f"{args.config}: {spec.name} has no setting(s) {', '.join(unknown)}; "
+            f"`fastadapt train --algorithm {spec.name} --help` shows its options."
+        )
+    settings = {**settings, **flags}
+    return settings.get(spec.preset_option), settings
+
+
+def cmd_train_own_loop(args: argparse.Namespace, spec: Any) -> None:
+    """`train` for a method with a training loop of its own: its ``run`` hook, then its ``evaluate``."""
+    from fastadapt.algorithms.registry import own_loop_options
+
+    preset, settings = own_loop_settings(args, spec)
+    preset = preset or next(iter(spec.presets), None)
+    out = Path(settings.pop("out", None) or f"runs/{spec.name}-{preset}")
+    options = own_loop_options(spec, preset, **settings)
+    summary = spec.run(options, out, resume=args.resume, progress=not args.quiet)
+    print(summary["summary"])
+    print(spec.evaluate(Path(summary["checkpoint"])))
+    print(f"wrote {summary['checkpoint']}, {out / 'metrics.jsonl'}, {out / 'eval.json'}")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
+    from fastadapt.algorithms.registry import algorithm as registered_algorithm
     from fastadapt.config import make_config
     from fastadapt.evaluate import evaluate_checkpoint, format_result
+    from fastadapt.options import read_config_file
     from fastadapt.train import train
 
+    named = args.algorithm or (read_config_file(args.config).get("algorithm") if args.config else None)
+    if named is not None and registered_algorithm(named).has_own_loop:
+        cmd_train_own_loop(args, registered_algorithm(named))
+        return
     algorithm, dataset, settings = train_settings(args)
     settings.setdefault("out", f"runs/{algorithm}-{dataset}")
     config = make_config(algorithm, dataset, **settings)
@@ -249,9 +323,32 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"wrote {result.out / 'eval.json'}, {result.out / 'metrics.jsonl'}, {result.out / 'learning_curve.png'}")
 
 
+#: `eval` flags and their defaults: one that differs from its default is passed to a method's own evaluation
+_EVAL_DEFAULTS = {
+    "episodes": None,
+    "ways": None,
+    "shots": None,
+    "eval_query": None,
+    "eval_inner_steps": None,
+    "tasks": None,
+    "split": "test",
+    "out": None,
+    "data_dir": None,
+    "device": None,
+}
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
+    from fastadapt.algorithms.registry import checkpoint_owner
     from fastadapt.evaluate import evaluate_checkpoint, format_result
 
+    owner = checkpoint_owner(Path(args.checkpoint))
+    if owner is not None:  # a method with its own loop wrote it (maml-rl): its evaluation
+        given = {k: getattr(args, k) for k, default in _EVAL_DEFAULTS.items() if getattr(args, k) != default}
+        print(owner.evaluate(Path(args.checkpoint), **given))
+        return
+    if args.tasks is not None:
+        raise ConfigError("--tasks applies to maml-rl checkpoints; for episodes use --episodes.")
     result = evaluate_checkpoint(
         Path(args.checkpoint),
         episodes=args.episodes,
@@ -313,10 +410,24 @@ def cmd_presets(args: argparse.Namespace) -> None:
     if args.algorithm is None:
         print(f"{'method':<10} {'family':<13} {'presets for':<50} description")
         for name, spec in algorithms().items():
-            print(f"{name:<10} {spec.family:<13} {', '.join(spec.presets) or '-':<50} {spec.summary}")
+            presets = ", ".join(spec.presets) or "-"
+            if spec.has_own_loop:  # its presets are per env, not per data set
+                presets = f"--{spec.preset_option.replace('_', '-')} {presets}"
+            print(f"{name:<10} {spec.family:<13} {presets:<50} {spec.summary}")
         print("\n`fastadapt presets METHOD DATASET` prints one as a file for `fastadapt train --config FILE`.")
         return
     spec = algorithm(args.algorithm)
+    if spec.has_own_loop:  # its options are its whole configuration
+        from dataclasses import asdict
+
+        from fastadapt.algorithms.registry import own_loop_options
+
+        preset = args.dataset or next(iter(spec.presets), None)
+        options = asdict(own_loop_options(spec, preset))
+        settings = {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
+        title = f"{spec.name} with --{spec.preset_option.replace('_', '-')} {preset}: {spec.summary}"
+        print(format_settings({"algorithm": spec.name, **settings}, args.format, title))
+        return
     dataset = args.dataset or next(iter(spec.presets), "omniglot")
     config = make_config(spec.name, dataset)
     settings = {k: v for k, v in config.to_dict().items() if k not in ("data_dir", "init_from")}

@@ -180,6 +180,14 @@ def _owners(setting: str) -> list[str]:
 def not_an_option(setting: str, name: str) -> str:
     """The one-line message for a setting that method ``name`` does not have."""
     flag = "--" + setting.replace("_", "-")
+    spec = registered_algorithm(name)
+    trainer = {f.name: f for f in fields(TrainOptions)}
+    if spec.has_own_loop and setting in trainer:  # --steps, --dataset, ... to a method with its own loop
+        flag = flag_of(trainer[setting])
+        return (
+            f"{flag} is a setting of the episodic trainer, and {name} trains with its own loop; drop {flag} "
+            f"(`fastadapt train --algorithm {name} --help` lists its options)."
+        )
     owners = _owners(setting)
     if owners:
         field = next(f for f in fields(registered_algorithm(owners[0]).options) if f.name == setting)

@@ -69,9 +69,10 @@ def add_arguments(
     prefix: str = "",
 ) -> None:
     """One argument per field of the dataclass ``options`` (except ``skip``). Every argument defaults to None, "not
-    given", so that presets apply; the help shows the dataclass default. Booleans get ``--x/--no-x``. ``prefix``
-    names the options of a nested dataclass: ``prefix="finetune"`` makes the field ``steps`` ``--finetune-steps``,
-    read back as ``finetune_steps`` (:func:`given_values`)."""
+    given", so that presets apply; the help shows the dataclass default. Booleans get ``--x/--no-x``; a
+    ``tuple[int, ...]`` takes one or more values (``--hidden 100 100``, parsed as a list). ``prefix`` names the
+    options of a nested dataclass: ``prefix="finetune"`` makes the field ``steps`` ``--finetune-steps``, read back
+    as ``finetune_steps`` (:func:`given_values`)."""
     hints = typing.get_type_hints(options)  # annotations are strings under `from __future__ import annotations`
     for field in dataclasses.fields(options):
         if field.name in skip or "help" not in field.metadata:
@@ -81,9 +82,22 @@ def add_arguments(
             flag, dest = f"--{prefix}-{field.name.replace('_', '-')}", f"{prefix}_{field.name}"
         kind = _scalar_type(hints[field.name])
         default = field.default
+        if isinstance(default, tuple):  # a tuple is given as its items: --hidden 100 100
+            default = " ".join(map(str, default)) or "none"
         shown = f" (default: {default})" if default not in (None, "", False) else ""
         help_text = field.metadata["help"] + shown
-        if kind is bool:
+        if typing.get_origin(kind) is tuple:  # tuple[int, ...]: one or more items after the flag
+            item = typing.get_args(kind)[0]
+            parser.add_argument(
+                flag,
+                dest=dest,
+                type=item,
+                nargs="+",
+                default=None,
+                metavar=item.__name__.upper(),
+                help=help_text.replace("%", "%%"),
+            )
+        elif kind is bool:
             parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             parser.add_argument(
@@ -116,6 +130,14 @@ def mistyped(options: Any) -> list[str]:
         if value is None and (optional or field.default is None):
             continue
         kind = _scalar_type(annotation)
+        if typing.get_origin(kind) is tuple:
+            item = typing.get_args(kind)[0]
+            ok = isinstance(value, (tuple, list)) and all(
+                isinstance(v, item) and not isinstance(v, bool) for v in value
+            )
+            if not ok:
+                wrong.append(field.name)
+            continue
         ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
         if kind is float:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -64,14 +64,7 @@ def _higher_is_better(config: Config) -> bool:
 
 
 def _append_metrics(path: Path, record: dict[str, Any]) -> None:
-    try:
-        with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-    except OSError as error:
-        raise OutputError(
-            f"could not write {path} ({error.strerror or type(error).__name__}); the last checkpoint is intact. "
-            f"Free space in {path.parent} or make it writable, then --resume."
-        ) from None
+    atomic.append_record(path, record)
 
 
 def _records(path: Path) -> list[tuple[str, dict[str, Any]]]:
