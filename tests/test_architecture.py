@@ -19,11 +19,12 @@ SOURCE = Path(fastadapt.__file__).parent
 FORBIDDEN = {
     "tasks": ("engine", "algorithms", "config", "train", "evaluate", "checkpoint", "cli"),
     "datasets": ("engine", "algorithms", "config", "train", "evaluate", "checkpoint", "cli"),
-    "text": ("engine", "algorithms", "config", "train", "evaluate", "checkpoint", "cli"),
+    "text": ("engine", "algorithms", "config", "train", "evaluate", "checkpoint", "cli", "continual"),
     "nets": ("engine", "algorithms", "config", "train", "evaluate", "checkpoint", "cli", "datasets", "text"),
     "engine": ("algorithms", "config", "train", "evaluate", "checkpoint", "cli", "datasets", "text"),
     "rl": ("algorithms", "config", "train", "evaluate", "checkpoint", "cli", "datasets", "text"),
-    "algorithms": ("config", "train", "evaluate", "checkpoint", "cli"),
+    "algorithms": ("config", "train", "evaluate", "checkpoint", "cli", "continual"),
+    "continual": ("cli",),
 }
 
 

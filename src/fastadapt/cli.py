@@ -8,6 +8,7 @@ Examples::
     fastadapt train --algorithm maml-rl --env navigation-2d --out runs/nav   # meta-RL: a loop of its own
     fastadapt eval --checkpoint runs/nav/checkpoint.pt                       # its return table
     fastadapt presets                                      # every method's presets; `presets maml omniglot` prints one
+    fastadapt continual --algorithm oml --out runs/oml      # continual learning: OML, La-MAML (docs/continual.md)
     fastadapt datasets
     fastadapt train --algorithm protonet --dataset clinc150 --ways 5 --shots 1   # text: sentence embeddings
     fastadapt fewshot-text --shots 5 --finetune --out runs/clinc5-ft             # CLINC150 150-way 5-shot
@@ -122,6 +123,33 @@ def _train_parser(sub: argparse._SubParsersAction, only: str | None) -> argparse
     return t
 
 
+def _continual_parser(sub: argparse._SubParsersAction) -> None:
+    """`continual`: its run options and each continual method's own (fastadapt.continual.run)."""
+    from fastadapt.algorithms.registry import algorithms
+    from fastadapt.continual.run import ContinualOptions
+    from fastadapt.options import add_arguments
+
+    methods = algorithms("continual")
+    c = sub.add_parser(
+        "continual",
+        help="continual learning: OML meta-training + meta-test, or La-MAML on a task stream (ACC/BWT/FWT)",
+        description="oml: meta-train on Omniglot's background characters, then learn class-sorted streams of new "
+        "characters one image at a time. la-maml: learn a stream of tasks online, several runs, and report the "
+        "accuracy matrix with ACC/BWT/FWT. Writes <out>/results.json and plots (docs/continual.md).",
+        formatter_class=_formatter,
+    )
+    c.add_argument("--algorithm", required=True, choices=tuple(methods), help="the continual method")
+    c.add_argument("--preset", help="; ".join(f"{n}: {', '.join(m.presets)}" for n, m in methods.items()))
+    c.add_argument("--resume", action="store_true", help="oml: continue meta-training from <out> exactly")
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_arguments(c.add_argument_group("run"), ContinualOptions)
+    seen = {f.name for f in fields(ContinualOptions)}
+    for name, spec in methods.items():
+        own = tuple(f.name for f in fields(spec.options) if f.name in seen)
+        add_arguments(c.add_argument_group(f"--algorithm {name}: {spec.summary}"), spec.options, skip=own)
+        seen.update(f.name for f in fields(spec.options))
+
+
 def build_parser(algorithm: str | None = None) -> argparse.ArgumentParser:
     """The whole command line; ``algorithm`` narrows `train`'s method options to that method's."""
     from fastadapt.config import PretrainConfig
@@ -135,6 +163,7 @@ def build_parser(algorithm: str | None = None) -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _train_parser(sub, algorithm)
+    _continual_parser(sub)
 
     e = sub.add_parser("eval", help="meta-test a checkpoint: accuracy mean and 95%% CI over >= 600 episodes")
     e.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by train (maml-rl: checkpoint.pt)")
@@ -450,6 +479,18 @@ def format_settings(settings: dict[str, Any], kind: str, title: str) -> str:
     return f"# {title}\n" + yaml.safe_dump(settings, sort_keys=False)
 
 
+def cmd_continual(args: argparse.Namespace) -> None:
+    from fastadapt.continual.run import ContinualOptions, run_continual
+
+    run_fields = {f.name for f in fields(ContinualOptions)}
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("command", "preset", "algorithm")}
+    given.pop("resume"), given.pop("quiet")
+    run = ContinualOptions(**{k: v for k, v in given.items() if k in run_fields})
+    settings = {k: v for k, v in given.items() if k not in run_fields}
+    result = run_continual(args.algorithm, args.preset, settings, run, resume=args.resume, progress=not args.quiet)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("meta_test", "matrices", "runs")}, indent=1))
+
+
 def cmd_datasets(args: argparse.Namespace) -> None:
     from fastadapt.datasets import DATASETS, resolve_data_dir
 
@@ -504,6 +545,7 @@ COMMANDS = {
     "embed": cmd_embed,
     "presets": cmd_presets,
     "fewshot-text": cmd_fewshot_text,
+    "continual": cmd_continual,
 }
 
 

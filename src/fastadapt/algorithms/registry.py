@@ -52,6 +52,8 @@ class Algorithm:
     owns_checkpoint: Callable[[Path], bool] | None = None
     #: with ``run``: the option whose value names the preset (the episodic methods' presets are per ``dataset``)
     preset_option: str = "dataset"
+    #: the command that runs it: "train" (episodic meta-training) or "continual" (a stream, `fastadapt continual`)
+    command: str = "train"
 
     @property
     def has_own_loop(self) -> bool:
@@ -70,21 +72,25 @@ def register(algorithm: Algorithm) -> Algorithm:
     return algorithm
 
 
-def algorithms() -> dict[str, Algorithm]:
-    """Every registered method, by name; the first call imports each module under fastadapt.algorithms."""
+def algorithms(command: str = "train") -> dict[str, Algorithm]:
+    """Every registered method that ``command`` runs, by name; the first call imports each module under
+    fastadapt.algorithms."""
     global _discovered
     if not _discovered:
         package = Path(__file__).parent  # fastadapt/algorithms: every module below it, subpackages included
         for module in pkgutil.walk_packages([str(package)], prefix="fastadapt.algorithms."):
             importlib.import_module(module.name)
         _discovered = True
-    return dict(sorted(_REGISTRY.items()))
+    return dict(sorted((name, a) for name, a in _REGISTRY.items() if a.command == command))
 
 
-def algorithm(name: str) -> Algorithm:
-    """The registered method ``name``; one line naming the choices otherwise."""
-    found = algorithms()
+def algorithm(name: str, command: str = "train") -> Algorithm:
+    """The registered method ``name`` that ``command`` runs; one line naming the choices otherwise."""
+    found = algorithms(command)
     if name not in found:
+        elsewhere = [a.command for n, a in _REGISTRY.items() if n == name]
+        if elsewhere:
+            raise ConfigError(f"{name} runs with `fastadapt {elsewhere[0]} --algorithm {name}`, not `{command}`.")
         raise ConfigError(f"unknown algorithm {name!r}; choose one of: {', '.join(found)}.")
     return found[name]
 
