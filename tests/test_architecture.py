@@ -1,7 +1,7 @@
 """The layout holds: no import cycles, each layer imports only those below it, and no probing of learners.
 
-Layers, from the bottom: errors/options; tasks, datasets, nets; engine; rl (beside datasets and tasks, above the
-engine); algorithms; config, checkpoint, evaluate, train, pretrain, distributed; cli (docs/architecture.md). An
+Layers, from the bottom: errors/options; tasks, datasets, text, nets; engine; rl (beside datasets and tasks, above
+the engine); algorithms; config, checkpoint, evaluate, train, pretrain, distributed; cli (docs/architecture.md). An
 import inside a function counts like one at the top.
 """
 
@@ -19,9 +19,10 @@ SOURCE = Path(fastadapt.__file__).parent
 FORBIDDEN = {
     "tasks": ("engine", "algorithms", "config", "train", "evaluate", "checkpoint", "cli"),
     "datasets": ("engine", "algorithms", "config", "train", "evaluate", "checkpoint", "cli"),
-    "nets": ("engine", "algorithms", "config", "train", "evaluate", "checkpoint", "cli", "datasets"),
-    "engine": ("algorithms", "config", "train", "evaluate", "checkpoint", "cli", "datasets"),
-    "rl": ("algorithms", "config", "train", "evaluate", "checkpoint", "cli", "datasets"),
+    "text": ("engine", "algorithms", "config", "train", "evaluate", "checkpoint", "cli", "continual"),
+    "nets": ("engine", "algorithms", "config", "train", "evaluate", "checkpoint", "cli", "datasets", "text"),
+    "engine": ("algorithms", "config", "train", "evaluate", "checkpoint", "cli", "datasets", "text"),
+    "rl": ("algorithms", "config", "train", "evaluate", "checkpoint", "cli", "datasets", "text"),
     "algorithms": ("config", "train", "evaluate", "checkpoint", "cli", "continual"),
     "continual": ("cli",),
 }

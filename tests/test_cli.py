@@ -202,7 +202,7 @@ def test_datasets_lists_every_data_set(tmp_path: Path, capsys) -> None:
     assert str(tmp_path) in stdout
     # One "  name  kind  where" line per data set, each followed by an indented description.
     names = [line.split()[0] for line in stdout.splitlines()[1:] if re.match(r"  \S", line)]
-    assert names == ["omniglot", "mini-imagenet", "folder", "embeddings", "sinusoid", "linear"]
+    assert names == ["omniglot", "mini-imagenet", "folder", "embeddings", "clinc150", "text", "sinusoid", "linear"]
     assert "missing: fastadapt download omniglot (or --download)" in stdout  # nothing in tmp_path
     assert f"mini-imagenet: not found (no mini-ImageNet found in {tmp_path}" in stdout
     root = resolve_data_dir()

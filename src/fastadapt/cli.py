@@ -10,6 +10,8 @@ Examples::
     fastadapt presets                                      # every method's presets; `presets maml omniglot` prints one
     fastadapt continual --algorithm oml --out runs/oml      # continual learning: OML, La-MAML (docs/continual.md)
     fastadapt datasets
+    fastadapt train --algorithm protonet --dataset clinc150 --ways 5 --shots 1   # text: sentence embeddings
+    fastadapt fewshot-text --shots 5 --finetune --out runs/clinc5-ft             # CLINC150 150-way 5-shot
 
 ``train``'s options are generated from the dataclasses that declare them (fastadapt.config.TrainOptions and each
 method's options beside its code, fastadapt.options), so the help, the defaults and the presets cannot drift apart.
@@ -190,8 +192,10 @@ def build_parser(algorithm: str | None = None) -> argparse.ArgumentParser:
         "centroid, 5-way 1-shot). Writes <out>/pretrain.pt and pretrain_metrics.jsonl.",
         formatter_class=_formatter,
     )
-    add_arguments(p, PretrainConfig)
+    add_arguments(p, PretrainConfig, skip=("encoder",))  # pre-training classifies images
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    _fewshot_text_parser(sub)
 
     em = sub.add_parser(
         "embed",
@@ -220,6 +224,30 @@ def build_parser(algorithm: str | None = None) -> argparse.ArgumentParser:
     dl.add_argument("name", help="omniglot (mini-imagenet has no public download: it says where to put a copy)")
     dl.add_argument("--data-dir", help="where to put it (default: $FASTADAPT_DATA or ~/.cache/fastadapt/data)")
     return parser
+
+
+def _fewshot_text_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from fastadapt.options import add_arguments
+    from fastadapt.text.finetune import FinetuneOptions
+    from fastadapt.text.intent import FewShotTextOptions
+
+    f = sub.add_parser(
+        "fewshot-text",
+        help="CLINC150 150-way K-shot intent detection with out-of-scope detection (5 draws of K per intent)",
+        description="K utterances per intent from CLINC150's training set, all 150 intents at once, scored on the "
+        "full test set; the K-shot draw repeated --draws times (mean and standard deviation). Classifiers: "
+        "prototypes (cosine) and logistic regression over the sentence embeddings, each with an out-of-scope "
+        "threshold chosen on the validation set. --finetune first meta-trains the encoder on each draw's K-shot set "
+        "(episodic ProtoNet, fastadapt.text.finetune). Writes <out>/eval.json, options.json and draw-N/. Needs "
+        "`pip install fastadapt[text]` and <data-dir>/clinc150/data_full.json.",
+        formatter_class=_formatter,
+    )
+    add_arguments(f, FewShotTextOptions)
+    tuning = f.add_argument_group("--finetune: the encoder's episodic fine-tuning on each draw")
+    add_arguments(tuning, FinetuneOptions, prefix="finetune")
+    f.add_argument("--resume", action="store_true", help="keep finished draws; continue an interrupted fine-tuning")
+    f.add_argument("--quiet", action="store_true", help="no progress bars")
+    return f
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -391,6 +419,19 @@ def cmd_embed(args: argparse.Namespace) -> None:
     print(f"wrote embeddings to {args.out}: {sizes}")
 
 
+def cmd_fewshot_text(args: argparse.Namespace) -> None:
+    from fastadapt.options import given_values, require_finite
+    from fastadapt.text.finetune import FinetuneOptions
+    from fastadapt.text.intent import FewShotTextOptions, format_fewshot_result, run_fewshot_text
+
+    tuning = FinetuneOptions(**given_values(args, FinetuneOptions, prefix="finetune"))
+    options = FewShotTextOptions(**given_values(args, FewShotTextOptions), finetune_options=tuning)
+    require_finite(options), require_finite(tuning)
+    result = run_fewshot_text(options, resume=args.resume, progress=not args.quiet)
+    print(format_fewshot_result(result))
+    print(f"wrote {Path(options.out) / 'eval.json'} and {Path(options.out) / 'draw-N'}/result.json")
+
+
 def cmd_presets(args: argparse.Namespace) -> None:
     from fastadapt.algorithms.registry import algorithm, algorithms
     from fastadapt.config import make_config
@@ -466,8 +507,15 @@ def cmd_datasets(args: argparse.Namespace) -> None:
             inspected = inspect_miniimagenet(root)
             where = f"found in {inspected.folder}" if inspected.layout else "missing (no public download)"
             report = inspected.lines()
+        elif info.name == "clinc150":
+            from fastadapt.datasets.text import clinc150_file
+
+            found = clinc150_file(root).is_file()
+            where = f"found in {root / 'clinc150'}" if found else "missing: put data_full.json in <data-dir>/clinc150/"
         elif info.name in ("folder", "embeddings"):
             where = "pass --data-dir DIR"
+        elif info.name == "text":
+            where = "pass --data-dir FILE"
         else:
             where = "generated"
         print(f"  {info.name:<13} {info.kind:<15} {where}\n                {info.description}")
@@ -496,6 +544,7 @@ COMMANDS = {
     "pretrain": cmd_pretrain,
     "embed": cmd_embed,
     "presets": cmd_presets,
+    "fewshot-text": cmd_fewshot_text,
     "continual": cmd_continual,
 }
 

@@ -41,7 +41,7 @@ class DataOptions:
     split: str = option(
         "vinyals",
         "omniglot: vinyals, vinyals-trainval, maml or lake; mini-imagenet: ravi (checked) or as-found; "
-        "folder: a folder with train/val/test.txt",
+        "folder: a folder with train/val/test.txt; clinc150: domains-v1; text: random or a folder of label lists",
     )
     image_size: int | None = option(
         None,
@@ -51,8 +51,18 @@ class DataOptions:
     channels: int | None = option(
         None, "1 (grayscale) or 3 (RGB) (default: omniglot 1, mini-imagenet 3; folder: 3 when the images have colour)"
     )
+    # The encoder is to texts what the size and colour are to images: it makes the examples the learners see (and
+    # keys their cache), so it is a setting of the data, and a checkpoint holds only with the same encoder.
+    encoder: str | None = option(
+        None,
+        "clinc150, text: the sentence encoder that turns each text into a vector: all-MiniLM-L6-v2 (default), a "
+        "sentence-transformers model folder (e.g. a fine-tuned one), or a model name in the local cache",
+    )
     data_dir: str | None = option(
-        None, "folder holding the data sets (default: $FASTADAPT_DATA, else shared/data)", run_only=True
+        None,
+        "folder holding the data sets (default: $FASTADAPT_DATA, else shared/data); --dataset text: the .csv or "
+        ".jsonl file",
+        run_only=True,
     )
     download: bool = option(
         False, "omniglot: download it when absent (about 16 MB, sha256-checked) into the data folder", run_only=True
@@ -84,7 +94,8 @@ class TrainOptions(DataOptions):
     network: str = option(
         "conv4",
         "conv4 (max-pool, 64 filters), conv4-N (N filters; conv4-32: mini-ImageNet MAML/Meta-LSTM learner), "
-        "conv4-stride (MAML's Omniglot net), resnet12 (TADAM/MetaOptNet, 64-160-320-640) or mlp",
+        "conv4-stride (MAML's Omniglot net), resnet12 (TADAM/MetaOptNet, 64-160-320-640) or mlp; over vectors "
+        "(clinc150, text): identity, residual-H, linear or mlp-H (H hidden units)",
     )
     outer_optimizer: str = option("adam", "the outer optimiser", choices=OUTER_OPTIMIZERS)
     lr_schedule: str = option(
@@ -227,8 +238,11 @@ def validate(config: Config) -> None:
             f"--algorithm {config.algorithm} is a classification method and --dataset {config.dataset} a regression "
             f"data set; use one of the methods that regress ({', '.join(regression_methods)})."
         )
-    if config.dataset == "embeddings" and config.algorithm != "leo":
+    if config.dataset == "embeddings" and config.algorithm not in ("leo", "logistic"):
         raise ConfigError(f"--dataset embeddings holds feature vectors for --algorithm leo, not {config.algorithm}.")
+    if config.encoder is not None and "encoder" not in DATASETS[config.dataset].settings:
+        texts = ", ".join(name for name, info in DATASETS.items() if "encoder" in info.settings)
+        raise ConfigError(f"--encoder applies to the text data sets ({texts}), not {config.dataset}; drop --encoder.")
     validate_choices(config)
     require_finite(config)
     require_positive(config, "ways", "shots", "query", "meta_batch_size", "steps", "val_every", "val_episodes")
@@ -240,7 +254,7 @@ def validate(config: Config) -> None:
     check_network_memory(config.network, config.channels or 3)
     check_precision(config.precision, resolve_device(config.device))
     augment = AugmentOptions.from_flag(config.augment)
-    if augment.active and (config.regression or config.dataset == "embeddings"):
+    if augment.active and DATASETS[config.dataset].inputs != "images":
         raise ConfigError(f"--augment applies to images, and {config.dataset} has none; drop --augment.")
     if not config.lr > 0:
         raise ConfigError(f"--lr must be positive (got {config.lr}).")

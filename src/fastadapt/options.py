@@ -63,15 +63,24 @@ def _scalar_type(annotation: Any) -> type:
 
 
 def add_arguments(
-    parser: argparse.ArgumentParser | argparse._ArgumentGroup, options: type, *, skip: tuple[str, ...] = ()
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    options: type,
+    *,
+    skip: tuple[str, ...] = (),
+    prefix: str = "",
 ) -> None:
     """One argument per field of the dataclass ``options`` (except ``skip``). Every argument defaults to None, "not
     given", so that presets apply; the help shows the dataclass default. Booleans get ``--x/--no-x``; a
-    ``tuple[int, ...]`` takes one or more values (``--hidden 100 100``, parsed as a list)."""
+    ``tuple[int, ...]`` takes one or more values (``--hidden 100 100``, parsed as a list). ``prefix`` names the
+    options of a nested dataclass: ``prefix="finetune"`` makes the field ``steps`` ``--finetune-steps``, read back
+    as ``finetune_steps`` (:func:`given_values`)."""
     hints = typing.get_type_hints(options)  # annotations are strings under `from __future__ import annotations`
     for field in dataclasses.fields(options):
         if field.name in skip or "help" not in field.metadata:
             continue
+        flag, dest = flag_of(field), field.name
+        if prefix:
+            flag, dest = f"--{prefix}-{field.name.replace('_', '-')}", f"{prefix}_{field.name}"
         kind = _scalar_type(hints[field.name])
         default = field.default
         if isinstance(default, tuple):  # a tuple is given as its items: --hidden 100 100
@@ -81,8 +90,8 @@ def add_arguments(
         if typing.get_origin(kind) is tuple:  # tuple[int, ...]: one or more items after the flag
             item = typing.get_args(kind)[0]
             parser.add_argument(
-                flag_of(field),
-                dest=field.name,
+                flag,
+                dest=dest,
                 type=item,
                 nargs="+",
                 default=None,
@@ -90,19 +99,24 @@ def add_arguments(
                 help=help_text.replace("%", "%%"),
             )
         elif kind is bool:
-            parser.add_argument(
-                flag_of(field), dest=field.name, action=argparse.BooleanOptionalAction, default=None, help=help_text
-            )
+            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             parser.add_argument(
-                flag_of(field),
-                dest=field.name,
+                flag,
+                dest=dest,
                 type=kind,
                 default=None,
                 choices=field.metadata.get("choices"),
                 metavar=kind.__name__.upper() if not field.metadata.get("choices") else None,
                 help=help_text.replace("%", "%%"),
             )
+
+
+def given_values(namespace: argparse.Namespace, options: type, *, prefix: str = "") -> dict[str, Any]:
+    """The fields of ``options`` that a command line made with :func:`add_arguments` gave (not None), by field name."""
+    names = [field.name for field in dataclasses.fields(options)]
+    found = {name: getattr(namespace, f"{prefix}_{name}" if prefix else name, None) for name in names}
+    return {name: value for name, value in found.items() if value is not None}
 
 
 def mistyped(options: Any) -> list[str]:

@@ -133,10 +133,13 @@ def outer_optimizer(
     learner: MetaLearner, config: Config
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """The outer-loop optimiser (Adam, or SGD for Reptile's epsilon) and its learning-rate schedule."""
+    # A baseline with nothing to meta-learn (--algorithm logistic) gets an optimiser of no parameters: its steps
+    # change nothing, and validation, checkpoints and meta-testing run as for every method.
+    parameters = list(learner.parameters()) or [{"params": []}]
     if config.outer_optimizer == "sgd":
-        optimizer = torch.optim.SGD(learner.parameters(), lr=config.lr)
+        optimizer = torch.optim.SGD(parameters, lr=config.lr)
     else:
-        optimizer = torch.optim.Adam(learner.parameters(), lr=config.lr)
+        optimizer = torch.optim.Adam(parameters, lr=config.lr)
     if config.lr_schedule == "linear":
         total = config.steps
         return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / total))

@@ -66,7 +66,8 @@ class MetaLearner(nn.Module):
         and returns the output detached. Training calls this; a method may override it to need less
         memory for the same gradient (MAML's per-task loop backpropagates task by task)."""
         output = self.meta_loss(batch)
-        output.loss.backward()
+        if output.loss.requires_grad:  # a method with nothing to meta-learn (a per-episode baseline) has no gradient
+            output.loss.backward()
         return MetaOutput(output.loss.detach(), output.predictions.detach())
 
     def predict(self, batch: TaskBatch) -> Tensor:

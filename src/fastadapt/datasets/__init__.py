@@ -10,6 +10,7 @@ from fastadapt.datasets import linear, miniimagenet
 from fastadapt.datasets.linear import LinearTasks
 from fastadapt.datasets.paths import resolve_data_dir
 from fastadapt.datasets.sinusoid import SinusoidTasks
+from fastadapt.datasets.text import DEFAULT_ENCODER
 from fastadapt.errors import DataError
 from fastadapt.tasks.samplers import ClassSplit, EpisodeSampler, TaskSource
 
@@ -22,7 +23,8 @@ class DatasetInfo:
     #: the data set's own settings (its images' size and colour, its standard protocol), applied before a method's
     #: preset for it: fastadapt.config.make_config
     settings: dict[str, Any] = field(default_factory=dict)
-    #: "images" (channels x image_size^2 values per example), "points" (an x and a y), or "vectors" (read from disk)
+    #: "images" (channels x image_size^2 values per example), "points" (an x and a y), or "vectors" (read from disk, or
+    #: texts made vectors by a sentence encoder)
     inputs: str = "images"
 
     def values_per_example(self, config: Any) -> int | None:
@@ -62,6 +64,26 @@ DATASETS: dict[str, DatasetInfo] = {
         "embeddings",
         "classification",
         "feature vectors for LEO: `fastadapt embed` output or the LEO authors' pickles; --data-dir DIR",
+        inputs="vectors",
+    ),
+    # Texts, made vectors by a sentence encoder (fastadapt.text): the networks over them are identity, linear, mlp-H and
+    # residual-H (fastadapt.nets.heads), chosen by each method's preset.
+    "clinc150": DatasetInfo(
+        "clinc150",
+        "classification",
+        "150 intents in 10 domains, 150 utterances each (text); intents split by domain (domains-v1: 90 / 30 / 30); "
+        "reads <data-dir>/clinc150/data_full.json; needs pip install fastadapt[text]",
+        # The episodic protocol of docs/text.md: the versioned domain split, MiniLM embeddings, 15 queries per class
+        # in test episodes, 600 test and 300 validation episodes (as mini-ImageNet's).
+        dict(split="domains-v1", encoder=DEFAULT_ENCODER, eval_query=15, test_episodes=600, val_episodes=300),
+        inputs="vectors",
+    ),
+    "text": DatasetInfo(
+        "text",
+        "classification",
+        "your own texts: --data-dir FILE, a .csv (header naming text and label) or .jsonl of {text, label}; labels "
+        "split at random (64/16/20 %) or by --split FOLDER of train/val/test.txt; needs pip install fastadapt[text]",
+        dict(split="random", encoder=DEFAULT_ENCODER),
         inputs="vectors",
     ),
     # Inputs are numbers, not images: the MLP (1-40-40-1 of Finn et al.) is the network that takes them.
@@ -136,7 +158,25 @@ def load_splits(config: Any, progress: bool = False) -> dict[str, ClassSplit] | 
                 "test.npz) or at the LEO authors' embeddings (train_embeddings.pkl, ...)."
             )
         return load_embeddings(Path(config.data_dir))
+    if config.dataset in ("clinc150", "text"):
+        from fastadapt.text.episodic import text_load_splits
+
+        return text_load_splits(config, progress=progress)
     return None
+
+
+def input_features(config: Any) -> int | None:
+    """How many numbers each example of a data set of vectors holds (the embeddings' size), for the networks over
+    them; None for images and points, whose networks know their inputs' shape."""
+    if DATASETS[config.dataset].inputs != "vectors":
+        return None
+    if config.dataset == "embeddings":
+        from fastadapt.datasets.embeddings import embedding_dim
+
+        if not config.data_dir:
+            load_splits(config)  # one line saying what --data-dir must hold
+        return embedding_dim(Path(config.data_dir))
+    return int(load_splits(config)["train"].images.shape[1])
 
 
 def task_source(config: Any, splits: dict[str, ClassSplit] | None, part: str, seed: int) -> TaskSource:
@@ -157,4 +197,12 @@ def task_source(config: Any, splits: dict[str, ClassSplit] | None, part: str, se
     return EpisodeSampler(splits[part], ways, shots, query, seed=seed, flags=flags)
 
 
-__all__ = ["DATASETS", "DatasetInfo", "image_format", "load_splits", "resolve_data_dir", "task_source"]
+__all__ = [
+    "DATASETS",
+    "DatasetInfo",
+    "image_format",
+    "input_features",
+    "load_splits",
+    "resolve_data_dir",
+    "task_source",
+]

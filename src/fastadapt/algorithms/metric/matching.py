@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from fastadapt.algorithms.base import MetaLearner, MetaOutput
 from fastadapt.algorithms.metric.common import embed_episodes
 from fastadapt.algorithms.registry import Algorithm, register
+from fastadapt.datasets import input_features
 from fastadapt.errors import ConfigError
 from fastadapt.nets import build_network
 from fastadapt.options import MethodOptions, option
@@ -148,11 +149,17 @@ class MatchingOptions(MethodOptions):
 
 
 def build(config: Any) -> MatchingNet:
-    encoder = build_network(config.network, config.channels, config.image_size, None, norm="running")
+    features = input_features(config)  # vectors (text embeddings): a head over them, of their own size
+    encoder = build_network(config.network, config.channels, config.image_size, None, "running", features)
     encoder = encoder.to(memory_format=torch.channels_last)
-    dim = getattr(encoder, "out_features", 64)
+    dim = features or getattr(encoder, "out_features", 64)
     return MatchingNet(encoder, dim, fce=config.fce, cosine_scale=config.cosine_scale or None)
 
+
+#: Over sentence embeddings (clinc150, text; docs/text.md): ProtoNet's text preset (a residual head that starts as the
+#: identity, Adam 1e-4, 1500 episodes), not tuned separately; no FCE; the learned scale on the cosines from 10.
+TEXT_PRESET = dict(network="residual-256", query=10, eval_query=15, meta_batch_size=1, lr=1e-4, steps=1500,
+                   val_every=250, val_episodes=300, cosine_scale=10.0)  # fmt: skip
 
 register(
     Algorithm(
@@ -191,6 +198,8 @@ register(
                 val_every=1000,
                 cosine_scale=10.0,
             ),
+            "clinc150": TEXT_PRESET,
+            "text": TEXT_PRESET,
         },
         supports_regression=False,
     )

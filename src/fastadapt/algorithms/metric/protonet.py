@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from fastadapt.algorithms.base import MetaLearner, MetaOutput, task_loss
 from fastadapt.algorithms.metric.common import class_sums, embed_episodes
 from fastadapt.algorithms.registry import Algorithm, register
+from fastadapt.datasets import input_features
 from fastadapt.nets import build_network
 from fastadapt.options import MethodOptions, option
 from fastadapt.tasks.episodes import TaskBatch
@@ -73,8 +74,20 @@ class ProtoNetOptions(MethodOptions):
 
 
 def build(config: Any) -> ProtoNet:
-    encoder = build_network(config.network, config.channels, config.image_size, None, norm="running")
+    """ProtoNet on the run's network: a convolutional one over images, a head over vectors (text embeddings)."""
+    features = input_features(config)
+    encoder = build_network(config.network, config.channels, config.image_size, None, "running", features)
     return ProtoNet(encoder.to(memory_format=torch.channels_last), distance=config.distance)
+
+
+# fmt: off
+#: Over sentence embeddings (clinc150, text; docs/text.md). A residual head g(x) = s (x + W2 relu(W1 x)) that starts as
+#: the identity (the frozen encoder's own prototypes). Chosen by short runs (400 steps, 5-way 1-shot) on CLINC150's
+#: meta-validation domains: at Adam 1e-3 the head lost validation accuracy from the first validation on, at 1e-4 it
+#: held it; 1500 steps, by when validation accuracy had stopped rising.
+TEXT_PRESET = dict(network="residual-256", query=10, eval_query=15, meta_batch_size=1, lr=1e-4, steps=1500,
+                   val_every=250, val_episodes=300)
+# fmt: on
 
 
 register(
@@ -113,6 +126,8 @@ register(
                 steps=30000,
                 val_every=1000,
             ),
+            "clinc150": TEXT_PRESET,
+            "text": TEXT_PRESET,
         },
         supports_regression=False,
     )

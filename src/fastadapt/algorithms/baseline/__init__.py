@@ -1,0 +1,1 @@
+"""Baselines: classifiers fitted on each episode's support set, with nothing meta-learned."""
