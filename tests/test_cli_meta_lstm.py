@@ -31,4 +31,4 @@ def test_meta_lstm_train_then_eval_on_folder(tmp_path: Path, capsys) -> None:
 def test_meta_lstm_refuses_regression_with_one_error_line(capsys) -> None:
     assert main(["train", "--algorithm", "meta-lstm", "--dataset", "sinusoid", "--steps", "1"]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and err[0].startswith("fastadapt: error: meta-lstm is a classification method")
+    assert len(err) == 1 and err[0].startswith("fastadapt: error: --algorithm meta-lstm is a classification method")
