@@ -61,7 +61,7 @@ from torch import Tensor, nn
 
 from fastadapt.algorithms.base import MetaLearner, MetaOutput
 from fastadapt.algorithms.registry import Algorithm, register
-from fastadapt.datasets import input_features
+from fastadapt.datasets import DATASETS, input_features
 from fastadapt.errors import ConfigError
 from fastadapt.options import MethodOptions, option
 from fastadapt.tasks.episodes import TaskBatch
@@ -292,6 +292,9 @@ class LEOOptions(MethodOptions):
     leo_grad_clip: float = option(0.1, "clip each meta-gradient entry to +-this (0: off)")
 
     def validate(self) -> None:
+        dataset = getattr(self, "dataset", None)  # on a run's whole configuration: refused before any data is read
+        if dataset in DATASETS and DATASETS[dataset].inputs != "vectors":
+            raise ConfigError(_NEEDS_VECTORS.format(dataset=dataset))
         if self.inner_steps < 0:
             raise ConfigError(f"--inner-steps must be >= 0 (got {self.inner_steps}).")
         if self.leo_latent_dim < 1 or self.leo_finetuning_steps < 0:
@@ -310,16 +313,19 @@ class LEOOptions(MethodOptions):
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(self, name)}).")
 
 
+_NEEDS_VECTORS = (
+    "LEO trains on fixed embeddings, not on {dataset} images: run `fastadapt pretrain`, then `fastadapt embed "
+    "--checkpoint RUN/pretrain.pt --out EMB`, then train with --dataset embeddings --data-dir EMB (texts: --dataset "
+    "clinc150 or text)."
+)
+
+
 def build(config: Any) -> LEO:
     """LEO over the data set's vectors: `fastadapt embed`'s or the authors' image features (--dataset embeddings), or
     sentence embeddings (--dataset clinc150, text)."""
     features = input_features(config)
     if features is None:
-        raise ConfigError(
-            f"LEO trains on fixed embeddings, not on {config.dataset} images: run `fastadapt pretrain`, then "
-            f"`fastadapt embed --checkpoint RUN/pretrain.pt --out EMB`, then train with --dataset embeddings "
-            f"--data-dir EMB (texts: --dataset clinc150 or text)."
-        )
+        raise ConfigError(_NEEDS_VECTORS.format(dataset=config.dataset))
     return LEO(
         features,
         latent_dim=config.leo_latent_dim,
