@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -49,6 +50,20 @@ class FakeSentenceModel(nn.Module):
     def save(self, folder: str) -> None:
         Path(folder).mkdir(parents=True)
         torch.save(self.state_dict(), Path(folder) / "weights.pt")
+
+
+def one_line(exc: pytest.ExceptionInfo) -> str:
+    """The error's message, checked to be one line without a traceback."""
+    message = str(exc.value)
+    assert "\n" not in message and "Traceback" not in message
+    return message
+
+
+def small_rows(labels: int = 6, per_label: int = 8) -> list[tuple[str, str]]:
+    """(text, label) rows: ``labels`` labels of ``per_label`` distinct utterances each."""
+    return [
+        (f"utterance {k} about topic{c} and thing{k % 3}", f"label{c}") for c in range(labels) for k in range(per_label)
+    ]
 
 
 def fake_encoder_folder(root: Path, name: str = "fake-encoder", content: str = "weights v1") -> Path:

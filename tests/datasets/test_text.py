@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from text_fixtures import write_clinc_fixture
+from text_fixtures import one_line, write_clinc_fixture
 
 from fastadapt.datasets.paths import resolve_data_dir
 from fastadapt.datasets.text import (
@@ -19,18 +19,6 @@ from fastadapt.datasets.text import (
 from fastadapt.errors import DataError
 
 SHARED_CLINC = resolve_data_dir() / "clinc150"
-
-
-def one_line(exc: pytest.ExceptionInfo) -> str:
-    message = str(exc.value)
-    assert "\n" not in message and "Traceback" not in message
-    return message
-
-
-def small_rows(labels: int = 6, per_label: int = 8) -> list[tuple[str, str]]:
-    return [
-        (f"utterance {k} about topic{c} and thing{k % 3}", f"label{c}") for c in range(labels) for k in range(per_label)
-    ]
 
 
 def test_csv_with_header_quoting_and_blank_lines(tmp_path):

@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from text_fixtures import fake_encoder_folder, use_fake_encoder, write_clinc_fixture, write_csv
+from text_fixtures import fake_encoder_folder, one_line, small_rows, use_fake_encoder, write_clinc_fixture, write_csv
 
 from fastadapt.algorithms import build_algorithm
 from fastadapt.algorithms.baseline.logistic import SupportLogisticRegression
@@ -22,18 +22,6 @@ from fastadapt.errors import ConfigError, DataError
 from fastadapt.nets.heads import ResidualHead
 from fastadapt.tasks.samplers import EpisodeSampler
 from fastadapt.text.episodic import clinc150_episode_splits, text_file_episode_splits, text_load_splits
-
-
-def one_line(exc: pytest.ExceptionInfo) -> str:
-    message = str(exc.value)
-    assert "\n" not in message and "Traceback" not in message
-    return message
-
-
-def small_rows(labels: int = 6, per_label: int = 8) -> list[tuple[str, str]]:
-    return [
-        (f"utterance {k} about topic{c} and thing{k % 3}", f"label{c}") for c in range(labels) for k in range(per_label)
-    ]
 
 
 @pytest.fixture
