@@ -44,7 +44,7 @@ from fastadapt.algorithms.base import MetaLearner, MetaOutput
 from fastadapt.algorithms.registry import Algorithm, register
 from fastadapt.errors import ConfigError
 from fastadapt.nets.memory import DEFAULT_GAMMA, LRUAMemory, MemoryState
-from fastadapt.options import MethodOptions, option
+from fastadapt.options import MethodOptions, option, require_positive
 from fastadapt.tasks.episodes import TaskBatch
 from fastadapt.tasks.sequences import SequenceBatch, previous_labels
 
@@ -67,9 +67,7 @@ class MANNOptions(MethodOptions):
 
     def validate(self) -> None:
         """One line naming the first bad option and its fix (on the run's whole configuration when there is one)."""
-        for name in ("controller_size", "memory_slots", "memory_width", "read_heads"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)}).")
+        require_positive(self, "controller_size", "memory_slots", "memory_width", "read_heads")
         if self.memory and self.memory_slots < self.read_heads:
             raise ConfigError(
                 f"--memory-slots {self.memory_slots} is fewer than --read-heads {self.read_heads}: LRUA writes to the "
