@@ -472,6 +472,12 @@ def test_bad_config_files_give_one_line(tmp_path: Path, capsys) -> None:
     listing = tmp_path / "list.yaml"
     listing.write_text("- 1\n- 2\n")
     assert "mapping" in run_error(capsys, ["train", "--config", str(listing)])
+    for text, needle in [("algorithm: [1, 2]\n", "unknown algorithm [1, 2]"), ("dataset: {a: 1}\n", "dataset must be"),
+                         ("env: [3]\n", "unknown env [3]")]:  # fmt: skip
+        names = tmp_path / "names.yaml"
+        names.write_text(text)
+        method = ["--algorithm", "maml-rl"] if "env" in text else []
+        assert needle in run_error(capsys, ["train", *method, "--config", str(names)])
 
 
 def test_train_help_for_one_method_shows_its_options_only(capsys) -> None:
@@ -584,3 +590,19 @@ def test_paths_the_system_refuses_and_empty_ones_are_one_line(tmp_path: Path, ca
         assert f"{option} '' names no path" in run_error(capsys, [*maml_args(tmp_path / "o2"), option, ""])
     embed = ["embed", "--checkpoint", str(tmp_path / "none.pt"), "--out", ""]
     assert "--out '' names no path" in run_error(capsys, embed)
+
+
+def test_running_out_of_memory_is_one_line_naming_the_sizes_given(capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fastadapt.cli as cli
+
+    def allocate_too_much(args) -> None:
+        torch.empty(10**13)  # 40 TB: torch's own allocator error, on any machine
+
+    monkeypatch.setitem(cli.COMMANDS, "train", allocate_too_much)
+    line = run_error(capsys, ["train", "--algorithm", "mann", "--dataset", "omniglot", "--controller-size=100000"])
+    assert "out of memory (an allocation of 37252.9 GiB failed)" in line
+    assert "--controller-size=100000" in line
+    other = RuntimeError("shape mismatch")
+    monkeypatch.setitem(cli.COMMANDS, "train", lambda args: (_ for _ in ()).throw(other))
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # any other error is not dressed as memory
+        main(["train", "--algorithm", "maml", "--dataset", "sinusoid"])

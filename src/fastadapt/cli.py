@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -272,6 +273,10 @@ def train_settings(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]]:
 
     settings = read_config_file(Path(args.config)) if args.config else {}
     flags = {k: v for k, v in vars(args).items() if k not in _TRAIN_FLAGS and v is not None}
+    if not isinstance(settings.get("dataset", ""), str):
+        raise ConfigError(
+            f"{args.config}: dataset must be a name (got {settings['dataset']!r}); e.g. `dataset: omniglot`."
+        )
     algorithm = args.algorithm or settings.pop("algorithm", None) or "protonet"
     dataset = args.dataset or settings.pop("dataset", None) or "omniglot"
     settings.pop("algorithm", None), settings.pop("dataset", None)
@@ -572,7 +577,33 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fastadapt: interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as exc:  # torch reports a failed allocation as a RuntimeError
+        if not is_out_of_memory(exc):
+            raise
+        print(f"fastadapt: error: {out_of_memory_message(exc, argv)}", file=sys.stderr)
+        return 2
     return 0
+
+
+#: Words in a flag's name that make it a size (what to reduce when memory runs out).
+_SIZE_WORDS = ("size", "hidden", "width", "channels", "filters", "ways", "shots", "queries", "batch", "memory",
+               "layers", "dim", "slots", "length")  # fmt: skip
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for a failed allocation: Python's MemoryError, torch's OutOfMemoryError (a GPU) or its CPU allocator's
+    RuntimeError."""
+    text = str(exc)
+    return isinstance(exc, MemoryError) or "out of memory" in text.lower() or "can't allocate memory" in text
+
+
+def out_of_memory_message(exc: BaseException, argv: list[str]) -> str:
+    """One line: how much was asked for (where torch says), the size flags given, and the way out."""
+    asked = re.search(r"allocate (\d+) bytes", str(exc))
+    amount = f" (an allocation of {int(asked.group(1)) / 2**30:.1f} GiB failed)" if asked else ""
+    given = [a for a in argv if a.startswith("--") and any(w in a.split("=")[0] for w in _SIZE_WORDS)]
+    hint = f"reduce the sizes given ({' '.join(given[:4])})" if given else "reduce --meta-batch-size or the sizes"
+    return f"out of memory{amount}; {hint}, or use a machine with more memory."
 
 
 if __name__ == "__main__":

@@ -203,13 +203,23 @@ def validate_choices(options: Any) -> None:
             raise ConfigError(f"unknown {flag_of(field)} {value!r}; choose one of: {', '.join(choices)}.")
 
 
-def require_positive(options: Any, *names: str, minimum: int | float = 1) -> None:
-    """Each named option, where given, is at least ``minimum``: one line naming the flag otherwise."""
+#: The largest count or size an option may hold: torch sizes are 64-bit, and a product of two beyond 2**31 overflows.
+LARGEST_COUNT = 2**31 - 1
+#: The deepest plain MLP an option may ask for: without residual connections or normalisation, deeper ones do not
+#: train (and one of 10**5 layers takes minutes to build).
+DEEPEST_MLP = 32
+
+
+def require_positive(options: Any, *names: str, minimum: int | float = 1, maximum: int = LARGEST_COUNT) -> None:
+    """Each named option, where given, is at least ``minimum`` (and, an integer, at most ``maximum``): one line
+    naming the flag otherwise."""
     by_name = {f.name: f for f in dataclasses.fields(options)}
     for name in names:
         value = getattr(options, name)
         if value is not None and not value >= minimum:  # NaN fails too
             raise ConfigError(f"{flag_of(by_name[name])} must be at least {minimum} (got {value}).")
+        if isinstance(value, int) and value > maximum:
+            raise ConfigError(f"{flag_of(by_name[name])} must be at most {maximum} (got {value}).")
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

@@ -87,7 +87,7 @@ def algorithms(command: str = "train") -> dict[str, Algorithm]:
 def algorithm(name: str, command: str = "train") -> Algorithm:
     """The registered method ``name`` that ``command`` runs; one line naming the choices otherwise."""
     found = algorithms(command)
-    if name not in found:
+    if not isinstance(name, str) or name not in found:  # a config file may hold any value
         elsewhere = [a.command for n, a in _REGISTRY.items() if n == name]
         if elsewhere:
             raise ConfigError(f"{name} runs with `fastadapt {elsewhere[0]} --algorithm {name}`, not `{command}`.")
@@ -102,7 +102,7 @@ def own_loop_options(spec: Algorithm, preset: str | None = None, **overrides: An
     import typing
 
     preset = preset or next(iter(spec.presets), None)
-    if preset is not None and preset not in spec.presets:
+    if preset is not None and (not isinstance(preset, str) or preset not in spec.presets):  # a file's value
         option = spec.preset_option.replace("_", "-")
         raise ConfigError(f"unknown {option} {preset!r} for {spec.name}; choose one of: {', '.join(spec.presets)}.")
     hints = typing.get_type_hints(spec.options)

@@ -41,7 +41,7 @@ from fastadapt.algorithms.base import MetaLearner, MetaOutput
 from fastadapt.algorithms.registry import Algorithm, register
 from fastadapt.engine.functional import Params, call, inner_sgd_trajectory, parameter_key, parameters_of
 from fastadapt.errors import ConfigError
-from fastadapt.options import MethodOptions, option
+from fastadapt.options import DEEPEST_MLP, MethodOptions, option, require_positive
 from fastadapt.tasks.episodes import TaskBatch
 from fastadapt.tasks.replay import ReservoirBuffer
 
@@ -67,11 +67,9 @@ class LaMAMLOptions(MethodOptions):
     seed: int = option(0, "seed of the initialisation, the buffer and the shuffles")
 
     def validate(self) -> None:
-        for name in ("inputs", "hidden", "num_classes", "batch_size", "glances"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"La-MAML option {name} must be at least 1, not {getattr(self, name)}.")
-        if self.layers < 0 or self.memory < 0 or self.replay_batch < 0:
-            raise ConfigError("La-MAML options layers, memory and replay_batch must be >= 0.")
+        require_positive(self, "inputs", "hidden", "num_classes", "batch_size", "glances")
+        require_positive(self, "layers", minimum=0, maximum=DEEPEST_MLP)
+        require_positive(self, "memory", "replay_batch", minimum=0)
         if self.alpha_init < 0 or self.alpha_lr < 0 or self.grad_clip < 0 or self.weight_lr <= 0:
             raise ConfigError("La-MAML options alpha_init, alpha_lr and grad_clip must be >= 0, weight_lr > 0.")
         if self.replay_batch > self.memory:

@@ -41,7 +41,7 @@ from fastadapt.algorithms.base import MetaLearner, MetaOutput
 from fastadapt.algorithms.registry import Algorithm, register
 from fastadapt.engine.functional import Params, call, inner_sgd, inner_sgd_trajectory, parameters_of
 from fastadapt.errors import ConfigError
-from fastadapt.options import MethodOptions, option
+from fastadapt.options import MethodOptions, option, require_positive
 from fastadapt.tasks.episodes import TaskBatch
 
 
@@ -65,15 +65,8 @@ class OMLOptions(MethodOptions):
     seed: int = option(0, "seed of the initialisation and of the sampled steps")
 
     def validate(self) -> None:
-        positive = {"image_size": self.image_size, "channels": self.channels, "hidden": self.hidden,
-                    "num_outputs": self.num_outputs, "trajectory": self.trajectory, "steps": self.steps}  # fmt: skip
-        for name, value in positive.items():
-            if value < 1:
-                raise ConfigError(f"OML option {name} must be at least 1, not {value}.")
-        if self.remember < 0:
-            raise ConfigError(
-                f"OML option remember must be >= 0 (0: meta-loss on the trajectory only), not {self.remember}."
-            )
+        require_positive(self, "image_size", "channels", "hidden", "num_outputs", "trajectory", "steps")
+        require_positive(self, "remember", minimum=0)  # 0: the meta-loss on the trajectory only
         if self.inner_lr <= 0 or self.meta_lr <= 0:
             raise ConfigError("OML options inner_lr and meta_lr must be positive learning rates.")
         if self.clip < 0:

@@ -53,7 +53,7 @@ from fastadapt.engine.functional import Params, call, inner_sgd
 from fastadapt.errors import ConfigError
 from fastadapt.nets import MLP, Conv4
 from fastadapt.nets.conv import conv4_filters
-from fastadapt.options import MethodOptions, option, require_positive
+from fastadapt.options import DEEPEST_MLP, MethodOptions, option, require_positive
 from fastadapt.tasks.episodes import TaskBatch
 
 POOLINGS = ("mean", "attention")
@@ -89,7 +89,8 @@ class HypernetOptions(MethodOptions):
             raise ConfigError(
                 f"--network {self.network} is not a hypernetwork task network; use conv4, conv4-N or mlp."
             )
-        require_positive(self, "hypernet_hidden", "hypernet_layers")
+        require_positive(self, "hypernet_hidden")
+        require_positive(self, "hypernet_layers", maximum=DEEPEST_MLP)
         if not self.cosine_scale > 0:
             raise ConfigError(f"--cosine-scale must be positive (got {self.cosine_scale}); 10 is a good start.")
         for name in ("inner_steps", "eval_inner_steps"):
