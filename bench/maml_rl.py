@@ -27,17 +27,19 @@ from fastadapt.algorithms.optimization.maml_rl import MAMLRLOptions, build, opti
 from fastadapt.rl import runner
 
 
-def method_options(env: str, method: str, iterations: int | None, init_std: float | None = None):
+def method_options(env: str, method: str, iterations: int | None, **policy: float | None):
+    """The preset for ``env`` with ``iterations`` and the policy's settings (init_std, action_scale) where given."""
     changes = {"checkpoint_every": 5, **({"iterations": iterations} if iterations else {})}
-    if init_std is not None:
-        changes["init_std"] = init_std
+    changes.update({name: value for name, value in policy.items() if value is not None})
     if method == "pretrained":  # one policy trained on all tasks jointly with the same TRPO step and budget
         changes["inner_steps"] = 0
     return options_for(env, **changes)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    options = method_options(args.env, args.method, args.iterations, args.init_std)
+    options = method_options(
+        args.env, args.method, args.iterations, init_std=args.init_std, action_scale=args.action_scale
+    )
     run = runner.train(
         options,
         args.out,
@@ -162,6 +164,7 @@ def main() -> None:
     train.add_argument("--out", required=True)
     train.add_argument("--iterations", type=int)
     train.add_argument("--init-std", type=float, help="the policy's initial standard deviation (default: preset)")
+    train.add_argument("--action-scale", type=float, help="the policy's units of action (default: preset)")
     train.add_argument("--time-budget", type=float, help="stop after this many seconds (at an iteration's end)")
     done = sub.add_parser("iterations", help="print the iterations a run's checkpoint has done")
     done.add_argument("--out", required=True)

@@ -5,6 +5,12 @@ hidden_nonlinearity=relu)``): the mean of a diagonal Gaussian over actions is an
 100 ReLU units and a linear output; the log standard deviation is one learned vector independent of the state,
 initialised to log(1) = 0. All parameters, the log standard deviation included, are adapted by the inner step.
 
+``action_scale`` (default 1: the authors' policy) expresses the mean and the standard deviation in units of the
+action bound: mean = action_scale * MLP(observation), and the log standard deviation starts at
+log(action_scale * init_std). Every gradient with respect to the parameters is
+then that of the unscaled policy on an environment whose actions are divided by ``action_scale``, the usual
+normalisation of an action space to [-1, 1].
+
 The module's ``forward`` returns the mean; the log standard deviation is the parameter ``log_std``, so a policy
 run with given parameters (``fastadapt.engine.functional.call(policy, params, obs)``) reads it from
 ``params["log_std"]``.
@@ -23,11 +29,19 @@ from fastadapt.errors import ConfigError
 
 class GaussianMLPPolicy(nn.Module):
     def __init__(
-        self, observation_dim: int, action_dim: int, hidden: Sequence[int] = (100, 100), init_std: float = 1.0
+        self,
+        observation_dim: int,
+        action_dim: int,
+        hidden: Sequence[int] = (100, 100),
+        init_std: float = 1.0,
+        action_scale: float = 1.0,
     ) -> None:
         super().__init__()
-        if init_std <= 0:
-            raise ConfigError(f"init_std must be positive, got {init_std}; pass e.g. init_std=1.0")
+        if not init_std > 0 or not action_scale > 0:
+            raise ConfigError(
+                f"init_std and action_scale must be positive, got {init_std} and {action_scale}; pass e.g. 1.0"
+            )
+        self.action_scale = float(action_scale)
         self.observation_dim, self.action_dim = observation_dim, action_dim
         layers: list[nn.Module] = []
         width = observation_dim
@@ -36,11 +50,12 @@ class GaussianMLPPolicy(nn.Module):
             width = size
         layers.append(nn.Linear(width, action_dim))
         self.mean = nn.Sequential(*layers)
-        self.log_std = nn.Parameter(torch.full((action_dim,), math.log(init_std)))
+        self.log_std = nn.Parameter(torch.full((action_dim,), math.log(init_std * action_scale)))
 
     def forward(self, observations: Tensor) -> Tensor:
         """The mean action for each observation (..., observation_dim) -> (..., action_dim)."""
-        return self.mean(observations)
+        mean = self.mean(observations)
+        return mean if self.action_scale == 1.0 else self.action_scale * mean
 
 
 def log_prob(mean: Tensor, log_std: Tensor, actions: Tensor) -> Tensor:

@@ -25,7 +25,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,7 +36,6 @@ from torch import Tensor, nn
 from fastadapt import atomic
 from fastadapt.errors import ConfigError, TrainingDiverged
 from fastadapt.rl.envs import BatchedEnv, NavigationBatch, make_batched
-from fastadapt.rl.policy import GaussianMLPPolicy
 from fastadapt.rl.sampler import Sampler
 
 CHECKPOINT_FORMAT = "fastadapt-maml-rl/1"
@@ -314,10 +313,7 @@ def evaluate(
 
 def random_learner(options: Any, build: Build, seed: int = 0) -> MetaRLLearner:
     """A randomly initialised policy with ``options``' inner step (the paper's "random" baseline)."""
-    env = make_batched(options.env)
-    torch.manual_seed(seed)
-    policy = GaussianMLPPolicy(env.observation_dim, env.action_dim, options.hidden, options.init_std)
-    return build(options, policy=policy, env=env)
+    return build(replace(options, seed=seed))  # build seeds the new policy with options.seed
 
 
 def evaluate_checkpoint(

@@ -241,7 +241,10 @@ class MAMLRLOptions(MethodOptions):
 
     env: str = option("navigation-2d", "task distribution", choices=ENV_CHOICES)
     hidden: tuple[int, ...] = option((100, 100), "policy MLP hidden sizes (ReLU), e.g. --hidden 100 100")
-    init_std: float = option(1.0, "initial standard deviation of the Gaussian policy")
+    init_std: float = option(1.0, "initial standard deviation of the Gaussian policy, in units of --action-scale")
+    action_scale: float = option(
+        1.0, "the policy's mean and standard deviation in units of this (0.1 on 2D navigation: rllab's normalize)"
+    )
     inner_lr: float = option(0.1, "alpha: step size of the inner policy-gradient step (eq. 1)")
     inner_steps: int = option(1, "inner steps in training (0: one policy pretrained on all tasks)")
     episodes_per_task: int = option(20, "K: trajectories per task before each inner step and after the last")
@@ -270,7 +273,8 @@ class MAMLRLOptions(MethodOptions):
 
     def validate(self) -> None:
         env_name(self.env)
-        positive = ("inner_lr", "episodes_per_task", "meta_batch", "max_kl", "iterations", "eval_tasks")
+        positive = ("inner_lr", "episodes_per_task", "meta_batch", "max_kl", "iterations", "eval_tasks", "init_std",
+                    "action_scale")  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}; use the preset's value")
@@ -316,7 +320,9 @@ def build(options: MAMLRLOptions, policy: GaussianMLPPolicy | None = None, env: 
     env = env or make_batched(options.env)
     if policy is None:
         torch.manual_seed(options.seed)
-        policy = GaussianMLPPolicy(env.observation_dim, env.action_dim, options.hidden, options.init_std)
+        policy = GaussianMLPPolicy(
+            env.observation_dim, env.action_dim, options.hidden, options.init_std, options.action_scale
+        )
     check_policy(policy, env.observation_dim, env.action_dim, env.name)
     return MAMLRL(policy, options)
 
