@@ -81,9 +81,16 @@ IMPLEMENTATIONS = (
     "learn2learn",
     "higher",
     "torchopt",
+    "parallel-metalearn",
+    "parallel-metalearn-bn",
     "plain",
 )
-PEERS = ("learn2learn", "higher", "torchopt", "plain")
+#: parallel-metalearn runs the network as given (torch's nn.BatchNorm2d under its vmap); parallel-metalearn-bn with
+#: the library's own BatchNorm in its place (with_metalearn_batch_norm).
+PEERS = ("learn2learn", "higher", "torchopt", "parallel-metalearn", "parallel-metalearn-bn", "plain")
+#: A peer counts as correct where its float64 meta-gradient (first FLOAT64_TASKS tasks) is the plain loop's to this
+#: relative error per parameter tensor (the tolerance of fastadapt's gradient guard; exact ones agree to ~1e-15).
+FLOAT64_TOLERANCE, FLOAT64_TASKS = 1e-8, 4
 #: The network every implementation is given: "torch", torch's layers as learn2learn users write the Conv-4 (each
 #: library runs it its own way; fastadapt swaps in its faster equivalents, fastadapt.engine.fastlayers), or "fastadapt",
 #: fastadapt.nets' Conv4/Conv4Stride (plain torch modules too; the older protocol, kept to compare with earlier
@@ -277,6 +284,110 @@ def torchopt_step_fn(model, steps, first_order):
     return step
 
 
+class _MetalearnBackbone(nn.Module):
+    """The benchmark network's feature layers as parallel-metalearn's ``MAML_Model`` wants a backbone: its
+    ``forward`` takes the keyword arguments MAML passes down (``training``, ``num_step``), which torch's
+    ``nn.Sequential`` does not accept. Shares the network's modules and parameters."""
+
+    def __init__(self, network: TorchConv4) -> None:
+        super().__init__()
+        self.features, self.strided = network.features, network.strided
+
+    def forward(self, x, **context):
+        features = self.features(x)
+        return features.mean(dim=(2, 3)) if self.strided else features.flatten(1)
+
+
+class _MetalearnHead(nn.Module):
+    """The network's classifier with the keyword arguments MAML passes down (see ``_MetalearnBackbone``)."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.linear = linear
+
+    def forward(self, x, **context):
+        return self.linear(x)
+
+
+class _GradientOnly:
+    """The outer optimiser given to parallel-metalearn's MAML: its ``step()`` calls ``zero_grad()``, computes the
+    meta-gradient and calls ``step()``; here both calls do nothing, so that the meta-gradient can be checked
+    before any update, and the benchmark's own Adam (the same for every implementation) takes the step."""
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        pass
+
+    def step(self) -> None:
+        pass
+
+    def add_param_group(self, group) -> None:
+        raise AssertionError("MAML with a fixed inner learning rate has no inner-loop meta-parameters")
+
+
+def share_parameters(copy: nn.Module, original: nn.Module) -> None:
+    """Make ``copy``'s parameters the very tensors of ``original`` (same names), so that gradients reach it."""
+    originals = dict(original.named_parameters())
+    for name, _ in list(copy.named_parameters()):
+        owner, _, attribute = name.rpartition(".")
+        setattr(copy.get_submodule(owner), attribute, originals[name])
+
+
+def with_metalearn_batch_norm(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with each ``nn.BatchNorm2d`` replaced by parallel-metalearn's own ``BatchNorm`` (batch
+    statistics written from means and variances), as the library's Conv-4 backbone (``CNN2D4L_Backbone``) is built,
+    sharing ``model``'s parameters. The library's ``ModelTranslator.convert_to_functional``, meant to do this,
+    raises in 0.5.6 (``TypeError: BatchNorm.__init__() got an unexpected keyword argument 'learn_gamma'``)."""
+    import copy
+
+    from metalearn.nn_models.basic_layers import BatchNorm
+
+    converted = copy.deepcopy(model)
+    for name, module in list(converted.named_modules()):
+        if isinstance(module, nn.BatchNorm2d):
+            owner, _, attribute = name.rpartition(".")
+            replacement = BatchNorm(
+                module.num_features, eps=module.eps, affine=module.affine, track_running_stats=False
+            )
+            setattr(converted.get_submodule(owner), attribute, replacement)
+    share_parameters(converted, model)
+    return converted
+
+
+def parallel_metalearn_step_fn(model, steps, first_order, library_norm=False, chunk_size=None):
+    """parallel-metalearn 0.5.6 (module ``metalearn``) as its README shows it: ``MAML_Model(backbone, head)``,
+    ``InnerSGD`` (a fixed learning rate: ``learn_lr=False``, else it would learn one, as Meta-SGD does),
+    ``CrossEntropy(metric_fn=CategoricalAccuracy())`` and ``MAML(...).step(task_iterator)`` with its default
+    backend, ``vmap`` over the tasks, ``chunk_size`` tasks per vmap call (its default 80: the whole meta-batch of
+    32). ``library_norm``: the network's batch norm becomes the library's own (``with_metalearn_batch_norm``)."""
+    from metalearn.algorithms import MAML as MetalearnMAML
+    from metalearn.inner_optimizers import InnerSGD
+    from metalearn.loss import CategoricalAccuracy, CrossEntropy
+    from metalearn.model_wrappers import MAML_Model
+
+    network = with_metalearn_batch_norm(model) if library_norm else model
+    wrapped = MAML_Model(backbone=_MetalearnBackbone(network), head=_MetalearnHead(network.head))
+    dtype = next(model.parameters()).dtype
+    inner = InnerSGD(
+        wrapped.get_fast_weights(), first_order=first_order, inner_lr=INNER_LR, max_inner_steps=steps, learn_lr=False
+    )
+    inner.to(dtype)  # its learning rate in the network's precision (0.4 in float32 is 0.4 + 6e-9)
+    options = {} if chunk_size is None else {"chunk_size": chunk_size}
+    maml = MetalearnMAML(
+        model=wrapped,
+        optimizer=_GradientOnly(),
+        inner_optimizer=inner,
+        support_loss_fn=CrossEntropy(metric_fn=CategoricalAccuracy()),
+        inner_steps=steps,
+        device=torch.device("cpu"),
+        **options,
+    )
+
+    def step(batch):
+        maml.step(iter([(batch.support_x, {"labels": batch.support_y}, batch.query_x, {"labels": batch.query_y})]))
+
+    return step
+
+
 def plain_step_fn(model, steps, first_order):
     names = [n for n, _ in model.named_parameters()]
 
@@ -295,11 +406,48 @@ def plain_step_fn(model, steps, first_order):
     return step
 
 
+def peer_step_fn(implementation, model, steps, first_order):
+    """A peer's meta-gradient function (accumulates into ``model``'s ``.grad``)."""
+    builders = {
+        "learn2learn": learn2learn_step_fn,
+        "higher": higher_step_fn,
+        "torchopt": torchopt_step_fn,
+        "parallel-metalearn": parallel_metalearn_step_fn,
+        "parallel-metalearn-bn": lambda *a: parallel_metalearn_step_fn(*a, library_norm=True),
+        "plain": plain_step_fn,
+    }
+    return builders[implementation](model, steps, first_order)
+
+
 def make_step_fn(implementation, model, steps, first_order, batch):
     if implementation.startswith("fastadapt-"):
         return fastadapt_step_fn(model, implementation.split("-", 1)[1], steps, first_order, batch)
-    builders = {"learn2learn": learn2learn_step_fn, "higher": higher_step_fn, "torchopt": torchopt_step_fn}
-    return builders.get(implementation, plain_step_fn)(model, steps, first_order), {}
+    return peer_step_fn(implementation, model, steps, first_order), {}
+
+
+def float64_meta_gradient(implementation, workload, steps, first_order, tasks=FLOAT64_TASKS):
+    """A peer's meta-gradient in float64 on the first ``tasks`` tasks of the batch, from the same weights. torch's
+    default dtype is float64 meanwhile: parallel-metalearn sums its meta-loss into ``torch.tensor(0.0)``, which would
+    otherwise be float32 and round a float64 meta-gradient to ~1e-8."""
+    model = make_model(workload).double()
+    batch = make_batch(workload).tasks(0, tasks).with_dtype(torch.float64)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        peer_step_fn(implementation, model, steps, first_order)(batch)
+    finally:
+        torch.set_default_dtype(default)
+    return [p.grad for p in model.parameters()]
+
+
+def float64_errors(workload, steps, first_order, implementations) -> dict[str, float]:
+    """Each peer's largest relative error per parameter tensor against the plain loop, all in float64."""
+    reference = float64_meta_gradient("plain", workload, steps, first_order)
+    return {
+        name: max_relative_error(reference, float64_meta_gradient(name, workload, steps, first_order))
+        for name in implementations
+        if name in PEERS and name != "plain"
+    }
 
 
 def peak_resident_mib() -> float:
@@ -406,9 +554,14 @@ def run_configuration(workload, steps, first_order, implementations, rounds, ste
     errors = {}
     for name, w in workers.items():
         errors[name] = max_relative_error(reference, torch.load(w.ready["grad_file"]))
-        print(f"  gradient check {name:<15} relative error vs the plain loop in float64 {errors[name]:.2e}", flush=True)
+        print(f"  gradient check {name:<21} relative error vs the plain loop in float64 {errors[name]:.2e}", flush=True)
+    exact = float64_errors(workload, steps, first_order, implementations)
+    incorrect = {n: e for n, e in exact.items() if not e < FLOAT64_TOLERANCE}
+    for name, error in exact.items():
+        verdict = "NOT a correct peer" if name in incorrect else "correct"
+        print(f"  float64 check  {name:<21} {FLOAT64_TASKS} tasks, relative error {error:.2e}: {verdict}", flush=True)
     tolerance = max(GRADIENT_TOLERANCE, 3 * errors["plain"])
-    bad = {n: e for n, e in errors.items() if not e < tolerance}
+    bad = {n: e for n, e in errors.items() if not e < tolerance and n not in incorrect}
     assert not bad, f"{label}: meta-gradients differ from the plain loop's (tolerance {tolerance:.1e}): {bad}"
     times = {name: [] for name in workers}
     for _ in range(rounds):  # interleaved: every implementation in turn, so all see the same load
@@ -430,6 +583,8 @@ def run_configuration(workload, steps, first_order, implementations, rounds, ste
                 "times_s": times[name],
                 "vmhwm_mib": memory[name],
                 "max_relative_gradient_error": errors[name],
+                "float64_relative_gradient_error": exact.get(name),
+                "correct": name not in incorrect,
                 "setup_s": workers[name].ready["setup_s"],
                 "strategy": workers[name].ready["strategy"],
             }
@@ -445,26 +600,44 @@ def run_configuration(workload, steps, first_order, implementations, rounds, ste
 
 
 # --- reporting ----------------------------------------------------------------------------------------------------
+def present(results) -> list[str]:
+    """The implementations that ran in any of ``results``, in the order of IMPLEMENTATIONS."""
+    return [n for n in IMPLEMENTATIONS if any(n in r["implementations"] for r in results)]
+
+
+def is_correct(record: dict) -> bool:
+    """Whether an implementation's float64 meta-gradient was the plain loop's (records before that check: yes)."""
+    return record.get("correct", True)
+
+
+def fastest_correct_peer(result) -> str:
+    impl = result["implementations"]
+    peers = {n: impl[n]["median_s"] for n in PEERS if n in impl and is_correct(impl[n])}
+    return min(peers, key=peers.get)
+
+
 def markdown_table(results) -> str:
+    names = present(results)
     head = (
         "| workload | inner steps | order | "
-        + " | ".join(IMPLEMENTATIONS)
-        + " | fastadapt auto: speed-up over fastest peer | VmHWM fastadapt auto / learn2learn |"
+        + " | ".join(names)
+        + " | fastadapt auto: speed-up over the fastest correct peer | VmHWM fastadapt auto / learn2learn |"
     )
-    lines = [head, "| " + " | ".join(["---"] * (len(IMPLEMENTATIONS) + 5)) + " |"]
+    lines = [head, "| " + " | ".join(["---"] * (len(names) + 5)) + " |"]
     for r in results:
         impl = r["implementations"]
         cells = []
-        for name in IMPLEMENTATIONS:
+        for name in names:
             text = f"{impl[name]['median_s']:.3f}" if name in impl else "-"
+            if name in impl and not is_correct(impl[name]):
+                text += f" (wrong meta-gradient: {impl[name]['float64_relative_gradient_error']:.0e})"
             if name == "fastadapt-auto" and r.get("auto_chose"):
                 text += f" ({r['auto_chose']})"
             if name == "fastadapt-compile" and name in impl:
                 text += f" ({impl[name]['strategy']}; compiled in {impl[name]['setup_s']:.0f} s)"
             cells.append(text)
-        peers = {n: impl[n]["median_s"] for n in PEERS if n in impl}
-        fastest = min(peers, key=peers.get)
-        speedup = peers[fastest] / impl["fastadapt-auto"]["median_s"]
+        fastest = fastest_correct_peer(r)
+        speedup = impl[fastest]["median_s"] / impl["fastadapt-auto"]["median_s"]
         reference = impl.get("learn2learn")  # the memory target's reference; a run may leave it out
         memory = f"{impl['fastadapt-auto']['vmhwm_mib'] / reference['vmhwm_mib']:.2f}" if reference else "-"
         workload = f"({'a' if r['workload'] == 'stride' else 'b'}) {r['workload']}, {r['queries_per_class']} q/class"
@@ -477,11 +650,12 @@ def markdown_table(results) -> str:
 
 
 def memory_table(results) -> str:
-    lines = ["| workload | inner steps | order | " + " | ".join(IMPLEMENTATIONS) + " |"]
-    lines.append("| " + " | ".join(["---"] * (len(IMPLEMENTATIONS) + 3)) + " |")
+    names = present(results)
+    lines = ["| workload | inner steps | order | " + " | ".join(names) + " |"]
+    lines.append("| " + " | ".join(["---"] * (len(names) + 3)) + " |")
     for r in results:
         impl = r["implementations"]
-        cells = [f"{impl[n]['vmhwm_mib']:.0f}" if n in impl else "-" for n in IMPLEMENTATIONS]
+        cells = [f"{impl[n]['vmhwm_mib']:.0f}" if n in impl else "-" for n in names]
         lines.append(f"| {r['workload']} | {r['inner_steps']} | {r['order']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
