@@ -5,7 +5,7 @@
 # longer compile on Python 3.11, so they are regenerated with Cython 0.29.x (no build isolation).
 # learn2learn imports torchvision (which does not load beside the CPU torch wheel), gym and scipy at
 # load time, none of which its MAML uses; bench/speed_maml.py stands in empty modules for them (the torch
-# install is never changed).
+# install is never changed). easyfsl imports torchvision too (for its ResNets), and gets the same stand-in.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=bench/.venv-peers
@@ -26,6 +26,8 @@ if ! "$venv/bin/python" -c "import learn2learn.data.meta_dataset" 2>/dev/null; t
 fi
 $pip --no-deps higher==0.2.1
 $pip --no-deps torchopt==0.7.3
+$pip --no-deps parallel-metalearn==0.5.6                 # module metalearn (numpy and tqdm are there)
+$pip --no-deps easyfsl==1.5.0                            # imports torchvision, stood in for as for learn2learn
 $pip optree typing-extensions graphviz requests                      # torchopt's pure-Python dependencies
 "$venv/bin/python" - <<'PY'
 import sys
@@ -33,6 +35,9 @@ sys.path.insert(0, "bench")
 from speed_maml import import_learn2learn
 from importlib.metadata import version
 import higher, torch, torchopt  # importable, beside torch's CPU wheel (higher has no __version__)
-print("torch", torch.__version__, "| learn2learn", import_learn2learn().__version__, "| higher", version("higher"),
-      "| torchopt", torchopt.__version__)
+l2l = import_learn2learn()  # stands in for torchvision, gym and scipy
+import metalearn.algorithms, easyfsl.methods  # parallel-metalearn; easyfsl (with the torchvision stand-in)
+print("torch", torch.__version__, "| learn2learn", l2l.__version__, "| higher", version("higher"),
+      "| torchopt", torchopt.__version__, "| parallel-metalearn", version("parallel-metalearn"),
+      "| easyfsl", version("easyfsl"))
 PY
