@@ -19,6 +19,8 @@ each layer alone (:func:`disagreeing_layer_types`).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -105,25 +107,52 @@ def _differences(gradients: dict[str, Tensor], reference: dict[str, Tensor]) -> 
     return overall, worst, where
 
 
+@contextmanager
+def _same_start(probe: Learner, batch: TaskBatch) -> Iterator[Callable[[], None]]:
+    """Within it, a function that puts back the random streams (the CPU's, and the batch's GPU's) and the probe's
+    buffers as they were on entry, so that each strategy's meta-gradient starts from the same draws and state: a
+    meta-loss may draw random numbers (Reptile's support mini-batches) or update buffers (Reptile's carried Adam
+    moments). On exit the random streams are as on entry, so checking changes nothing that training draws."""
+    devices = [batch.support_x.device.index or 0] if batch.support_x.is_cuda else []
+    with torch.random.fork_rng(devices=devices):
+        cpu = torch.random.get_rng_state()
+        gpu = [torch.cuda.get_rng_state(device) for device in devices]
+        buffers = {name: b.detach().clone() for name, b in probe.named_buffers()}
+
+        def restore() -> None:
+            torch.random.set_rng_state(cpu)
+            for device, state in zip(devices, gpu):
+                torch.cuda.set_rng_state(state, device)
+            with torch.no_grad():
+                for name, b in probe.named_buffers():
+                    b.copy_(buffers[name])
+
+        yield restore
+
+
 def check_meta_gradient(learner: Learner, batch: TaskBatch, strategy: str) -> GradientCheck:
     """Compare ``strategy``'s meta-gradient with the per-task loop's on the first tasks of ``batch``, in float64 on a
-    copy of ``learner`` (which is left unchanged), at every phase of its schedule (MAML++'s first-order phase, say)."""
+    copy of ``learner`` (which is left unchanged), at every phase of its schedule (MAML++'s first-order phase, say),
+    each from the same random draws and buffers (:func:`_same_start`)."""
     started = time.perf_counter()
     probe = learner.gradient_probe()
     tasks = _first_tasks(batch)
     overall, worst, where = 0.0, 0.0, None
-    for step in probe.schedule_phases():
-        reference = _meta_gradient(probe, tasks, "loop", step)
-        try:
-            gradients = _meta_gradient(probe, tasks, strategy, step)
-        except (RuntimeError, ValueError, NotImplementedError, ConfigError) as error:
-            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            return GradientCheck(strategy, None, None, None, message[:300], seconds=time.perf_counter() - started)
-        phase_overall, phase_worst, name = _differences(gradients, reference)
-        if not phase_overall <= overall:  # the largest, NaN included
-            overall = phase_overall
-        if not phase_worst <= worst:
-            worst, where = phase_worst, name
+    with _same_start(probe, tasks) as restore:
+        for step in probe.schedule_phases():
+            restore()
+            reference = _meta_gradient(probe, tasks, "loop", step)
+            restore()
+            try:
+                gradients = _meta_gradient(probe, tasks, strategy, step)
+            except (RuntimeError, ValueError, NotImplementedError, ConfigError) as error:
+                message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                return GradientCheck(strategy, None, None, None, message[:300], seconds=time.perf_counter() - started)
+            phase_overall, phase_worst, name = _differences(gradients, reference)
+            if not phase_overall <= overall:  # the largest, NaN included
+                overall = phase_overall
+            if not phase_worst <= worst:
+                worst, where = phase_worst, name
     check = GradientCheck(strategy, overall, worst, where)
     if not check.agrees and strategy == "vmap":
         check.layers = disagreeing_layer_types(probe.model, tasks)

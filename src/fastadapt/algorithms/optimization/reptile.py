@@ -244,6 +244,16 @@ class Reptile(MetaLearner):
         _, predictions, _ = self._fine_tuned(batch, steps, self.eval_inner_batch_size)
         return predictions
 
+    def gradient_probe(self) -> Reptile:
+        """The gradient guard's float64 copy, with plain SGD as its inner optimiser (and so no carried state). The guard
+        compares how a strategy computes each task's gradients; Adam would divide them by their own running size, and a
+        weight whose gradient is zero in exact arithmetic (a convolution's bias before batch norm) would move by its
+        rounding noise over ``adam_eps``: 4e-5 apart (relative) between loop and vmap, both right. SGD's step is linear
+        in the gradient; Adam's arithmetic on it is element-wise, which vmap runs as the loop does."""
+        probe = super().gradient_probe()
+        probe.inner_optimizer, probe.adam_state = "sgd", "fresh"
+        return probe
+
     def extra_repr(self) -> str:
         return (
             f"inner_optimizer={self.inner_optimizer!r}, inner_lr={self.inner_lr}, inner_steps={self.inner_steps}, "
