@@ -8,6 +8,7 @@ from torch import nn
 
 from fastadapt.algorithms.optimization.reptile import Reptile, minibatch_indices
 from fastadapt.engine.functional import parameters_of
+from fastadapt.engine.strategy import needs_measuring
 from fastadapt.nets import MLP
 from fastadapt.tasks.episodes import TaskBatch
 
@@ -104,6 +105,36 @@ def test_carried_adam_state_continues_one_adam_from_task_to_task(strategy):
     learner.predict(second)
     for k, b in learner.adam_moments.named_buffers():
         assert torch.equal(b, before[k])
+
+
+@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+def test_tasks_on_two_workers_give_the_same_update_moments_and_predictions(strategy):
+    """Workers share out whole tasks after every task's mini-batches are drawn: the same phi_i, carried moments and
+    predictions as one worker (5 tasks: uneven shares)."""
+    batch = regression_batch(tasks=5, shots=8)
+    results = []
+    for workers in (1, 2):
+        torch.manual_seed(0)
+        model = tiny_model()
+        learner = Reptile(model, inner_steps=3, inner_batch_size=3, adam_state="carried", strategy=strategy)
+        learner.workers = workers
+        torch.manual_seed(1)
+        output = learner.meta_loss(batch)
+        output.loss.backward()
+        torch.manual_seed(2)
+        predicted = learner.predict(batch)
+        moments = [b.clone() for b in learner.adam_moments.buffers()]
+        results.append(([p.grad for p in model.parameters()], moments, output.predictions, predicted))
+    for one, two in zip(*results):
+        torch.testing.assert_close(one, two, rtol=1e-12, atol=1e-14)
+
+
+def test_workers_are_measured_except_with_running_statistics():
+    learner = Reptile(tiny_model(), strategy="loop")
+    assert learner.workers is None and needs_measuring(learner)
+    assert learner.most_workers() == torch.get_num_threads()
+    running = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3), nn.Linear(3, 1)).double()
+    assert Reptile(running).most_workers() == 1
 
 
 def test_carried_state_is_the_mean_over_the_meta_batch_and_needs_adam():

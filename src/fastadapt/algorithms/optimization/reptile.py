@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from fastadapt.algorithms.base import MetaLearner, MetaOutput, check_per_way_head, task_loss
 from fastadapt.algorithms.registry import Algorithm, register
-from fastadapt.engine.execution import Execution, StrategyOptions
+from fastadapt.engine.execution import Execution, StrategyOptions, task_workers
 from fastadapt.engine.fastlayers import with_fast_layers
 from fastadapt.engine.functional import (
     Params,
@@ -60,6 +60,7 @@ from fastadapt.engine.functional import (
     parameters_of,
     sgd_step,
 )
+from fastadapt.engine.taskpool import available_workers, map_parts, timing_dependent_modules
 from fastadapt.errors import ConfigError
 from fastadapt.nets import build_network
 from fastadapt.options import option
@@ -123,6 +124,7 @@ class Reptile(MetaLearner):
         strategy: Strategy = "loop",
         fast_layers: bool = True,
         gradient_check: bool = True,
+        workers: int | None = None,
     ) -> None:
         super().__init__()
         if inner_optimizer not in INNER_OPTIMIZERS:
@@ -147,8 +149,11 @@ class Reptile(MetaLearner):
         self.adam_betas = tuple(adam_betas)
         self.adam_eps = adam_eps
         self.adam_state = adam_state
-        # Loop or vmap over tasks (fastadapt.engine); no workers, layout or folding: tasks run one way only.
-        self.execution = Execution(strategy=strategy, workers=1, channels_last=False, gradient_check=gradient_check)
+        # Loop or vmap over tasks (fastadapt.engine), on ``workers`` cores (None: measured by auto, as MAML's); no
+        # layout or folding.
+        self.execution = Execution(
+            strategy=strategy, workers=workers, channels_last=False, gradient_check=gradient_check
+        )
         self.execution.check()
         if adam_state == "carried":
             # Buffers, so checkpoints keep them and data-parallel training averages them across processes.
@@ -216,6 +221,27 @@ class Reptile(MetaLearner):
         start, first_step = self.carried_moments()
         indices = minibatch_indices(batch.num_tasks, batch.support_x.shape[1], batch_size, steps)
         indices = indices.to(batch.support_x.device)
+        per_task = (batch.support_x, batch.support_y, batch.query_x, indices)
+        workers = min(task_workers(self.execution), batch.num_tasks)
+        if workers > 1:
+            # Tasks side by side on the cores (fastadapt.engine.taskpool), each worker on its own replica: a task's
+            # phi does not depend on the worker that ran it, and every task's mini-batches were drawn above. The loop
+            # hands out single tasks (worker w takes tasks w, w + workers, ...), vmap one share per worker.
+            share = 1 if self.strategy != "vmap" else -(-batch.num_tasks // workers)
+            parts = [tuple(t[i : i + share] for t in per_task) for i in range(0, batch.num_tasks, share)]
+            run = lambda replica, part: replica._tasks_fine_tuned(theta, part, start, first_step)
+            *outputs, predictions = (torch.cat(column) for column in zip(*map_parts(self, parts, run, workers)))
+        else:
+            *outputs, predictions = self._tasks_fine_tuned(theta, per_task, start, first_step)
+        n = len(theta)
+        phis, m, v = (dict(zip(theta.keys(), outputs[i * n : (i + 1) * n])) for i in range(3))
+        return phis, predictions, {"m": m, "v": v}
+
+    def _tasks_fine_tuned(
+        self, theta: Params, per_task: tuple[Tensor, ...], start: dict[str, Params] | None, first_step: int
+    ) -> tuple[Tensor, ...]:
+        """For the tasks of ``per_task`` (support x, support y, query x, mini-batch indices), stacked along a task
+        dimension: each parameter's phi_i, Adam's final moments m and v, then the query predictions."""
 
         def one_task(support_x, support_y, query_x, task_indices, vectorised):
             phi, state = self.fine_tune(theta, support_x, support_y, task_indices, vectorised, start, first_step)
@@ -223,12 +249,14 @@ class Reptile(MetaLearner):
                 predictions = call(self.model, phi, query_x)
             return (*phi.values(), *state["m"].values(), *state["v"].values(), predictions)
 
-        *outputs, predictions = map_tasks(
-            one_task, (batch.support_x, batch.support_y, batch.query_x, indices), self.strategy
-        )
-        n = len(theta)
-        phis, m, v = (dict(zip(theta.keys(), outputs[i * n : (i + 1) * n])) for i in range(3))
-        return phis, predictions, {"m": m, "v": v}
+        return map_tasks(one_task, per_task, self.strategy)
+
+    def most_workers(self) -> int:
+        """One worker per CPU thread; one on a GPU, and for a network with dropout or running batch-norm statistics,
+        whose draws or buffer updates would follow thread timing (fastadapt.engine.execution.most_workers)."""
+        if timing_dependent_modules(self.model):
+            return 1
+        return available_workers(next(self.parameters()).device)
 
     def meta_loss(self, batch: TaskBatch) -> MetaOutput:
         """Surrogate loss whose gradient is theta - mean_i phi_i (see the module docstring)."""
