@@ -24,6 +24,7 @@ from pathlib import Path
 
 from common import RESULTS, ROOT, machine, save_figure, write_json
 
+from fastadapt.checkpoint import load_checkpoint
 from fastadapt.datasets.omniglot import load_omniglot
 from fastadapt.datasets.paths import resolve_data_dir
 from fastadapt.evaluate import evaluate_by_instance, evaluate_checkpoint, load_learner
@@ -41,18 +42,54 @@ TENSORFLOW_REIMPLEMENTATION = [35.58, 88.81, 94.97, 96.51, 97.34, 97.55]
 TARGETS = {"2": 0.80, "10": 0.95}
 
 
-def curve(metrics: Path) -> dict[str, list]:
-    """Training loss and accuracy, validation accuracy (5-way 1-shot episodes) and wall time by step."""
+def curve(metrics: Path, last_step: int | None = None) -> dict[str, list]:
+    """Training loss and accuracy, validation accuracy (5-way 1-shot episodes) and wall time by step (up to
+    ``last_step``)."""
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line]
+    rows = [r for r in rows if last_step is None or r["step"] <= last_step]
     train_rows = [r for r in rows if "loss" in r]
     val_rows = [r for r in rows if "val_acc" in r]
     return {
         "step": [r["step"] for r in train_rows],
         "elapsed_s": [r["elapsed_s"] for r in train_rows],
         "train_acc": [r["train_acc"] for r in train_rows],
+        "lr": [r.get("lr") for r in train_rows],
         "val_step": [r["step"] for r in val_rows],
         "val_acc": [r["val_acc"] for r in val_rows],
     }
+
+
+def stages(checkpoint: Path) -> list[dict]:
+    """The runs that trained ``checkpoint``'s weights, first to last: a run started with ``--init-from`` continues
+    the run whose checkpoint it names (up to that checkpoint's step)."""
+    chain, last_step = [], None
+    while True:
+        saved = load_checkpoint(checkpoint)
+        chain.append({"run": str(checkpoint.parent), "last_step": last_step if last_step is not None else saved["step"],
+                      "lr": saved["config"].get("lr"), "lr_schedule": saved["config"].get("lr_schedule")})  # fmt: skip
+        init_from = saved["config"].get("init_from")
+        if not init_from:
+            return chain[::-1]
+        checkpoint = Path(init_from)
+        last_step = load_checkpoint(checkpoint)["step"]
+
+
+def staged_curve(checkpoint: Path) -> tuple[dict[str, list], list[dict]]:
+    """The learning curve of every stage that trained ``checkpoint`` end to end: steps and seconds add up."""
+    joined: dict[str, list] = {}
+    runs = stages(checkpoint)
+    step_offset, time_offset = 0, 0.0
+    for stage in runs:
+        part = curve(Path(stage["run"]) / "metrics.jsonl", stage["last_step"])
+        part["step"] = [s + step_offset for s in part["step"]]
+        part["val_step"] = [s + step_offset for s in part["val_step"]]
+        part["elapsed_s"] = [t + time_offset for t in part["elapsed_s"]]
+        for key, values in part.items():
+            joined.setdefault(key, []).extend(values)
+        stage["steps"] = stage["last_step"]
+        step_offset += stage["last_step"]
+        time_offset = joined["elapsed_s"][-1] if joined.get("elapsed_s") else time_offset
+    return joined, runs
 
 
 def report(args: argparse.Namespace) -> None:
@@ -75,7 +112,7 @@ def report(args: argparse.Namespace) -> None:
         learner, config = load_learner(checkpoint, data_dir=args.data_dir)
         learner.eval()
         entry: dict = {"memory": config.memory, "config": config.to_dict()}
-        entry["curve"] = curve(work / model / "metrics.jsonl")
+        entry["curve"], entry["stages"] = staged_curve(checkpoint)
         steps, wall = entry["curve"]["step"][-1], entry["curve"]["elapsed_s"][-1]
         entry["training"] = {"steps": steps, "episodes": steps * config.meta_batch_size, "wall_s": wall,
                              "episodes_per_s": round(steps * config.meta_batch_size / wall, 2)}  # fmt: skip
