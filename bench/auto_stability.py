@@ -44,10 +44,16 @@ def learner_for(workload: str, steps: int, first_order: bool, choice: list | Non
     return model, MAML(model, bench.INNER_LR, steps, first_order=first_order, **{"strategy": "auto", **settings})
 
 
-def worker(workload: str, steps: int, first_order: bool, choice: list | None, threads: int) -> None:
-    """One process: auto's choice (``choice`` None) or a fixed one, then timed steps on command."""
+def worker(workload: str, steps: int, first_order: bool, choice: list | None, threads: int, variant: dict) -> None:
+    """One process: auto's choice (``choice`` None) or a fixed one, then timed steps on command. ``variant``: auto's
+    ``close_margin`` (fastadapt.engine.strategy.CLOSE_MARGIN; 0 is auto before close candidates took more turns) and
+    ``trim`` (False: freed memory is not given back between trials)."""
+    from fastadapt.engine import strategy
     from fastadapt.engine.strategy import choice_label, choose_strategy
 
+    strategy.CLOSE_MARGIN = variant.get("close_margin", strategy.CLOSE_MARGIN)
+    if not variant.get("trim", True):
+        strategy.release_freed_memory = lambda: None
     torch.set_num_threads(threads)
     model, learner = learner_for(workload, steps, first_order, choice)
     batch = bench.make_batch(workload)
@@ -78,9 +84,9 @@ def worker(workload: str, steps: int, first_order: bool, choice: list | None, th
 
 
 class Worker(bench.Worker):
-    def __init__(self, workload, steps, first_order, choice, threads):
+    def __init__(self, workload, steps, first_order, choice, threads, variant=None):
         command = [sys.executable, __file__, "--worker", workload, str(steps), str(int(first_order))]
-        command += ["--choice", json.dumps(choice), "--threads", str(threads)]
+        command += ["--choice", json.dumps(choice), "--threads", str(threads), "--variant", json.dumps(variant or {})]
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
 
     def close(self):
@@ -103,6 +109,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", nargs=3, metavar=("WORKLOAD", "STEPS", "FIRST_ORDER"), help=argparse.SUPPRESS)
     parser.add_argument("--choice", default="null", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", default="{}", help=argparse.SUPPRESS)
+    parser.add_argument("--close-margin", type=float, nargs="+", default=[0.0, 0.1], help="auto variants to run")
+    parser.add_argument("--no-trim", action="store_true", help="also auto (margin 0) without trimming between trials")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workload", default="stride", choices=list(bench.WORKLOADS))
     parser.add_argument("--inner-steps", type=int, default=1)
@@ -114,18 +123,26 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         workload, steps, first_order = args.worker
-        worker(workload, int(steps), first_order == "1", json.loads(args.choice), args.threads)
+        worker(
+            workload, int(steps), first_order == "1", json.loads(args.choice), args.threads, json.loads(args.variant)
+        )
         return
     first_order = args.order == "first"
     started = time.time()
+    variants = [{"close_margin": m} for m in args.close_margin] + [{"close_margin": 0.0, "trim": False}] * args.no_trim
     runs = []
-    for _ in range(args.runs):  # auto in a fresh process, then its choice's steps
-        w = Worker(args.workload, args.inner_steps, first_order, None, args.threads)
-        w.wait_ready()
-        times = [t for _ in range(args.rounds) for t in w.ask(op="time", steps=args.steps)["times"]]
-        w.close()
-        runs.append({**w.ready, "median_s": statistics.median(times), "times_s": times})
-        print(f"auto chose {w.ready['chosen']:<32} step {runs[-1]['median_s']:.3f} s  measured {w.ready['measured']}")
+    for _ in range(args.runs):  # auto in a fresh process, then its choice's steps; the variants in turn
+        for variant in variants:
+            w = Worker(args.workload, args.inner_steps, first_order, None, args.threads, variant)
+            w.wait_ready()
+            times = [t for _ in range(args.rounds) for t in w.ask(op="time", steps=args.steps)["times"]]
+            w.close()
+            runs.append({"variant": variant, **w.ready, "median_s": statistics.median(times), "times_s": times})
+            print(
+                f"{json.dumps(variant)}: auto chose {w.ready['chosen']:<32} in {w.ready['measuring_s']:.1f} s, step "
+                f"{runs[-1]['median_s']:.3f} s; measured {w.ready['measured']}",
+                flush=True,
+            )
     steady = {}
     workers = {}
     for choice in candidates(runs[0]["measured"]):  # each candidate at steady state, interleaved
@@ -149,7 +166,7 @@ def main() -> None:
         "configuration": f"{args.workload}, {args.inner_steps} inner step(s), {args.order} order",
         "threads": args.threads,
         "wall_s": round(time.time() - started, 1),
-        "choices": dict(Counter(r["chosen"] for r in runs)),
+        "choices": {json.dumps(v): dict(Counter(r["chosen"] for r in runs if r["variant"] == v)) for v in variants},
         "fastest_at_steady_state": fastest,
         "runs": runs,
         "steady_state": steady,

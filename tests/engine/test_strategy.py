@@ -210,12 +210,36 @@ def test_short_steps_are_timed_more_often(monkeypatch):
     real = learner.meta_backward
     monkeypatch.setattr(learner, "meta_backward", lambda b: runs.append(learner.strategy) or real(b))
     monkeypatch.setattr("fastadapt.engine.strategy.SECONDS_PER_CANDIDATE", 0.0)
+    monkeypatch.setattr("fastadapt.engine.strategy.CLOSE_MARGIN", 0.0)  # close candidates: the next test
     time_strategies(learner, batch, trials=2)
     assert runs == ["loop", "vmap"] * 3
     runs.clear()
     monkeypatch.setattr("fastadapt.engine.strategy.SECONDS_PER_CANDIDATE", 3600.0)
     assert set(time_strategies(learner, batch, trials=2)) == {"loop", "vmap"}
     assert runs == ["loop", "vmap"] * (MAX_TRIALS + 1)
+
+
+def test_close_candidates_take_more_turns_and_are_ranked_on_all_their_trials(monkeypatch):
+    """On a clock that each candidate's step advances by a fixed cost: after the first pass (a warm-up and two timed
+    trials of a 1 s step), the two within CLOSE_MARGIN of each other run CLOSE_SECONDS more each, the third does not."""
+    import fastadapt.engine.strategy as strategy
+
+    learner = MAML(MLP(1, (8,), 1), inner_lr=0.01, strategy="loop", workers=1)
+    clock, runs = [0.0], []
+    cost = {("loop", 1): 1.0, ("vmap", 1): 1.05, ("loop", 2): 2.0}
+
+    def step(batch):
+        runs.append((learner.strategy, learner.workers))
+        clock[0] += cost[runs[-1]]
+
+    monkeypatch.setattr(learner, "meta_backward", step)
+    monkeypatch.setattr(strategy.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(strategy, "release_freed_memory", lambda: None)
+    monkeypatch.setattr(strategy, "CLOSE_SECONDS", 2.0)
+    candidates = [("loop", 1, None), ("vmap", 1, None), ("loop", 2, None)]
+    seconds = strategy.time_strategies(learner, SinusoidTasks(5, 5, seed=0).sample(2), 2, candidates)
+    assert runs == [("loop", 1), ("vmap", 1), ("loop", 2)] * 3 + [("loop", 1), ("vmap", 1)] * 2
+    assert seconds == pytest.approx({"loop": 1.0, "vmap": 1.05, "loop, 2 workers": 2.0})
 
 
 def test_freed_memory_is_given_back_after_every_trial(monkeypatch):
@@ -231,6 +255,7 @@ def test_freed_memory_is_given_back_after_every_trial(monkeypatch):
     monkeypatch.setattr(learner, "meta_backward", lambda b: events.append(learner.strategy) or real(b))
     monkeypatch.setattr("fastadapt.engine.strategy.release_freed_memory", lambda: events.append("released"))
     monkeypatch.setattr("fastadapt.engine.strategy.SECONDS_PER_CANDIDATE", 0.0)
+    monkeypatch.setattr("fastadapt.engine.strategy.CLOSE_MARGIN", 0.0)
     time_strategies(learner, SinusoidTasks(5, 5, seed=0).sample(2), trials=1)
     assert events == ["loop", "released", "vmap", "released"] * 2
 

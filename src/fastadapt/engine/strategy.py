@@ -108,6 +108,14 @@ Candidate = tuple[str, int | None, bool | None]  # strategy, workers, channels_l
 #: Timing per candidate that :func:`time_strategies` aims for, and its cap on trials. Three runs of a 0.1 s step
 #: (MAML's Omniglot setting, first order) chose 2 workers at 0.117 s over one at 0.101 s.
 SECONDS_PER_CANDIDATE, MAX_TRIALS = 1.0, 12
+#: Candidates whose median is within CLOSE_MARGIN of the fastest's after that are timed again, in turn, for
+#: CLOSE_SECONDS more each (at most CLOSE_TRIALS more trials), and ranked on all their trials: where two candidates
+#: are that close, a few trials rank them by chance (docs/performance.md, "auto's choice"). 0 turns it off.
+CLOSE_MARGIN, CLOSE_SECONDS, CLOSE_TRIALS = 0.1, 2.0, 24
+
+
+def _median(times: list[float]) -> float:
+    return sorted(times)[len(times) // 2]
 
 
 def time_strategies(
@@ -117,20 +125,16 @@ def time_strategies(
     None: the learner's own), after one warm-up of each; by default loop and vmap. The candidates take turns,
     trial by trial, so a burst of load from elsewhere on the machine falls on all rather than on whichever
     ran at that moment. At least ``trials`` trials each, and more for short steps, until every candidate has
-    run ``SECONDS_PER_CANDIDATE`` (at most ``MAX_TRIALS``). After each trial, malloc's freed memory goes back to the
+    run ``SECONDS_PER_CANDIDATE`` (at most ``MAX_TRIALS``); then the candidates within ``CLOSE_MARGIN`` of the fastest
+    take more turns (``CLOSE_SECONDS``, ``CLOSE_TRIALS``). After each trial, malloc's freed memory goes back to the
     system (fastadapt.engine.taskpool.release_freed_memory), so that the trials' peak memory is one candidate's.
     Gradients are cleared afterwards, and no parameter or buffer changes."""
     candidates = candidates or [("loop", None, None), ("vmap", None, None)]
     times: dict[Candidate, list[float]] = {candidate: [] for candidate in candidates}
 
-    def measured_enough() -> bool:
-        done = len(times[candidates[0]]) - 1  # the first run of each is its warm-up
-        timed = min(sum(t[1:]) for t in times.values())
-        return done >= trials and (done >= MAX_TRIALS or timed >= SECONDS_PER_CANDIDATE)
-
-    with _measuring(learner):
-        while not measured_enough():
-            for strategy, workers, channels_last in times:
+    def take_turns(turn: list[Candidate], enough) -> None:
+        while not enough():
+            for strategy, workers, channels_last in turn:
                 learner.execution.strategy = strategy
                 if workers is not None:
                     learner.execution.workers = workers
@@ -142,7 +146,26 @@ def time_strategies(
                 synchronize(batch)
                 times[strategy, workers, channels_last].append(time.perf_counter() - started)
                 release_freed_memory()  # so that the peak memory is one candidate's, not all of theirs
-    return {choice_label(*candidate): sorted(t[1:])[len(t[1:]) // 2] for candidate, t in times.items()}
+
+    def measured_enough() -> bool:
+        done = len(times[candidates[0]]) - 1  # the first run of each is its warm-up
+        timed = min(sum(t[1:]) for t in times.values())
+        return done >= trials and (done >= MAX_TRIALS or timed >= SECONDS_PER_CANDIDATE)
+
+    with _measuring(learner):
+        take_turns(candidates, measured_enough)
+        fastest = min(_median(t[1:]) for t in times.values())
+        close = [c for c in candidates if _median(times[c][1:]) <= fastest * (1 + CLOSE_MARGIN)]
+        if CLOSE_MARGIN > 0 and len(close) > 1:
+            before = {c: (len(times[c]), sum(times[c])) for c in close}
+
+            def ranked_enough() -> bool:
+                more = len(times[close[0]]) - before[close[0]][0]
+                timed = min(sum(times[c]) - before[c][1] for c in close)
+                return more >= CLOSE_TRIALS or timed >= CLOSE_SECONDS
+
+            take_turns(close, ranked_enough)
+    return {choice_label(*candidate): _median(t[1:]) for candidate, t in times.items()}
 
 
 def takes_channels_last(learner: Learner, batch: TaskBatch) -> bool:
