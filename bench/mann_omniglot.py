@@ -6,6 +6,8 @@
     OMP_NUM_THREADS=1 .venv/bin/fastadapt train --algorithm mann --dataset omniglot --out runs/mann_omniglot/lstm \
         --data-dir /work/shared/data --no-memory --resume
     .venv/bin/python bench/mann_omniglot.py report --data-dir /work/shared/data
+    # a later stage started with --init-from (e.g. a lower --lr) is reported with --mann DIR: its learning curve
+    # follows the stages back to the first (docs/mann.md gives the commands of the published run)
 
 Training is fastadapt's trainer with the ``omniglot`` preset of ``mann``: episodes of 5 classes x 10 instances (1
 support + 9 query examples per class, presented as one shuffled sequence, every step in the loss; the 1200
@@ -105,7 +107,8 @@ def report(args: argparse.Namespace) -> None:
         "models": {},
     }
     for model in ("mann", "lstm"):
-        checkpoint = work / model / "last.pt"
+        run = Path(getattr(args, model) or work / model)
+        checkpoint = run / "last.pt"
         if not checkpoint.is_file():
             print(f"no {checkpoint}: train it first", flush=True)
             continue
@@ -120,7 +123,7 @@ def report(args: argparse.Namespace) -> None:
         entry["train_sequences"] = evaluate_by_instance(learner, splits["train"], args.episodes // 2)
         if model == "mann":
             entry["few_shot"] = {
-                f"5-way {shots}-shot": evaluate_checkpoint(checkpoint, episodes=600, out=work / model / f"eval_{shots}",
+                f"5-way {shots}-shot": evaluate_checkpoint(checkpoint, episodes=600, out=run / f"eval_{shots}",
                                                            progress=False, shots=shots, data_dir=args.data_dir)
                 for shots in (1, 5)
             }  # fmt: skip
@@ -182,6 +185,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("report",))
     parser.add_argument("--work", default="runs/mann_omniglot", help="folder of the runs (mann/, lstm/)")
+    parser.add_argument("--mann", help="the MANN run (default: <work>/mann), its --init-from stages followed")
+    parser.add_argument("--lstm", help="the LSTM baseline's folder (default: <work>/lstm)")
     parser.add_argument("--data-dir", default=None, help="folder holding omniglot/ (default: $FASTADAPT_DATA)")
     parser.add_argument("--episodes", type=int, default=1000, help="test sequences")
     report(parser.parse_args())
