@@ -43,3 +43,15 @@ def test_pretraining_keeps_the_best_epoch(tmp_path):
     record = pretrain(build(OPTIONS), OPTIONS, background(), tmp_path, epochs=2, batch_size=16, progress=False)
     assert len(record["log"]) == 2 and record["best_epoch"] in (1, 2)
     assert (tmp_path / "model.pt").is_file()
+
+
+def test_a_finished_run_carried_on_to_more_steps_equals_one_run_of_them(tmp_path):
+    straight = build(OPTIONS)
+    meta_train(straight, OPTIONS, background(), tmp_path / "a", progress=False)
+    shorter = OMLOptions(**{**OPTIONS.__dict__, "steps": OPTIONS.steps - 2})
+    meta_train(build(shorter), shorter, background(), tmp_path / "b", checkpoint_every=1, progress=False)
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["step"] == OPTIONS.steps - 2
+    carried_on = build(OPTIONS)  # the same folder, the full number of steps: it goes on where the shorter run ended
+    meta_train(carried_on, OPTIONS, background(), tmp_path / "b", checkpoint_every=1, progress=False)
+    for a, b in zip(straight.state_dict().values(), carried_on.state_dict().values()):
+        assert torch.equal(a, b)

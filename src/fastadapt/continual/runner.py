@@ -68,13 +68,20 @@ def sample_oml_step(
     return batch, c
 
 
+def _extensible(options: dict[str, Any]) -> dict[str, Any]:
+    """The settings a resumed run may change: its number of steps (a run carried on further, as `fastadapt train
+    --resume --steps N` does)."""
+    return {"steps": options["steps"]} if "steps" in options else {}
+
+
 def _resume(out: Path, options: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     path = out / CHECKPOINT
     if not path.is_file():
         return {"step": 0, "log": [], "elapsed_s": 0.0}
     state = _load(path)
-    if state.get("options") != options:
-        changed = sorted(k for k in options if state.get("options", {}).get(k) != options[k])
+    saved = state.get("options") or {}
+    if {**saved, **_extensible(options)} != options:
+        changed = sorted(k for k in options if saved.get(k) != options[k])
         raise ConfigError(
             f"{path} is from a run with other settings ({', '.join(changed) or 'unknown'} differ); resume with the "
             f"same settings or use a new output folder."
