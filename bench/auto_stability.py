@@ -71,16 +71,7 @@ def worker(workload: str, steps: int, first_order: bool, choice: list | None, th
     label = choice_label(learner.strategy, learner.workers, learner.channels_last)
     reply = {"chosen": label, "measured": measured.get("seconds", {}), "measuring_s": measuring_s}
     print(json.dumps(reply), flush=True)
-    for line in sys.stdin:
-        command = json.loads(line)
-        if command["op"] != "time":
-            return
-        times = []
-        for _ in range(command["steps"]):
-            started = time.perf_counter()
-            training_step()
-            times.append(time.perf_counter() - started)
-        print(json.dumps({"times": times}), flush=True)
+    bench.serve_timing(training_step)
 
 
 class Worker(bench.Worker):

@@ -493,18 +493,23 @@ def worker(implementation: str, workload: str, steps: int, first_order: bool, th
         "setup_s": setup_seconds,
     }
     print(json.dumps(reply), flush=True)
+    serve_timing(training_step)
+
+
+def serve_timing(training_step) -> None:
+    """A worker's loop: each ``{"op": "time", "steps": n}`` on stdin is answered with the n steps' times; any other
+    command ends it, answered with the process's peak memory."""
     for line in sys.stdin:
         command = json.loads(line)
-        if command["op"] == "time":
-            times = []
-            for _ in range(command["steps"]):
-                started = time.perf_counter()
-                training_step()
-                times.append(time.perf_counter() - started)
-            print(json.dumps({"times": times}), flush=True)
-        else:
+        if command["op"] != "time":
             print(json.dumps({"vmhwm_mib": peak_resident_mib()}), flush=True)
             return
+        times = []
+        for _ in range(command["steps"]):
+            started = time.perf_counter()
+            training_step()
+            times.append(time.perf_counter() - started)
+        print(json.dumps({"times": times}), flush=True)
 
 
 class Worker:

@@ -384,18 +384,7 @@ def worker(method: str, implementation: str, threads: int) -> None:
 
     training_step()  # warm-up
     print(json.dumps({"ready": True, "setup_s": time.perf_counter() - started, "auto_chose": label}), flush=True)
-    for line in sys.stdin:
-        command = json.loads(line)
-        if command["op"] == "time":
-            times = []
-            for _ in range(command["steps"]):
-                started = time.perf_counter()
-                training_step()
-                times.append(time.perf_counter() - started)
-            print(json.dumps({"times": times}), flush=True)
-        else:
-            print(json.dumps({"vmhwm_mib": bench.peak_resident_mib()}), flush=True)
-            return
+    bench.serve_timing(training_step)
 
 
 class Worker(bench.Worker):
