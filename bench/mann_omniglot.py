@@ -64,16 +64,15 @@ def curve(metrics: Path, last_step: int | None = None) -> dict[str, list]:
 def stages(checkpoint: Path) -> list[dict]:
     """The runs that trained ``checkpoint``'s weights, first to last: a run started with ``--init-from`` continues
     the run whose checkpoint it names (up to that checkpoint's step)."""
-    chain, last_step = [], None
+    chain = []
     while True:
         saved = load_checkpoint(checkpoint)
-        chain.append({"run": str(checkpoint.parent), "last_step": last_step if last_step is not None else saved["step"],
-                      "lr": saved["config"].get("lr"), "lr_schedule": saved["config"].get("lr_schedule")})  # fmt: skip
+        chain.append({"run": str(checkpoint.parent), "last_step": saved["step"], "lr": saved["config"].get("lr"),
+                      "lr_schedule": saved["config"].get("lr_schedule")})  # fmt: skip
         init_from = saved["config"].get("init_from")
         if not init_from:
             return chain[::-1]
         checkpoint = Path(init_from)
-        last_step = load_checkpoint(checkpoint)["step"]
 
 
 def staged_curve(checkpoint: Path) -> tuple[dict[str, list], list[dict]]:

@@ -68,10 +68,13 @@ def sample_oml_step(
     return batch, c
 
 
-def _extensible(options: dict[str, Any]) -> dict[str, Any]:
-    """The settings a resumed run may change: its number of steps (a run carried on further, as `fastadapt train
-    --resume --steps N` does)."""
-    return {"steps": options["steps"]} if "steps" in options else {}
+#: Settings a resumed run may change: its number of steps (a run carried on further, as `fastadapt train --resume
+#: --steps N` does).
+RESUMABLE_CHANGES = ("steps",)
+
+
+def _fixed(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in settings.items() if k not in RESUMABLE_CHANGES}
 
 
 def _resume(out: Path, options: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
@@ -79,9 +82,9 @@ def _resume(out: Path, options: dict[str, Any], model: torch.nn.Module, optimize
     if not path.is_file():
         return {"step": 0, "log": [], "elapsed_s": 0.0}
     state = _load(path)
-    saved = state.get("options") or {}
-    if {**saved, **_extensible(options)} != options:
-        changed = sorted(k for k in options if saved.get(k) != options[k])
+    saved, wanted = _fixed(state.get("options") or {}), _fixed(options)
+    if saved != wanted:
+        changed = sorted(k for k in wanted.keys() | saved.keys() if saved.get(k) != wanted.get(k))
         raise ConfigError(
             f"{path} is from a run with other settings ({', '.join(changed) or 'unknown'} differ); resume with the "
             f"same settings or use a new output folder."
