@@ -118,7 +118,7 @@ def test_cosine_head_scores_direction_only_and_pretrains_with_augmentation(folde
 def test_random_affine_moves_images_and_is_the_identity_at_zero_strength():
     import torch
 
-    from fastadapt.pretrain import random_affine
+    from fastadapt.tasks.augment import random_affine
 
     images = torch.rand(4, 1, 12, 12)
     same = random_affine(images, torch.Generator().manual_seed(0), degrees=0.0, scale=0.0, shift=0.0)

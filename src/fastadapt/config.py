@@ -119,8 +119,9 @@ class TrainOptions(DataOptions):
     out: str = option("runs/latest", "output folder for checkpoints, metrics and plots", run_only=True)
     augment: str = option(
         "none",
-        "augment training episodes (never validation or test): all, none, or a comma list of crop, flip, jitter "
-        "(random crop with 8 pixels of padding, horizontal flip, colour jitter 0.4)",
+        "augment training episodes (never validation or test): all (crop, flip, jitter), none, or a comma list of "
+        "affine, crop, flip, jitter (affine: rotation up to 30 degrees and shift up to 10%, for characters; crop: "
+        "random crop with 8 pixels of padding; flip: horizontal; jitter: colour 0.4)",
     )
     precision: str = option(
         "fp32",

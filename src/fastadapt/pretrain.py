@@ -37,6 +37,7 @@ from fastadapt.errors import ConfigError, DataError, OutputError
 from fastadapt.nets import build_network
 from fastadapt.nets.conv import conv4_filters
 from fastadapt.options import require_finite, require_positive, require_seed, require_types
+from fastadapt.tasks.augment import random_affine
 from fastadapt.tasks.samplers import ClassSplit, EpisodeSampler
 
 HEADS = ("linear", "cosine")
@@ -112,26 +113,6 @@ class CosineHead(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         cosines = F.normalize(features, dim=1) @ F.normalize(self.weight, dim=1).T
         return self.log_scale.exp() * cosines
-
-
-def random_affine(
-    images: torch.Tensor, generator: torch.Generator, degrees: float = 10.0, scale: float = 0.1, shift: float = 0.1
-) -> torch.Tensor:
-    """Each image rotated, scaled and shifted at random (one ``grid_sample`` for the batch); zeros fill
-    what moves into view (Omniglot's background; border copies would smear strokes that touch the edge)."""
-    n = images.shape[0]
-
-    def uniform() -> torch.Tensor:  # n draws from U(-1, 1)
-        return torch.rand(n, generator=generator) * 2 - 1
-
-    angle = uniform() * math.radians(degrees)
-    factor = 1 + uniform() * scale
-    cos, sin = torch.cos(angle) / factor, torch.sin(angle) / factor
-    theta = torch.stack(
-        [torch.stack([cos, -sin, uniform() * 2 * shift], 1), torch.stack([sin, cos, uniform() * 2 * shift], 1)], 1
-    ).to(images)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, padding_mode="zeros", align_corners=False)
 
 
 def build_head(config: PretrainConfig, in_features: int, classes: int) -> nn.Module:

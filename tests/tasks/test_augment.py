@@ -136,3 +136,50 @@ def test_flag_values() -> None:
 def test_refuses_non_image_episodes() -> None:
     with pytest.raises(ConfigError, match="augmentation applies to image episodes"):
         AugmentedTasks(SinusoidTasks(), AugmentOptions()).sample(2)
+
+
+def _dot_image(n: int, size: int, row: float, col: float) -> torch.Tensor:
+    """n copies of a small Gaussian dot at (row, col) pixels, as (n, 1, size, size)."""
+    grid = torch.arange(size, dtype=torch.float64)
+    dot = torch.exp(-((grid[:, None] - row) ** 2 + (grid[None, :] - col) ** 2) / 2.0)
+    return dot.expand(n, 1, size, size).clone()
+
+
+def _centroids(images: torch.Tensor) -> torch.Tensor:
+    """(n, 2) centre of mass (row, col) of each image, in pixels."""
+    size = images.shape[-1]
+    grid = torch.arange(size, dtype=images.dtype)
+    mass = images.sum(dim=(1, 2, 3))
+    rows = (images.sum(dim=(1, 3)) * grid).sum(1) / mass
+    cols = (images.sum(dim=(1, 2)) * grid).sum(1) / mass
+    return torch.stack([rows, cols], 1)
+
+
+def test_affine_rotates_within_its_angle_about_the_centre_and_shifts_within_its_fraction() -> None:
+    size, centre = 41, 20.0
+    options = AugmentOptions.from_flag("affine")
+    assert (options.rotation, options.shift) == (30.0, 0.1) and options.affine and not options.crop_padding
+    assert not options.flip_probability and not options.jitter
+
+    # rotation alone: a dot 12 pixels right of the centre stays 12 pixels from it, at an angle within 30 degrees
+    rotate = AugmentOptions(
+        crop_padding=0, flip_probability=0.0, brightness=0.0, contrast=0.0, saturation=0.0, rotation=30.0
+    )
+    moved = augment_images(_dot_image(200, size, centre, centre + 12), rotate, torch.Generator().manual_seed(0))
+    offset = _centroids(moved) - centre
+    torch.testing.assert_close(offset.norm(dim=1), torch.full((200,), 12.0, dtype=offset.dtype), atol=0.05, rtol=0)
+    angles = torch.rad2deg(torch.atan2(offset[:, 0], offset[:, 1]))
+    assert angles.abs().max() <= 30.0 + 0.3 and angles.abs().max() > 25.0  # the whole range is drawn, no more
+    assert angles.min() < -10 and angles.max() > 10  # both senses
+
+    # shift alone: the centroid of a centred dot moves by up to 10% of the image on each axis, mass kept
+    shift = AugmentOptions(
+        crop_padding=0, flip_probability=0.0, brightness=0.0, contrast=0.0, saturation=0.0, shift=0.1
+    )
+    images = _dot_image(200, size, centre, centre)
+    moved = augment_images(images, shift, torch.Generator().manual_seed(1))
+    displacement = _centroids(moved) - centre
+    assert displacement.abs().max() <= 0.1 * size + 0.05 and displacement.abs().max() > 0.08 * size
+    torch.testing.assert_close(moved.sum(dim=(1, 2, 3)), images.sum(dim=(1, 2, 3)), rtol=1e-3, atol=0)
+    with pytest.raises(ConfigError, match="rotation must be >= 0"):
+        AugmentOptions(rotation=-1).validate()

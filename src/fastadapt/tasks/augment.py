@@ -15,6 +15,13 @@ order, each image drawing its own parameters:
   one-channel images), applied in a random order drawn per image, each result clamped to [0, 1];
 - horizontal flip with probability ``flip_probability``.
 
+A fourth operation, ``affine``, is for characters rather than photographs and is chosen by name only (``all`` stays
+the three above): each image rotated by an angle drawn uniformly from ``[-rotation, rotation]`` degrees and shifted
+by up to ``shift`` of its size on each axis, zeros filling what moves into view (Omniglot's background). Santoro et
+al. (2016, section 4.1) train MANN on "randomly translated and rotated" characters; the strengths named ``affine``
+are those of the public re-implementation tristandeleu/ntm-one-shot (rotations up to 30 degrees, shifts up to 10 of
+105 pixels, i.e. about 10%). It runs first, so a crop or a flip acts on the moved image.
+
 Only training episodes are augmented: :class:`AugmentedTasks` wraps the training task source, so validation and
 test episodes cannot be touched by construction. Its random state is saved with the source's, so a resumed run
 draws the same augmentations.
@@ -22,10 +29,12 @@ draws the same augmentations.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from fastadapt.errors import ConfigError
@@ -33,7 +42,10 @@ from fastadapt.tasks.episodes import TaskBatch
 from fastadapt.tasks.samplers import TaskSource
 
 GREY_WEIGHTS = (0.2989, 0.587, 0.114)
-OPERATIONS = ("crop", "flip", "jitter")
+OPERATIONS = ("affine", "crop", "flip", "jitter")
+#: What ``--augment affine`` turns on: the rotation (degrees) and shift (fraction of the image) of MANN's reference
+#: re-implementation (see the module docstring).
+AFFINE_STRENGTHS = {"rotation": 30.0, "shift": 0.1}
 
 
 @dataclass(frozen=True)
@@ -45,19 +57,25 @@ class AugmentOptions:
     brightness: float = field(default=0.4, metadata={"help": "brightness factor drawn from [1-b, 1+b] (0: none)"})
     contrast: float = field(default=0.4, metadata={"help": "contrast factor drawn from [1-c, 1+c] (0: none)"})
     saturation: float = field(default=0.4, metadata={"help": "saturation factor drawn from [1-s, 1+s] (0: none)"})
+    rotation: float = field(default=0.0, metadata={"help": "largest random rotation in degrees (0: none)"})
+    shift: float = field(default=0.0, metadata={"help": "largest random shift, a fraction of the image (0: none)"})
 
     def validate(self) -> None:
         if self.crop_padding < 0:
             raise ConfigError(f"augmentation crop padding must be >= 0 pixels (got {self.crop_padding}).")
         if not 0 <= self.flip_probability <= 1:
             raise ConfigError(f"augmentation flip probability must be in [0, 1] (got {self.flip_probability}).")
-        for name in ("brightness", "contrast", "saturation"):
+        for name in ("brightness", "contrast", "saturation", "rotation", "shift"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"augmentation {name} must be >= 0 (got {getattr(self, name)}).")
 
     @property
     def active(self) -> bool:
-        return bool(self.crop_padding or self.flip_probability or self.jitter)
+        return bool(self.crop_padding or self.flip_probability or self.jitter or self.affine)
+
+    @property
+    def affine(self) -> bool:
+        return bool(self.rotation or self.shift)
 
     @property
     def jitter(self) -> bool:
@@ -65,13 +83,13 @@ class AugmentOptions:
 
     @classmethod
     def from_flag(cls, value: str) -> AugmentOptions:
-        """``--augment`` values: "all" (the three, literature defaults), "none", or a comma list of crop, flip,
-        jitter."""
+        """``--augment`` values: "all" (crop, flip and jitter at the literature's defaults), "none", or a comma list
+        of affine, crop, flip, jitter."""
         value = value.strip().lower()
         if value == "all":
             return cls()
         if value == "none":
-            return cls(crop_padding=0, flip_probability=0.0, brightness=0.0, contrast=0.0, saturation=0.0)
+            return cls(**{f.name: 0 for f in fields(cls)})
         chosen = {part.strip() for part in value.split(",") if part.strip()}
         unknown = chosen - set(OPERATIONS)
         if unknown or not chosen:
@@ -80,7 +98,7 @@ class AugmentOptions:
                 f"(e.g. crop,flip)."
             )
         off = {f.name: 0 for f in fields(cls)}
-        on = {}
+        on: dict[str, float] = dict(AFFINE_STRENGTHS) if "affine" in chosen else {}
         if "crop" in chosen:
             on["crop_padding"] = cls.crop_padding
         if "flip" in chosen:
@@ -88,6 +106,29 @@ class AugmentOptions:
         if "jitter" in chosen:
             on.update(brightness=cls.brightness, contrast=cls.contrast, saturation=cls.saturation)
         return cls(**{**off, **on})
+
+
+def random_affine(
+    images: Tensor, generator: torch.Generator, degrees: float = 10.0, scale: float = 0.1, shift: float = 0.1
+) -> Tensor:
+    """Each image of ``images`` (N, C, H, W) rotated by up to ``degrees``, scaled by a factor in ``1 +- scale`` and
+    shifted by up to ``shift`` of its size on each axis, all drawn uniformly per image (one ``grid_sample`` for
+    the batch); zeros fill what moves into view (Omniglot's background; border copies would smear strokes that
+    touch the edge)."""
+    n = images.shape[0]
+
+    def uniform() -> Tensor:  # n draws from U(-1, 1)
+        return torch.rand(n, generator=generator) * 2 - 1
+
+    angle = uniform() * math.radians(degrees)
+    factor = 1 + uniform() * scale
+    cos, sin = torch.cos(angle) / factor, torch.sin(angle) / factor
+    # affine_grid's coordinates span [-1, 1], so a shift of s of the image is 2 s there
+    theta = torch.stack(
+        [torch.stack([cos, -sin, uniform() * 2 * shift], 1), torch.stack([sin, cos, uniform() * 2 * shift], 1)], 1
+    ).to(images)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, padding_mode="zeros", align_corners=False)
 
 
 def random_crop(images: Tensor, padding: int, offsets: Tensor) -> Tensor:
@@ -138,8 +179,8 @@ def _factors(strength: float, n: int, generator: torch.Generator) -> Tensor:
 
 
 def augment_images(images: Tensor, options: AugmentOptions, generator: torch.Generator) -> Tensor:
-    """``images`` (..., C, H, W) in [0, 1] with each image augmented independently (crop, jitter, flip, in
-    that order; see the module docstring). Parameters are drawn on the CPU from ``generator``."""
+    """``images`` (..., C, H, W) in [0, 1] with each image augmented independently (affine, crop, jitter, flip,
+    in that order; see the module docstring). Parameters are drawn on the CPU from ``generator``."""
     if images.dim() < 4:
         raise ConfigError(
             f"augmentation applies to image episodes (..., C, H, W); these inputs have shape {tuple(images.shape)}."
@@ -147,6 +188,8 @@ def augment_images(images: Tensor, options: AugmentOptions, generator: torch.Gen
     lead, (c, h, w) = images.shape[:-3], images.shape[-3:]
     x = images.reshape(-1, c, h, w)
     n, device = x.shape[0], x.device
+    if options.affine:
+        x = random_affine(x, generator, degrees=options.rotation, scale=0.0, shift=options.shift)
     if options.crop_padding:
         offsets = torch.randint(0, 2 * options.crop_padding + 1, (n, 2), generator=generator)
         x = random_crop(x, options.crop_padding, offsets.to(device))
