@@ -57,8 +57,9 @@ def save_figure(fig, path: Path, dpi: int = 110) -> None:
 
 
 def validation_curve(metrics_path: Path) -> dict[str, list[float]]:
-    """A run's validation accuracy from its ``metrics.jsonl``: ``step``, ``minutes`` of training (validation
-    rows carry no time, so the last training row's) and ``accuracy`` in %."""
+    """A run's validation accuracy from its ``metrics.jsonl``: ``step``, ``minutes`` of training (the validation
+    row's own ``elapsed_s``; rows written before validations carried one take the last training row's) and
+    ``accuracy`` in %."""
     curve: dict[str, list[float]] = {"step": [], "minutes": [], "accuracy": []}
     clock = 0.0
     for line in Path(metrics_path).read_text().splitlines():

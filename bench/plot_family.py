@@ -157,9 +157,12 @@ def plot_curves(name: str, family: Family) -> None:
             if setting not in family.settings:
                 continue
             metrics_path = ROOT / Path(record["eval"]["checkpoint"]).parent / "metrics.jsonl"
-            if not metrics_path.exists():
+            if "validation_curve" in record:  # kept in the record by bench/train_eval.py
+                curve = record["validation_curve"]
+            elif metrics_path.exists():
+                curve = validation_curve(metrics_path)
+            else:
                 continue
-            curve = validation_curve(metrics_path)
             ax = axes[0][family.settings.index(setting)]
             style = "--" if "trainval" not in record["name"] else "-"
             label = f"{method} ({record['name']})"

@@ -75,7 +75,20 @@ METHODS = {
 INNER_LR, INNER_STEPS, OUTER_LR = 0.4, 1, 1e-3  # MAML's Omniglot preset (Meta-SGD: alpha's start; ANIL: the head's)
 REPTILE = dict(inner_lr=1e-3, inner_steps=5, inner_batch=10, betas=(0.0, 0.999), outer_lr=1.0)
 #: Methods with an Omniglot preset whose evaluation is timed; "fomaml" is MAML's preset with --first-order.
-EVALUATED = ("maml", "fomaml", "maml++", "metasgd", "anil", "reptile", "protonet", "matching", "relation", "meta-lstm")
+EVALUATED = (
+    "maml",
+    "fomaml",
+    "maml++",
+    "metasgd",
+    "anil",
+    "reptile",
+    "protonet",
+    "matching",
+    "relation",
+    "meta-lstm",
+    "mann",
+    "hypernet",
+)
 EVAL_EPISODES, EVAL_WAYS, EVAL_SHOTS, EVAL_QUERY = 600, 5, 1, 15
 
 
@@ -419,15 +432,15 @@ def time_method(method: str, rounds: int, steps: int, threads: int) -> dict:
 class Episodes:
     """A task source of fixed synthetic episodes, drawn once (so that drawing them is not timed)."""
 
-    def __init__(self, episodes: int, ways: int, shots: int, query: int, seed: int = 2) -> None:
+    def __init__(self, episodes: int, ways: int, shots: int, query: int, seed: int = 2, size: int = 28) -> None:
         from fastadapt.tasks.episodes import TaskBatch
 
         g = torch.Generator().manual_seed(seed)
         labels = torch.arange(ways)
         self.batch = TaskBatch(
-            torch.randn(episodes, ways * shots, 1, 28, 28, generator=g),
+            torch.randn(episodes, ways * shots, 1, size, size, generator=g),
             labels.repeat(shots).repeat(episodes, 1),
-            torch.randn(episodes, ways * query, 1, 28, 28, generator=g),
+            torch.randn(episodes, ways * query, 1, size, size, generator=g),
             labels.repeat(query).repeat(episodes, 1),
             ways,
         )
@@ -452,14 +465,17 @@ def evaluation_worker(method: str, threads: int) -> None:
     name, overrides = ("maml", {"first_order": True}) if method == "fomaml" else (method, {})
     config = make_config(name, "omniglot", **overrides)
     learner = build_algorithm(config)
+    size = config.image_size or 28  # the preset's image size (MANN's 20x20), else Omniglot's 28x28
     label = None
     if needs_measuring(learner):
-        train = Episodes(config.meta_batch_size, config.train_ways_or_ways, config.train_shots_or_shots, config.query)
+        train = Episodes(
+            config.meta_batch_size, config.train_ways_or_ways, config.train_shots_or_shots, config.query, size=size
+        )
         info = choose_strategy(learner, train.sample(config.meta_batch_size))
         label = choice_label(learner.strategy, learner.workers, learner.channels_last)
         del info
-    source = Episodes(EVAL_EPISODES, EVAL_WAYS, EVAL_SHOTS, EVAL_QUERY)
-    evaluate(learner, Episodes(10, EVAL_WAYS, EVAL_SHOTS, EVAL_QUERY, seed=3), 10)  # warm-up
+    source = Episodes(EVAL_EPISODES, EVAL_WAYS, EVAL_SHOTS, EVAL_QUERY, size=size)
+    evaluate(learner, Episodes(10, EVAL_WAYS, EVAL_SHOTS, EVAL_QUERY, seed=3, size=size), 10)  # warm-up
     started = time.perf_counter()
     scores = evaluate(learner, source, EVAL_EPISODES)
     seconds = time.perf_counter() - started
@@ -486,11 +502,13 @@ def time_evaluation(method: str, threads: int) -> dict:
 
 # --- reporting ----------------------------------------------------------------------------------------------------
 def markdown(record: dict) -> str:
-    lines = [
-        "| method | setting | fastadapt | learn2learn | easyfsl | fastadapt vs fastest peer "
-        "| VmHWM fastadapt / learn2learn |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
+    lines = []
+    if record["steps"]:
+        lines += [
+            "| method | setting | fastadapt | learn2learn | easyfsl | fastadapt vs fastest peer "
+            "| VmHWM fastadapt / learn2learn |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
     for method, r in record["steps"].items():
         s = METHODS[method]
         t = r["timings"]
@@ -530,7 +548,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads per process")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per method")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per implementation per round")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument(
+        "--methods", nargs="*", default=list(METHODS), choices=list(METHODS), help="none: evaluation only"
+    )
     parser.add_argument(
         "--evaluate", nargs="*", default=list(EVALUATED), choices=EVALUATED, help="methods to meta-test"
     )

@@ -4,7 +4,7 @@
     python bench/train_eval.py NAME --stopped -- fastadapt train ARGS...
 
 Writes bench/results/NAME.json with the command, the machine, the training and total wall time and
-the eval.json of the run; docs/results.md is written from these files.
+the eval.json of the run and its validation curve (accuracy against training minutes); docs/results.md is written from these files.
 
 ``--stopped``: the run was stopped by hand (Ctrl-C) when its time budget ran out, before its schedule
 ended; meta-test the ``best.pt`` it kept with ``fastadapt eval`` (the settings the run's own final test
@@ -21,7 +21,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import RESULTS, machine, write_json
+from common import RESULTS, machine, validation_curve, write_json
 
 
 def main() -> None:
@@ -48,6 +48,8 @@ def main() -> None:
         # with --stopped: the meta-test alone
         "total_wall_s": round(total, 1),
         "eval": json.loads((out_dir / "eval.json").read_text()),
+        # kept with the record, so that time-to-accuracy plots outlive the run's folder
+        "validation_curve": validation_curve(out_dir / "metrics.jsonl"),
     }
     write_json(RESULTS / f"{name}.json", record)
     print(json.dumps(record, indent=2))

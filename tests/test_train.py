@@ -184,6 +184,10 @@ def test_elapsed_time_counts_the_whole_run_across_resumes(make, tmp_path: Path, 
     elapsed = [r["elapsed_s"] for r in read_metrics(tmp_path / "b" / "metrics.jsonl") if "elapsed_s" in r]
     assert elapsed[-1] == pytest.approx(80.0)  # 8 steps of 10 s, the hour between them left out
     assert elapsed == sorted(elapsed)
+    # validations carry the training time at their step, the time-to-accuracy clock (before and after the resume)
+    validations = [r for r in read_metrics(tmp_path / "b" / "metrics.jsonl") if "loss" not in r]
+    assert len(validations) >= 2
+    assert [r["elapsed_s"] for r in validations] == pytest.approx([10.0 * r["step"] for r in validations])
 
 
 @pytest.mark.parametrize("interrupt_at", [5, 7])

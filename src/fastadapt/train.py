@@ -405,13 +405,22 @@ def _train(
                     distributed.average_buffers(learner, replicas.world_size)
                 improved = False
                 if replicas.is_main:  # the other processes wait in checkpoint_state's gather meanwhile
+                    # training time up to this validation (earlier validations included): the time-to-accuracy clock
+                    trained_s = round(time.time() - started, 2)
                     val_mean, val_ci = _validate(learner, config, splits, val_tasks_seed, device)
                     improved = best_val is None or (
                         val_mean > best_val if _higher_is_better(config) else val_mean < best_val
                     )
                     if improved:
                         best_val = val_mean
-                    log_metrics({"step": step, f"val_{metric_name}": val_mean, f"val_{metric_name}_ci95": val_ci})
+                    log_metrics(
+                        {
+                            "step": step,
+                            f"val_{metric_name}": val_mean,
+                            f"val_{metric_name}_ci95": val_ci,
+                            "elapsed_s": trained_s,
+                        }
+                    )
                     best_mark = " (best)" if improved else ""
                     bar.write(f"step {step}: val {metric_name} {val_mean:.4f} ± {val_ci:.4f}{best_mark}")
                 state = checkpoint_state()
