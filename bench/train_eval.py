@@ -3,8 +3,8 @@
     python bench/train_eval.py NAME -- fastadapt train ARGS...
     python bench/train_eval.py NAME --stopped -- fastadapt train ARGS...
 
-Writes bench/results/NAME.json with the command, the machine, the training and total wall time and
-the eval.json of the run and its validation curve (accuracy against training minutes); docs/results.md is written from these files.
+Writes bench/results/NAME.json with the command, the machine, the training and total wall time, the eval.json of
+the run and its validation curve (accuracy against training minutes); docs/results.md is written from these files.
 
 ``--stopped``: the run was stopped by hand (Ctrl-C) when its time budget ran out, before its schedule
 ended; meta-test the ``best.pt`` it kept with ``fastadapt eval`` (the settings the run's own final test
