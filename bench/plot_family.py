@@ -84,7 +84,7 @@ FAMILIES = {
                 "maml_omniglot_20w1s_trainval_2proc",
             ],
             # Test characters drawn at random from every alphabet, as in Finn et al.'s code (--split maml).
-            "MAML (paper's split)": ["maml_omniglot_5w1s_mamlsplit", "maml_omniglot_5w1s_mamlsplit_2proc"],
+            "MAML (paper's split)": ["maml_omniglot_5w1s_mamlsplit", "maml_omniglot_5w1s_mamlsplit_90min"],
             "first-order MAML": ["fomaml_omniglot_5w1s_trainval", "fomaml_omniglot_20w1s_trainval"],
             "Reptile": [
                 "reptile_omniglot_5w1s_trainval",
