@@ -18,9 +18,10 @@ order, each image drawing its own parameters:
 A fourth operation, ``affine``, is for characters rather than photographs and is chosen by name only (``all`` stays
 the three above): each image rotated by an angle drawn uniformly from ``[-rotation, rotation]`` degrees and shifted
 by up to ``shift`` of its size on each axis, zeros filling what moves into view (Omniglot's background). Santoro et
-al. (2016, section 4.1) train MANN on "randomly translated and rotated" characters; the strengths named ``affine``
-are those of the public re-implementation tristandeleu/ntm-one-shot (rotations up to 30 degrees, shifts up to 10 of
-105 pixels, i.e. about 10%). It runs first, so a crop or a flip acts on the moved image.
+al. (2016, section 4.1) augment MANN's training characters with random translations and rotations; ``affine`` takes
+the rotation of the public re-implementation tristandeleu/ntm-one-shot (up to 30 degrees) and, as the shift, the
+10 of 105 pixels that code draws (about 10%; it never applies it). It runs first, so a crop or a flip acts on the
+moved image.
 
 Only training episodes are augmented: :class:`AugmentedTasks` wraps the training task source, so validation and
 test episodes cannot be touched by construction. Its random state is saved with the source's, so a resumed run
