@@ -1,12 +1,11 @@
 """MANN (Santoro et al. 2016) and its LSTM baseline: the label offset, the sequence protocol, N-way K-shot
 prediction, refusals of bad settings, exact resume and a short training run that learns."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
 from helpers import image_batch, make_image_folder
+from killing import metrics_without_times
 
 from fastadapt.algorithms.model_based.mann import MANN, MANNOptions, build
 from fastadapt.config import make_config
@@ -218,9 +217,8 @@ def test_training_from_the_cli_configuration_resumes_exactly(tmp_path, memory):
     assert resumed.step == 6
     for name, tensor in straight.learner.state_dict().items():
         torch.testing.assert_close(resumed.learner.state_dict()[name], tensor, rtol=0, atol=0)
-    records = lambda run: [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
     validations = lambda run: [  # the wall clock aside
-        {k: v for k, v in r.items() if k != "elapsed_s"} for r in records(run) if "val_acc" in r
+        r for r in metrics_without_times(tmp_path / run / "metrics.jsonl") if "val_acc" in r
     ]
     assert validations("resumed") == validations("straight") and len(validations("straight")) == 2
     other = make_config("mann", out=str(tmp_path / "resumed"), **dict(settings, read_heads=1))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -162,9 +164,7 @@ def test_affine_rotates_within_its_angle_about_the_centre_and_shifts_within_its_
     assert not options.flip_probability and not options.jitter
 
     # rotation alone: a dot 12 pixels right of the centre stays 12 pixels from it, at an angle within 30 degrees
-    rotate = AugmentOptions(
-        crop_padding=0, flip_probability=0.0, brightness=0.0, contrast=0.0, saturation=0.0, rotation=30.0
-    )
+    rotate = dataclasses.replace(NONE, rotation=30.0)
     moved = augment_images(_dot_image(200, size, centre, centre + 12), rotate, torch.Generator().manual_seed(0))
     offset = _centroids(moved) - centre
     torch.testing.assert_close(offset.norm(dim=1), torch.full((200,), 12.0, dtype=offset.dtype), atol=0.05, rtol=0)
@@ -173,9 +173,7 @@ def test_affine_rotates_within_its_angle_about_the_centre_and_shifts_within_its_
     assert angles.min() < -10 and angles.max() > 10  # both senses
 
     # shift alone: the centroid of a centred dot moves by up to 10% of the image on each axis, mass kept
-    shift = AugmentOptions(
-        crop_padding=0, flip_probability=0.0, brightness=0.0, contrast=0.0, saturation=0.0, shift=0.1
-    )
+    shift = dataclasses.replace(NONE, shift=0.1)
     images = _dot_image(200, size, centre, centre)
     moved = augment_images(images, shift, torch.Generator().manual_seed(1))
     displacement = _centroids(moved) - centre
